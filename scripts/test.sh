@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command: everything CI runs, in the order that fails fastest.
+#
+#   scripts/test.sh
+#
+# 1. scripts/setup.sh     Envoy (and later the other real components) installed and pinned
+# 2. cargo fmt --check    formatting
+# 3. cargo clippy         lints, warnings are errors
+# 4. cargo test           unit, integration and end-to-end tests (real Envoy on loopback)
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo_root"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "scripts/setup.sh"
+bash scripts/setup.sh
+
+# The end-to-end tests use this Envoy rather than whichever one is first on PATH.
+export ENVOY_BIN="$repo_root/.venv/bin/envoy"
+"$ENVOY_BIN" --version >/dev/null
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test --all-targets"
+cargo test --all-targets
+
+step "all checks passed"

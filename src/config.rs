@@ -1,0 +1,1373 @@
+//! Configuration: the YAML contract operators write, and its compiled runtime form.
+//!
+//! Usage: `Config::load(path)` reads and validates a file; `Config::parse(text, origin)` does the
+//! same for text. The raw serde types (`raw::*`) mirror the YAML exactly and refuse unknown
+//! fields; `build` compiles them once into `Config`, whose values are already checked, so the
+//! per-Check path never re-validates anything (as linkerd2-proxy compiles its policy).
+//!
+//! Every error names the file, the line where the offending field stands (best effort), the
+//! field path (`issuers[1].audiences`) and what is expected.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::{CompiledRule, compile_rules};
+
+/// The issuer string GitHub Actions puts in its OIDC tokens.
+pub const GITHUB_ACTIONS_ISSUER: &str = "https://token.actions.githubusercontent.com";
+/// Entra's login host, for v2.0 issuers and every discovery and key endpoint.
+pub const ENTRA_LOGIN: &str = "https://login.microsoftonline.com";
+/// Entra's v1.0 token issuer host (`iss = https://sts.windows.net/{tid}/`).
+pub const ENTRA_V1_ISSUER_HOST: &str = "https://sts.windows.net";
+
+// === Errors ===
+
+/// One thing wrong with a configuration, located as precisely as we can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub line: Option<usize>,
+    /// Field path such as `issuers[0].audiences`; empty for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+/// Everything wrong with one configuration file: reported together, so an operator fixes a
+/// file in one pass instead of one error per run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub origin: String,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, issue) in self.issues.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.origin)?;
+            if let Some(line) = issue.line {
+                write!(f, ":{line}")?;
+            }
+            if issue.field.is_empty() {
+                write!(f, ": {}", issue.message)?;
+            } else {
+                write!(f, ": {}: {}", issue.field, issue.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// === Raw YAML types ===
+
+/// The configuration exactly as written. Field names here are the user-facing contract.
+pub mod raw {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Document {
+        #[serde(default)]
+        pub listen: Listen,
+        pub quay: Quay,
+        #[serde(default)]
+        pub unauthenticated: Unauthenticated,
+        #[serde(default)]
+        pub headers: Headers,
+        #[serde(default)]
+        pub limits: Limits,
+        #[serde(default)]
+        pub jwks: Jwks,
+        #[serde(default)]
+        pub paths: Paths,
+        pub issuers: Vec<Issuer>,
+        #[serde(default)]
+        pub rules: Vec<Rule>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Listen {
+        pub grpc: String,
+        pub http: String,
+        pub admin: String,
+    }
+
+    impl Default for Listen {
+        fn default() -> Self {
+            Self {
+                grpc: "0.0.0.0:9191".into(),
+                http: "0.0.0.0:9090".into(),
+                admin: "127.0.0.1:9192".into(),
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Quay {
+        /// `service` in Docker challenges and registry tokens (Quay's SERVER_HOSTNAME).
+        pub service: String,
+        /// The Docker token realm clients are sent to (`https://quay.example.com/v2/auth`).
+        pub realm: String,
+    }
+
+    #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Unauthenticated {
+        /// Requests with no bearer JWT from a configured issuer go on to Quay, which applies
+        /// its own authentication (Basic, its OAuth tokens, session cookies).
+        #[default]
+        Passthrough,
+        Deny,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Headers {
+        pub prefix: String,
+        pub remove_authorization: bool,
+    }
+
+    impl Default for Headers {
+        fn default() -> Self {
+            Self {
+                prefix: "x-quay-authz-".into(),
+                remove_authorization: false,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Limits {
+        /// Longest bearer token inspected; longer ones are refused unread.
+        pub max_token_bytes: usize,
+    }
+
+    impl Default for Limits {
+        fn default() -> Self {
+            Self {
+                max_token_bytes: 16 * 1024,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Jwks {
+        /// Key-set lifetime when the IdP sends no `Cache-Control: max-age`.
+        pub default_ttl_seconds: u64,
+        pub min_ttl_seconds: u64,
+        pub max_ttl_seconds: u64,
+        /// An unknown `kid` refetches a key set at most once per this interval.
+        pub min_refetch_interval_seconds: u64,
+        pub fetch_timeout_seconds: u64,
+        pub max_response_bytes: usize,
+        pub max_keys: usize,
+        /// How long keys keep serving after refreshes start failing.
+        pub stale_limit_seconds: u64,
+    }
+
+    impl Default for Jwks {
+        fn default() -> Self {
+            Self {
+                default_ttl_seconds: 3600,
+                min_ttl_seconds: 300,
+                max_ttl_seconds: 86_400,
+                min_refetch_interval_seconds: 30,
+                fetch_timeout_seconds: 5,
+                max_response_bytes: 1024 * 1024,
+                max_keys: 100,
+                stale_limit_seconds: 86_400,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Paths {
+        /// What happens to paths outside `/api/` and `/v2/` (UI, static files, `/oauth`).
+        pub non_api: NonApi,
+    }
+
+    impl Default for Paths {
+        fn default() -> Self {
+            Self {
+                non_api: NonApi::Passthrough,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+    #[serde(rename_all = "lowercase")]
+    pub enum NonApi {
+        Passthrough,
+        Deny,
+    }
+
+    #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+    #[serde(rename_all = "kebab-case")]
+    pub enum Preset {
+        #[default]
+        Oidc,
+        Entra,
+        GithubActions,
+    }
+
+    /// `tenants: [a, b]` or `tenants: any`.
+    #[derive(Debug, Deserialize, Clone)]
+    #[serde(untagged)]
+    pub enum Tenants {
+        List(Vec<String>),
+        Keyword(String),
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Issuer {
+        pub name: String,
+        #[serde(default)]
+        pub preset: Preset,
+        pub issuer: Option<String>,
+        pub tenants: Option<Tenants>,
+        #[serde(default)]
+        pub audiences: Vec<String>,
+        pub algorithms: Option<Vec<String>>,
+        pub leeway_seconds: Option<u64>,
+        pub username_claims: Option<Vec<String>>,
+        pub groups_claims: Option<Vec<String>>,
+        #[serde(default)]
+        pub default_groups: Vec<String>,
+        #[serde(default)]
+        pub required_claims: BTreeMap<String, serde_json::Value>,
+        pub required: Option<bool>,
+        pub discovery: Option<String>,
+        pub jwks_uri: Option<String>,
+        #[serde(default)]
+        pub allow_insecure_http: bool,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Rule {
+        pub name: String,
+        #[serde(default)]
+        pub issuers: Vec<String>,
+        #[serde(default)]
+        pub when: When,
+        #[serde(default)]
+        pub grant: Vec<String>,
+        pub grant_from_groups: Option<GroupGrant>,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct When {
+        #[serde(default)]
+        pub groups_any: Vec<String>,
+        #[serde(default)]
+        pub groups_all: Vec<String>,
+        /// claim name → value, list of values (any of), or glob (`refs/heads/*`).
+        #[serde(default)]
+        pub claims: BTreeMap<String, serde_json::Value>,
+        #[serde(default)]
+        pub audiences: Vec<String>,
+        #[serde(default)]
+        pub tenants: Vec<String>,
+        #[serde(default)]
+        pub clients: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct GroupGrant {
+        pub pattern: String,
+        pub grant: Vec<String>,
+    }
+}
+
+pub use raw::{NonApi, Preset, Unauthenticated};
+
+// === Compiled configuration ===
+
+/// A validated configuration, ready to serve.
+#[derive(Debug)]
+pub struct Config {
+    pub origin: String,
+    pub listen: Listen,
+    pub quay: raw::Quay,
+    pub unauthenticated: Unauthenticated,
+    pub headers: HeaderSettings,
+    pub max_token_bytes: usize,
+    pub jwks: JwksSettings,
+    pub non_api: NonApi,
+    pub issuers: Vec<IssuerConfig>,
+    pub rules: Vec<CompiledRule>,
+    /// Warnings worth an operator's eye that do not stop the configuration from serving.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderSettings {
+    pub prefix: String,
+    pub remove_authorization: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct JwksSettings {
+    pub default_ttl: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub min_refetch_interval: Duration,
+    pub fetch_timeout: Duration,
+    pub max_response_bytes: usize,
+    pub max_keys: usize,
+    pub stale_limit: Duration,
+}
+
+/// Signature algorithms an issuer may use. HMAC is not representable: a public-key issuer's
+/// token signed with HS256 must never validate (the classic key-confusion attack).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SigningAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "RS256" => Self::RS256,
+            "RS384" => Self::RS384,
+            "RS512" => Self::RS512,
+            "PS256" => Self::PS256,
+            "PS384" => Self::PS384,
+            "PS512" => Self::PS512,
+            "ES256" => Self::ES256,
+            "ES384" => Self::ES384,
+            "EdDSA" => Self::EdDSA,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
+        match self {
+            Self::RS256 => A::RS256,
+            Self::RS384 => A::RS384,
+            Self::RS512 => A::RS512,
+            Self::PS256 => A::PS256,
+            Self::PS384 => A::PS384,
+            Self::PS512 => A::PS512,
+            Self::ES256 => A::ES256,
+            Self::ES384 => A::ES384,
+            Self::EdDSA => A::EdDSA,
+        }
+    }
+}
+
+/// How the tenant of an Entra token is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantBinding {
+    /// Not an Entra issuer.
+    None,
+    /// Listed tenants; each contributes its v1 and v2 issuer string.
+    Listed(Vec<String>),
+    /// `tenants: any`: every Entra tenant (explicit, logged opt-in).
+    Any,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyLocation {
+    /// OIDC discovery document; its `jwks_uri` is fetched next.
+    Discovery(String),
+    /// The JWKS itself.
+    Jwks(String),
+}
+
+impl KeyLocation {
+    pub fn url(&self) -> &str {
+        match self {
+            Self::Discovery(url) | Self::Jwks(url) => url,
+        }
+    }
+}
+
+/// One source of keys and the issuer strings it may vouch for (checked against a discovery
+/// document's `issuer`, OpenID Connect Discovery §4.3).
+#[derive(Debug, Clone)]
+pub struct KeySourceConfig {
+    pub location: KeyLocation,
+    pub expected_issuers: Vec<String>,
+    pub allow_insecure_http: bool,
+}
+
+/// One configured, trusted issuer.
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub preset: Preset,
+    /// Exact `iss` values this entry accepts, each with the key source that holds its keys
+    /// (an index into `key_sources`) and, for Entra, the tenant it names.
+    pub issuer_strings: Vec<IssuerString>,
+    pub tenants: TenantBinding,
+    pub key_sources: Vec<KeySourceConfig>,
+    pub audiences: Vec<String>,
+    pub algorithms: Vec<SigningAlgorithm>,
+    pub leeway_seconds: u64,
+    pub username_claims: Vec<String>,
+    pub groups_claims: Vec<String>,
+    pub default_groups: Vec<String>,
+    pub required_claims: BTreeMap<String, serde_json::Value>,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerString {
+    pub iss: String,
+    pub tenant: Option<String>,
+    pub key_source: usize,
+}
+
+// === Loading ===
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            origin: origin.clone(),
+            issues: vec![ConfigIssue {
+                line: None,
+                field: String::new(),
+                message: format!("cannot read the file: {error}"),
+            }],
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let document: raw::Document = serde_yaml::from_str(text).map_err(|error| {
+            let (field, message) = split_serde_message(&error.to_string());
+            ConfigError {
+                origin: origin.to_string(),
+                issues: vec![ConfigIssue {
+                    line: error.location().map(|location| location.line()),
+                    field,
+                    message,
+                }],
+            }
+        })?;
+        build(document, text, origin)
+    }
+
+    /// The issuer named `name`.
+    pub fn issuer(&self, name: &str) -> Option<&IssuerConfig> {
+        self.issuers.iter().find(|issuer| issuer.name == name)
+    }
+}
+
+/// serde_yaml reports `issuers[0]: unknown field ...` or `issuers[0].audiences: invalid ...`;
+/// split the path from the message so our format puts each in its place.
+fn split_serde_message(message: &str) -> (String, String) {
+    let message = match message.rfind(" at line ") {
+        Some(index) => &message[..index],
+        None => message,
+    };
+    if let Some((field, rest)) = message.split_once(": ") {
+        let looks_like_path = !field.is_empty()
+            && !field.contains(' ')
+            && field
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c));
+        if looks_like_path {
+            return (field.to_string(), rest.to_string());
+        }
+    }
+    (String::new(), message.to_string())
+}
+
+/// Collects issues while compiling, each located in the source text.
+struct Issues<'a> {
+    text: &'a str,
+    found: Vec<ConfigIssue>,
+}
+
+impl Issues<'_> {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        let field = field.into();
+        self.found.push(ConfigIssue {
+            line: locate_field(self.text, &field),
+            field,
+            message: message.into(),
+        });
+    }
+}
+
+fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let mut issues = Issues {
+        text,
+        found: Vec::new(),
+    };
+    let mut warnings = Vec::new();
+
+    let listen = build_listen(&document.listen, &mut issues);
+
+    if document.quay.service.trim().is_empty() {
+        issues.push(
+            "quay.service",
+            "must name Quay's host (for example quay.example.com)",
+        );
+    }
+    if !(document.quay.realm.starts_with("https://") || document.quay.realm.starts_with("http://"))
+    {
+        issues.push(
+            "quay.realm",
+            "must be an http(s) URL, the Docker token realm",
+        );
+    }
+    let prefix = document.headers.prefix.to_ascii_lowercase();
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        issues.push(
+            "headers.prefix",
+            "must be a non-empty header-name prefix of letters, digits, '-' and '_'",
+        );
+    }
+    if document.limits.max_token_bytes < 256 {
+        issues.push("limits.max_token_bytes", "must be at least 256");
+    }
+    let jwks = build_jwks(&document.jwks, &mut issues);
+
+    let mut issuers: Vec<IssuerConfig> = Vec::new();
+    if document.issuers.is_empty() {
+        issues.push("issuers", "at least one issuer must be configured");
+    }
+    for (index, raw_issuer) in document.issuers.iter().enumerate() {
+        let field = format!("issuers[{index}]");
+        if let Some(issuer) = build_issuer(raw_issuer, &field, &mut issues, &mut warnings) {
+            issuers.push(issuer);
+        }
+    }
+    check_issuer_uniqueness(&issuers, &mut issues);
+
+    let issuer_names: Vec<&str> = issuers.iter().map(|issuer| issuer.name.as_str()).collect();
+    let rules = match compile_rules(&document.rules, &issuer_names) {
+        Ok((rules, rule_warnings)) => {
+            warnings.extend(rule_warnings);
+            rules
+        }
+        Err(rule_issues) => {
+            for (field, message) in rule_issues {
+                issues.push(field, message);
+            }
+            Vec::new()
+        }
+    };
+
+    if !issues.found.is_empty() {
+        return Err(ConfigError {
+            origin: origin.to_string(),
+            issues: issues.found,
+        });
+    }
+    Ok(Config {
+        origin: origin.to_string(),
+        listen: listen.unwrap_or_else(unreachable_listen),
+        quay: document.quay,
+        unauthenticated: document.unauthenticated,
+        headers: HeaderSettings {
+            prefix,
+            remove_authorization: document.headers.remove_authorization,
+        },
+        max_token_bytes: document.limits.max_token_bytes,
+        jwks,
+        non_api: document.paths.non_api,
+        issuers,
+        rules,
+        warnings,
+    })
+}
+
+/// Only reached when `build_listen` failed, and then an issue was recorded and `build`
+/// returned early; kept total so no `unwrap` is needed.
+fn unreachable_listen() -> Listen {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    Listen {
+        grpc: any,
+        http: any,
+        admin: any,
+    }
+}
+
+fn build_listen(raw: &raw::Listen, issues: &mut Issues<'_>) -> Option<Listen> {
+    let mut parse = |field: &str, value: &str| match value.parse::<SocketAddr>() {
+        Ok(address) => Some(address),
+        Err(_) => {
+            issues.push(
+                format!("listen.{field}"),
+                format!("expected host:port with an IP address, got {value:?}"),
+            );
+            None
+        }
+    };
+    let grpc = parse("grpc", &raw.grpc);
+    let http = parse("http", &raw.http);
+    let admin = parse("admin", &raw.admin);
+    if let Some(admin) = admin
+        && !admin.ip().is_loopback()
+    {
+        issues.push(
+            "listen.admin",
+            "the admin API explains decisions and must listen on a loopback address",
+        );
+        return None;
+    }
+    Some(Listen {
+        grpc: grpc?,
+        http: http?,
+        admin: admin?,
+    })
+}
+
+fn build_jwks(raw: &raw::Jwks, issues: &mut Issues<'_>) -> JwksSettings {
+    if raw.min_ttl_seconds == 0 || raw.min_ttl_seconds > raw.max_ttl_seconds {
+        issues.push(
+            "jwks.min_ttl_seconds",
+            "must be positive and not above jwks.max_ttl_seconds",
+        );
+    }
+    if raw.fetch_timeout_seconds == 0 {
+        issues.push("jwks.fetch_timeout_seconds", "must be positive");
+    }
+    if raw.max_keys == 0 {
+        issues.push("jwks.max_keys", "must be positive");
+    }
+    if raw.max_response_bytes < 1024 {
+        issues.push("jwks.max_response_bytes", "must be at least 1024");
+    }
+    JwksSettings {
+        default_ttl: Duration::from_secs(raw.default_ttl_seconds),
+        min_ttl: Duration::from_secs(raw.min_ttl_seconds),
+        max_ttl: Duration::from_secs(raw.max_ttl_seconds),
+        min_refetch_interval: Duration::from_secs(raw.min_refetch_interval_seconds),
+        fetch_timeout: Duration::from_secs(raw.fetch_timeout_seconds),
+        max_response_bytes: raw.max_response_bytes,
+        max_keys: raw.max_keys,
+        stale_limit: Duration::from_secs(raw.stale_limit_seconds),
+    }
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A tenant id as Entra prints it: a GUID (lowercase hex with dashes).
+fn is_tenant_id(value: &str) -> bool {
+    let groups: Vec<&str> = value.split('-').collect();
+    let lengths = [8, 4, 4, 4, 12];
+    groups.len() == 5
+        && groups.iter().zip(lengths).all(|(group, length)| {
+            group.len() == length && group.chars().all(|c| c.is_ascii_hexdigit())
+        })
+}
+
+fn check_url(field: &str, url: &str, allow_insecure_http: bool, issues: &mut Issues<'_>) -> bool {
+    if url.starts_with("https://") && url.len() > "https://".len() {
+        return true;
+    }
+    if url.starts_with("http://") {
+        if allow_insecure_http {
+            return true;
+        }
+        issues.push(
+            field,
+            "must be https (set allow_insecure_http: true only for tests and loopback)",
+        );
+        return false;
+    }
+    issues.push(field, format!("expected an https URL, got {url:?}"));
+    false
+}
+
+fn build_issuer(
+    raw: &raw::Issuer,
+    field: &str,
+    issues: &mut Issues<'_>,
+    warnings: &mut Vec<String>,
+) -> Option<IssuerConfig> {
+    let before = issues.found.len();
+    if !is_valid_name(&raw.name) {
+        issues.push(
+            format!("{field}.name"),
+            "expected 1-64 letters, digits, '-' or '_' (used in rules, metrics and headers)",
+        );
+    }
+    if raw.audiences.is_empty() {
+        issues.push(
+            format!("{field}.audiences"),
+            "at least one audience is required: a token is accepted only when its aud intersects this list",
+        );
+    }
+    if raw
+        .audiences
+        .iter()
+        .any(|audience| audience.trim().is_empty())
+    {
+        issues.push(
+            format!("{field}.audiences"),
+            "audiences must not be empty strings",
+        );
+    }
+
+    let algorithms = match &raw.algorithms {
+        None => vec![SigningAlgorithm::RS256],
+        Some(names) if names.is_empty() => {
+            issues.push(format!("{field}.algorithms"), "must list at least one algorithm");
+            Vec::new()
+        }
+        Some(names) => names
+            .iter()
+            .filter_map(|name| match SigningAlgorithm::from_name(name) {
+                Some(algorithm) => Some(algorithm),
+                None => {
+                    let why = if name.starts_with("HS") || name.eq_ignore_ascii_case("none") {
+                        "is never accepted (HMAC and 'none' are forbidden for issuers with public keys)"
+                    } else {
+                        "is not a supported algorithm"
+                    };
+                    issues.push(
+                        format!("{field}.algorithms"),
+                        format!(
+                            "{name:?} {why}; expected RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA"
+                        ),
+                    );
+                    None
+                }
+            })
+            .collect(),
+    };
+
+    for (url_field, url) in [("discovery", &raw.discovery), ("jwks_uri", &raw.jwks_uri)] {
+        if let Some(url) = url {
+            check_url(
+                &format!("{field}.{url_field}"),
+                url,
+                raw.allow_insecure_http,
+                issues,
+            );
+        }
+    }
+    if raw.discovery.is_some() && raw.jwks_uri.is_some() {
+        issues.push(
+            format!("{field}.jwks_uri"),
+            "set either discovery or jwks_uri, not both (jwks_uri skips discovery)",
+        );
+    }
+    let key_override = match (&raw.jwks_uri, &raw.discovery) {
+        (Some(url), _) => Some(KeyLocation::Jwks(url.clone())),
+        (None, Some(url)) => Some(KeyLocation::Discovery(url.clone())),
+        (None, None) => None,
+    };
+
+    let (issuer_strings, tenants, key_sources, username_default, groups_default) = match raw.preset
+    {
+        Preset::Oidc => {
+            if raw.tenants.is_some() {
+                issues.push(
+                    format!("{field}.tenants"),
+                    "only the entra preset takes tenants",
+                );
+            }
+            let Some(iss) = raw.issuer.clone() else {
+                issues.push(
+                    format!("{field}.issuer"),
+                    "the oidc preset needs the exact issuer (the tokens' iss)",
+                );
+                return None;
+            };
+            if !check_url(
+                &format!("{field}.issuer"),
+                &iss,
+                raw.allow_insecure_http,
+                issues,
+            ) {
+                return None;
+            }
+            let location = key_override.unwrap_or_else(|| {
+                KeyLocation::Discovery(format!(
+                    "{}/.well-known/openid-configuration",
+                    iss.trim_end_matches('/')
+                ))
+            });
+            (
+                vec![IssuerString {
+                    iss: iss.clone(),
+                    tenant: None,
+                    key_source: 0,
+                }],
+                TenantBinding::None,
+                vec![KeySourceConfig {
+                    location,
+                    expected_issuers: vec![iss],
+                    allow_insecure_http: raw.allow_insecure_http,
+                }],
+                vec!["preferred_username", "email", "sub"],
+                vec!["groups", "roles"],
+            )
+        }
+        Preset::GithubActions => {
+            if raw.tenants.is_some() {
+                issues.push(
+                    format!("{field}.tenants"),
+                    "only the entra preset takes tenants",
+                );
+            }
+            let iss = raw
+                .issuer
+                .clone()
+                .unwrap_or_else(|| GITHUB_ACTIONS_ISSUER.to_string());
+            let location = key_override.unwrap_or_else(|| {
+                KeyLocation::Discovery(format!("{iss}/.well-known/openid-configuration"))
+            });
+            (
+                vec![IssuerString {
+                    iss: iss.clone(),
+                    tenant: None,
+                    key_source: 0,
+                }],
+                TenantBinding::None,
+                vec![KeySourceConfig {
+                    location,
+                    expected_issuers: vec![iss],
+                    allow_insecure_http: raw.allow_insecure_http,
+                }],
+                vec!["sub"],
+                vec![],
+            )
+        }
+        Preset::Entra => {
+            if raw.issuer.is_some() {
+                issues.push(
+                    format!("{field}.issuer"),
+                    "the entra preset derives its issuers from tenants; remove issuer",
+                );
+            }
+            let tenants = match &raw.tenants {
+                Some(raw::Tenants::Keyword(word)) if word == "any" => {
+                    warnings.push(format!(
+                        "issuer {:?} accepts tokens from ANY Entra tenant (tenants: any): \
+                         make sure audiences and rules are specific to your application",
+                        raw.name
+                    ));
+                    TenantBinding::Any
+                }
+                Some(raw::Tenants::Keyword(word)) => {
+                    issues.push(
+                        format!("{field}.tenants"),
+                        format!("expected a list of tenant ids or the word any, got {word:?}"),
+                    );
+                    return None;
+                }
+                Some(raw::Tenants::List(list)) if !list.is_empty() => {
+                    let mut tenants = Vec::new();
+                    for tenant in list {
+                        let tenant = tenant.to_ascii_lowercase();
+                        if is_tenant_id(&tenant) {
+                            tenants.push(tenant);
+                        } else {
+                            issues.push(
+                                format!("{field}.tenants"),
+                                format!("{tenant:?} is not a tenant id (a GUID such as 11111111-2222-3333-4444-555555555555)"),
+                            );
+                        }
+                    }
+                    TenantBinding::Listed(tenants)
+                }
+                _ => {
+                    issues.push(
+                        format!("{field}.tenants"),
+                        "the entra preset needs tenants: a list of tenant ids, or any",
+                    );
+                    return None;
+                }
+            };
+            let (issuer_strings, key_sources) = entra_issuers(&tenants, key_override, raw);
+            (
+                issuer_strings,
+                tenants,
+                key_sources,
+                vec![
+                    "preferred_username",
+                    "upn",
+                    "email",
+                    "unique_name",
+                    "oid",
+                    "sub",
+                ],
+                vec!["roles", "groups"],
+            )
+        }
+    };
+
+    let username_claims = raw
+        .username_claims
+        .clone()
+        .unwrap_or_else(|| username_default.iter().map(|s| s.to_string()).collect());
+    if username_claims.is_empty() {
+        issues.push(
+            format!("{field}.username_claims"),
+            "must name at least one claim",
+        );
+    }
+    let groups_claims = raw
+        .groups_claims
+        .clone()
+        .unwrap_or_else(|| groups_default.iter().map(|s| s.to_string()).collect());
+    for (claim, value) in &raw.required_claims {
+        if value.is_object() || value.is_null() {
+            issues.push(
+                format!("{field}.required_claims.{claim}"),
+                "expected a string, number, boolean or list of them",
+            );
+        }
+    }
+
+    if issues.found.len() > before {
+        return None;
+    }
+    Some(IssuerConfig {
+        name: raw.name.clone(),
+        preset: raw.preset,
+        issuer_strings,
+        tenants,
+        key_sources,
+        audiences: raw.audiences.clone(),
+        algorithms,
+        leeway_seconds: raw.leeway_seconds.unwrap_or(60),
+        username_claims,
+        groups_claims,
+        default_groups: raw.default_groups.clone(),
+        required_claims: raw.required_claims.clone(),
+        required: raw.required.unwrap_or(true),
+    })
+}
+
+/// Entra publishes v1 (`sts.windows.net/{tid}/`) and v2 (`login.microsoftonline.com/{tid}/v2.0`)
+/// tokens; which one a client gets depends on the API's `accessTokenAcceptedVersion`, not on the
+/// endpoint it used (Entra access token reference), so one entry accepts both. Each has its own
+/// discovery document; an explicit `discovery`/`jwks_uri` override serves every issuer string.
+fn entra_issuers(
+    tenants: &TenantBinding,
+    key_override: Option<KeyLocation>,
+    raw: &raw::Issuer,
+) -> (Vec<IssuerString>, Vec<KeySourceConfig>) {
+    let mut issuer_strings = Vec::new();
+    let mut key_sources = Vec::new();
+    let listed: &[String] = match tenants {
+        TenantBinding::Listed(list) => list,
+        _ => &[],
+    };
+    // The multi-tenant discovery documents carry a `{tenantid}` template, not a real issuer.
+    let template_issuers = vec![
+        format!("{ENTRA_V1_ISSUER_HOST}/{{tenantid}}/"),
+        format!("{ENTRA_LOGIN}/{{tenantid}}/v2.0"),
+    ];
+    if let Some(location) = key_override {
+        let mut expected: Vec<String> = template_issuers;
+        for tenant in listed {
+            for iss in entra_issuer_pair(tenant) {
+                expected.push(iss.clone());
+                issuer_strings.push(IssuerString {
+                    iss,
+                    tenant: Some(tenant.clone()),
+                    key_source: 0,
+                });
+            }
+        }
+        key_sources.push(KeySourceConfig {
+            location,
+            expected_issuers: expected,
+            allow_insecure_http: raw.allow_insecure_http,
+        });
+        return (issuer_strings, key_sources);
+    }
+    if matches!(tenants, TenantBinding::Any) {
+        // Entra signs every tenant's tokens with the same keys, published at `common`.
+        key_sources.push(KeySourceConfig {
+            location: KeyLocation::Jwks(format!("{ENTRA_LOGIN}/common/discovery/v2.0/keys")),
+            expected_issuers: template_issuers,
+            allow_insecure_http: false,
+        });
+        return (issuer_strings, key_sources);
+    }
+    for tenant in listed {
+        let [v1, v2] = entra_issuer_pair(tenant);
+        let v1_source = key_sources.len();
+        key_sources.push(KeySourceConfig {
+            location: KeyLocation::Discovery(format!(
+                "{ENTRA_LOGIN}/{tenant}/.well-known/openid-configuration"
+            )),
+            expected_issuers: vec![v1.clone()],
+            allow_insecure_http: false,
+        });
+        key_sources.push(KeySourceConfig {
+            location: KeyLocation::Discovery(format!(
+                "{ENTRA_LOGIN}/{tenant}/v2.0/.well-known/openid-configuration"
+            )),
+            expected_issuers: vec![v2.clone()],
+            allow_insecure_http: false,
+        });
+        issuer_strings.push(IssuerString {
+            iss: v1,
+            tenant: Some(tenant.clone()),
+            key_source: v1_source,
+        });
+        issuer_strings.push(IssuerString {
+            iss: v2,
+            tenant: Some(tenant.clone()),
+            key_source: v1_source + 1,
+        });
+    }
+    (issuer_strings, key_sources)
+}
+
+/// The v1 and v2 `iss` values of one Entra tenant.
+pub fn entra_issuer_pair(tenant: &str) -> [String; 2] {
+    [
+        format!("{ENTRA_V1_ISSUER_HOST}/{tenant}/"),
+        format!("{ENTRA_LOGIN}/{tenant}/v2.0"),
+    ]
+}
+
+fn check_issuer_uniqueness(issuers: &[IssuerConfig], issues: &mut Issues<'_>) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut strings: HashMap<&str, &str> = HashMap::new();
+    let mut any_entra = 0;
+    for (index, issuer) in issuers.iter().enumerate() {
+        if names.insert(&issuer.name, index).is_some() {
+            issues.push(
+                format!("issuers[{index}].name"),
+                format!("issuer name {:?} is used twice", issuer.name),
+            );
+        }
+        if issuer.tenants == TenantBinding::Any {
+            any_entra += 1;
+        }
+        for string in &issuer.issuer_strings {
+            if let Some(other) = strings.insert(&string.iss, &issuer.name) {
+                issues.push(
+                    format!("issuers[{index}]"),
+                    format!(
+                        "issuer {:?} is also configured by {other:?}: one iss, one entry",
+                        string.iss
+                    ),
+                );
+            }
+        }
+    }
+    if any_entra > 1 {
+        issues.push("issuers", "only one entra issuer may use tenants: any");
+    }
+}
+
+/// Best-effort line of a field path such as `issuers[1].audiences` in YAML text: walks the
+/// path segment by segment through indentation. Returns None where the layout is unusual
+/// (flow style, anchors); the field path alone still says where to look.
+pub fn locate_field(text: &str, field: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0usize;
+    let mut end = lines.len();
+    let mut min_indent = 0usize;
+    let mut found = None;
+    for segment in field.split('.') {
+        let (key, index) = match segment.split_once('[') {
+            Some((key, rest)) => (key, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let (line, indent) = find_key(&lines, start, end, min_indent, key)?;
+        found = Some(line + 1);
+        start = line + 1;
+        end = block_end(&lines, start, indent);
+        min_indent = indent + 1;
+        if let Some(index) = index {
+            let item = nth_list_item(&lines, start, end, index)?;
+            found = Some(item.0 + 1);
+            start = item.0;
+            end = block_end(&lines, item.0 + 1, item.1);
+            min_indent = item.1;
+        }
+    }
+    found
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn is_content(line: &str) -> bool {
+    let trimmed = line.trim();
+    !trimmed.is_empty() && !trimmed.starts_with('#')
+}
+
+fn find_key(
+    lines: &[&str],
+    start: usize,
+    end: usize,
+    min_indent: usize,
+    key: &str,
+) -> Option<(usize, usize)> {
+    let wanted = format!("{key}:");
+    (start..end).find_map(|number| {
+        let line = lines[number];
+        if !is_content(line) {
+            return None;
+        }
+        let body = line.trim_start().trim_start_matches("- ");
+        let indent = line.len() - body.len();
+        (indent >= min_indent && body.starts_with(&wanted)).then_some((number, indent))
+    })
+}
+
+fn block_end(lines: &[&str], start: usize, parent_indent: usize) -> usize {
+    (start..lines.len())
+        .find(|&number| {
+            is_content(lines[number])
+                && indent_of(lines[number]) <= parent_indent
+                && !lines[number].trim_start().starts_with("- ")
+        })
+        .unwrap_or(lines.len())
+}
+
+fn nth_list_item(lines: &[&str], start: usize, end: usize, index: usize) -> Option<(usize, usize)> {
+    let mut item_indent = None;
+    let mut seen = 0;
+    for (number, line) in lines.iter().enumerate().take(end).skip(start) {
+        if !is_content(line) || !line.trim_start().starts_with("- ") {
+            continue;
+        }
+        let indent = indent_of(line);
+        match item_indent {
+            None => item_indent = Some(indent),
+            Some(expected) if indent != expected => continue,
+            Some(_) => {}
+        }
+        if seen == index {
+            return Some((number, indent));
+        }
+        seen += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+quay:
+  service: quay.example.com
+  realm: https://quay.example.com/v2/auth
+issuers:
+  - name: entra
+    preset: entra
+    tenants: [11111111-2222-3333-4444-555555555555]
+    audiences: [api://quay-api]
+  - name: keycloak
+    issuer: https://sso.example.com/realms/main
+    audiences: [quay]
+"#;
+
+    fn errors(text: &str) -> String {
+        match Config::parse(text, "test.yaml") {
+            Ok(_) => panic!("expected an error"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_compiles_with_documented_defaults() {
+        let config = Config::parse(MINIMAL, "t").expect("valid");
+        assert_eq!(config.listen.grpc.port(), 9191);
+        assert_eq!(config.listen.http.port(), 9090);
+        assert_eq!(config.unauthenticated, Unauthenticated::Passthrough);
+        assert_eq!(config.headers.prefix, "x-quay-authz-");
+        assert_eq!(config.max_token_bytes, 16384);
+        let entra = config.issuer("entra").expect("entra");
+        let strings: Vec<&str> = entra
+            .issuer_strings
+            .iter()
+            .map(|s| s.iss.as_str())
+            .collect();
+        assert_eq!(
+            strings,
+            [
+                "https://sts.windows.net/11111111-2222-3333-4444-555555555555/",
+                "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+            ]
+        );
+        assert_eq!(entra.algorithms, [SigningAlgorithm::RS256]);
+        assert_eq!(entra.leeway_seconds, 60);
+        assert!(entra.required);
+        assert_eq!(
+            entra.key_sources[1].location,
+            KeyLocation::Discovery(
+                "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0/.well-known/openid-configuration".into()
+            )
+        );
+        let keycloak = config.issuer("keycloak").expect("keycloak");
+        assert_eq!(
+            keycloak.key_sources[0].location.url(),
+            "https://sso.example.com/realms/main/.well-known/openid-configuration"
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_path_and_line() {
+        let text = MINIMAL.replace(
+            "    audiences: [quay]",
+            "    audiences: [quay]\n    audience: x",
+        );
+        let message = errors(&text);
+        assert!(message.starts_with("test.yaml:"), "{message}");
+        assert!(message.contains("issuers[1]"), "{message}");
+        assert!(message.contains("unknown field `audience`"), "{message}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported_with_lines() {
+        let text = MINIMAL
+            .replace(
+                "tenants: [11111111-2222-3333-4444-555555555555]",
+                "tenants: [not-a-guid]",
+            )
+            .replace(
+                "    audiences: [quay]",
+                "    audiences: []\n    algorithms: [HS256]",
+            );
+        let message = errors(&text);
+        assert!(
+            message.contains("test.yaml:8: issuers[0].tenants: \"not-a-guid\" is not a tenant id"),
+            "{message}"
+        );
+        assert!(
+            message.contains("issuers[1].audiences: at least one audience"),
+            "{message}"
+        );
+        assert!(
+            message.contains("HMAC and 'none' are forbidden"),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 3, "{message}");
+    }
+
+    #[test]
+    fn http_urls_need_explicit_opt_in() {
+        let text = MINIMAL.replace(
+            "    audiences: [quay]",
+            "    audiences: [quay]\n    jwks_uri: http://127.0.0.1:1/keys",
+        );
+        assert!(errors(&text).contains("issuers[1].jwks_uri: must be https"));
+        let allowed = text.replace(
+            "jwks_uri: http://127.0.0.1:1/keys",
+            "jwks_uri: http://127.0.0.1:1/keys\n    allow_insecure_http: true",
+        );
+        let config = Config::parse(&allowed, "t").expect("valid");
+        assert_eq!(
+            config.issuer("keycloak").expect("keycloak").key_sources[0].location,
+            KeyLocation::Jwks("http://127.0.0.1:1/keys".into())
+        );
+    }
+
+    #[test]
+    fn duplicate_issuers_and_bad_listen_rejected() {
+        let text = format!(
+            "listen:\n  grpc: nowhere\n  admin: 0.0.0.0:9192\n{}",
+            MINIMAL.replace("name: keycloak", "name: entra")
+        );
+        let message = errors(&text);
+        assert!(
+            message.contains("listen.grpc: expected host:port"),
+            "{message}"
+        );
+        assert!(message.contains("listen.admin: the admin API"), "{message}");
+        assert!(
+            message.contains("issuer name \"entra\" is used twice"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn entra_any_is_a_warning_and_uses_common_keys() {
+        let text = MINIMAL.replace(
+            "tenants: [11111111-2222-3333-4444-555555555555]",
+            "tenants: any",
+        );
+        let config = Config::parse(&text, "t").expect("valid");
+        assert!(config.warnings[0].contains("ANY Entra tenant"));
+        let entra = config.issuer("entra").expect("entra");
+        assert_eq!(entra.tenants, TenantBinding::Any);
+        assert!(entra.issuer_strings.is_empty());
+        assert!(entra.key_sources[0].location.url().contains("/common/"));
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_line() {
+        let message = errors("quay: [unclosed\n");
+        assert!(message.starts_with("test.yaml:"), "{message}");
+    }
+
+    #[test]
+    fn locate_field_walks_indentation() {
+        let text =
+            "a: 1\nissuers:\n  - name: x\n    audiences: [a]\n  - name: y\n    audiences: []\n";
+        assert_eq!(locate_field(text, "issuers"), Some(2));
+        assert_eq!(locate_field(text, "issuers[1]"), Some(5));
+        assert_eq!(locate_field(text, "issuers[1].audiences"), Some(6));
+        assert_eq!(locate_field(text, "issuers[0].audiences"), Some(4));
+        assert_eq!(locate_field(text, "issuers[2]"), None);
+    }
+}

@@ -1,0 +1,202 @@
+//! Decisions and their reasons: the stable codes shared by responses, metrics, logs and the
+//! README's troubleshooting table, and the one place they map to gRPC and HTTP statuses.
+
+use std::fmt;
+
+use crate::identify::Identity;
+use crate::permission::{Grant, Permission};
+
+/// Why a request was allowed, passed through or denied. The `code` of each is stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // --- allow / passthrough
+    Allowed,
+    NoCredentials,
+    NotProtected,
+    // --- the token
+    TokenMalformed,
+    TokenEncrypted,
+    TokenTooLarge,
+    IssuerNotConfigured,
+    AlgorithmNotAllowed,
+    UnknownKey,
+    BadSignature,
+    TokenExpired,
+    TokenNotYetValid,
+    MissingClaim,
+    AudienceMismatch,
+    TenantMismatch,
+    RequiredClaimMismatch,
+    // --- the request
+    PathAmbiguous,
+    RouteNotClassified,
+    InsufficientScope,
+    // --- this service
+    KeysUnavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 20] = [
+        Reason::Allowed,
+        Reason::NoCredentials,
+        Reason::NotProtected,
+        Reason::TokenMalformed,
+        Reason::TokenEncrypted,
+        Reason::TokenTooLarge,
+        Reason::IssuerNotConfigured,
+        Reason::AlgorithmNotAllowed,
+        Reason::UnknownKey,
+        Reason::BadSignature,
+        Reason::TokenExpired,
+        Reason::TokenNotYetValid,
+        Reason::MissingClaim,
+        Reason::AudienceMismatch,
+        Reason::TenantMismatch,
+        Reason::RequiredClaimMismatch,
+        Reason::PathAmbiguous,
+        Reason::RouteNotClassified,
+        Reason::InsufficientScope,
+        Reason::KeysUnavailable,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::NoCredentials => "no_credentials",
+            Self::NotProtected => "not_protected",
+            Self::TokenMalformed => "token_malformed",
+            Self::TokenEncrypted => "token_encrypted",
+            Self::TokenTooLarge => "token_too_large",
+            Self::IssuerNotConfigured => "issuer_not_configured",
+            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::UnknownKey => "unknown_key",
+            Self::BadSignature => "bad_signature",
+            Self::TokenExpired => "token_expired",
+            Self::TokenNotYetValid => "token_not_yet_valid",
+            Self::MissingClaim => "missing_claim",
+            Self::AudienceMismatch => "audience_mismatch",
+            Self::TenantMismatch => "tenant_mismatch",
+            Self::RequiredClaimMismatch => "required_claim_mismatch",
+            Self::PathAmbiguous => "path_ambiguous",
+            Self::RouteNotClassified => "route_not_classified",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::KeysUnavailable => "keys_unavailable",
+        }
+    }
+
+    /// The status class of a deny for this reason (the single mapping, as Authorino keeps it).
+    pub fn deny_status(self) -> DenyStatus {
+        match self {
+            Self::PathAmbiguous => DenyStatus::BadRequest,
+            Self::RouteNotClassified | Self::InsufficientScope => DenyStatus::Forbidden,
+            Self::KeysUnavailable => DenyStatus::Unavailable,
+            _ => DenyStatus::Unauthenticated,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// The kinds of deny, each with its gRPC code and HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyStatus {
+    Unauthenticated,
+    Forbidden,
+    BadRequest,
+    Unavailable,
+}
+
+impl DenyStatus {
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            Self::Unauthenticated => tonic::Code::Unauthenticated,
+            Self::Forbidden => tonic::Code::PermissionDenied,
+            Self::BadRequest => tonic::Code::InvalidArgument,
+            Self::Unavailable => tonic::Code::Unavailable,
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Unauthenticated => 401,
+            Self::Forbidden => 403,
+            Self::BadRequest => 400,
+            Self::Unavailable => 503,
+        }
+    }
+}
+
+/// The outcome of one Check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// A verified identity whose grants cover the request.
+    Allow {
+        identity: Box<Identity>,
+        grants: Vec<Grant>,
+        rules: Vec<String>,
+    },
+    /// Not ours to judge (no bearer JWT from a configured issuer, or a path outside the API):
+    /// Quay authenticates it itself. Identity headers are still stripped.
+    Passthrough { reason: Reason },
+    Deny {
+        reason: Reason,
+        /// Safe to show the client: never a token, a claim value or key material.
+        detail: String,
+        /// The permission that was missing or, for 401s, the one the route needs (it goes
+        /// into the Docker challenge's `scope`).
+        required: Option<Permission>,
+        issuer: Option<String>,
+    },
+}
+
+impl Decision {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Allow { .. } => Reason::Allowed,
+            Self::Passthrough { reason } | Self::Deny { reason, .. } => *reason,
+        }
+    }
+
+    /// `allow`, `passthrough` or `deny` (metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Allow { .. } => "allow",
+            Self::Passthrough { .. } => "passthrough",
+            Self::Deny { .. } => "deny",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'))
+        );
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+    }
+
+    #[test]
+    fn status_mapping() {
+        assert_eq!(Reason::TokenExpired.deny_status().http_status(), 401);
+        assert_eq!(
+            Reason::InsufficientScope.deny_status().grpc_code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(Reason::RouteNotClassified.deny_status().http_status(), 403);
+        assert_eq!(Reason::PathAmbiguous.deny_status().http_status(), 400);
+        assert_eq!(Reason::KeysUnavailable.deny_status().http_status(), 503);
+    }
+}

@@ -1,0 +1,133 @@
+//! Extract: the facts of one request from Envoy's CheckRequest, and its credential.
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+
+/// What the request carries in the way of credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential<'r> {
+    /// `Authorization: Bearer <token>` (RFC 6750 §2.1).
+    Bearer(&'r str),
+    /// Some other scheme (Basic, Quay's own): Quay's business.
+    Other,
+    None,
+}
+
+/// The request as the pipeline sees it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    pub method: String,
+    /// Envoy's `:path`, query included.
+    pub path: String,
+    pub host: String,
+    /// Lowercase header names (as Envoy sends them).
+    pub headers: HashMap<String, String>,
+    /// Present when Envoy is configured `with_request_body`.
+    pub body: Option<String>,
+    /// Envoy's `x-request-id`, for the audit log.
+    pub request_id: String,
+}
+
+impl RequestFacts {
+    pub fn from_check_request(request: &CheckRequest) -> Self {
+        let Some(http) = request
+            .attributes
+            .as_ref()
+            .and_then(|attributes| attributes.request.as_ref())
+            .and_then(|request| request.http.as_ref())
+        else {
+            return Self::default();
+        };
+        let body = if !http.body.is_empty() {
+            Some(http.body.clone())
+        } else if !http.raw_body.is_empty() {
+            String::from_utf8(http.raw_body.clone()).ok()
+        } else {
+            None
+        };
+        Self {
+            method: http.method.clone(),
+            path: http.path.clone(),
+            host: http.host.clone(),
+            headers: http.headers.clone(),
+            body,
+            request_id: http
+                .headers
+                .get("x-request-id")
+                .cloned()
+                .unwrap_or_else(|| http.id.clone()),
+        }
+    }
+
+    /// The path without the query, for logs (queries may carry secrets).
+    pub fn path_without_query(&self) -> &str {
+        self.path.split('?').next().unwrap_or_default()
+    }
+
+    pub fn credential(&self) -> Credential<'_> {
+        let Some(value) = self.headers.get("authorization") else {
+            return Credential::None;
+        };
+        let value = value.trim();
+        if value.eq_ignore_ascii_case("bearer") {
+            return Credential::None;
+        }
+        match value.split_once(' ') {
+            // The scheme is case-insensitive (RFC 9110 §11.1).
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                let token = token.trim();
+                if token.is_empty() {
+                    Credential::None
+                } else {
+                    Credential::Bearer(token)
+                }
+            }
+            _ => Credential::Other,
+        }
+    }
+
+    pub fn is_registry(&self) -> bool {
+        let path = self.path_without_query();
+        path == "/v2" || path.starts_with("/v2/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(authorization: Option<&str>) -> RequestFacts {
+        let mut facts = RequestFacts {
+            path: "/v2/acme/app/manifests/latest?x=1".into(),
+            ..Default::default()
+        };
+        if let Some(value) = authorization {
+            facts.headers.insert("authorization".into(), value.into());
+        }
+        facts
+    }
+
+    #[test]
+    fn credentials() {
+        assert_eq!(
+            facts(Some("Bearer abc")).credential(),
+            Credential::Bearer("abc")
+        );
+        assert_eq!(
+            facts(Some("bearer   abc ")).credential(),
+            Credential::Bearer("abc")
+        );
+        assert_eq!(
+            facts(Some("Basic dXNlcjpwYXNz")).credential(),
+            Credential::Other
+        );
+        assert_eq!(facts(Some("Bearer ")).credential(), Credential::None);
+        assert_eq!(facts(None).credential(), Credential::None);
+        assert_eq!(
+            facts(None).path_without_query(),
+            "/v2/acme/app/manifests/latest"
+        );
+        assert!(facts(None).is_registry());
+    }
+}

@@ -1,0 +1,698 @@
+//! Identify: from a bearer token to a verified `Identity`.
+//!
+//! Usage: `parse_token` (pure: size, shape, header, payload), `match_issuer` (pure: the token's
+//! `iss` among configured issuers only — nothing is ever fetched from a token-supplied URL),
+//! then the caller finds the key (`jwks`), `verify_signature`, and `check_claims` with an
+//! explicit `now`, which also builds the identity.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Map, Value};
+
+use crate::config::{Config, IssuerConfig, Preset, SigningAlgorithm, TenantBinding};
+use crate::decision::Reason;
+use crate::policy::scalar_text;
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The configured issuer's name (rules, metrics, headers).
+    pub issuer: String,
+    /// The token's `iss`.
+    pub iss: String,
+    pub subject: String,
+    /// First present claim of the issuer's `username_claims` chain.
+    pub username: String,
+    pub tenant: Option<String>,
+    /// The client application: `azp` (Entra v2, OIDC) or `appid` (Entra v1).
+    pub client: Option<String>,
+    pub audiences: Vec<String>,
+    pub groups: Vec<String>,
+    pub claims: Map<String, Value>,
+    pub expires_at: u64,
+}
+
+/// Why a token was refused, with a detail safe to show (never key material or the token).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct IdentifyError {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl IdentifyError {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A token split and decoded, not yet trusted.
+#[derive(Debug, Clone)]
+pub struct ParsedToken<'t> {
+    /// `header.payload`, the signed bytes (RFC 7515 §5.2).
+    pub signing_input: &'t str,
+    pub signature: &'t str,
+    pub algorithm: String,
+    pub key_id: Option<String>,
+    pub claims: Map<String, Value>,
+    pub iss: String,
+}
+
+/// Splits and decodes a compact JWS. Refuses oversized input before any decoding.
+pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, IdentifyError> {
+    if token.len() > max_bytes {
+        return Err(IdentifyError::new(
+            Reason::TokenTooLarge,
+            format!("token is {} bytes, the limit is {max_bytes}", token.len()),
+        ));
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() == 5 {
+        return Err(IdentifyError::new(
+            Reason::TokenEncrypted,
+            "token is an encrypted JWE; an access token for this API must be a signed JWT",
+        ));
+    }
+    if parts.len() != 3 || parts.iter().take(2).any(|part| part.is_empty()) {
+        return Err(IdentifyError::new(
+            Reason::TokenMalformed,
+            "not a JWT: expected three base64url parts separated by dots",
+        ));
+    }
+    let header = decode_json_part(parts[0], "header")?;
+    let algorithm = match header.get("alg") {
+        Some(Value::String(alg)) => alg.clone(),
+        _ => {
+            return Err(IdentifyError::new(
+                Reason::TokenMalformed,
+                "header has no alg",
+            ));
+        }
+    };
+    if header.contains_key("crit") {
+        // RFC 7515 §4.1.11: we understand no extensions, so a critical one must be refused.
+        return Err(IdentifyError::new(
+            Reason::TokenMalformed,
+            "header lists critical extensions (crit) this service does not understand",
+        ));
+    }
+    let key_id = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => {
+            return Err(IdentifyError::new(
+                Reason::TokenMalformed,
+                "header kid is not a string",
+            ));
+        }
+    };
+    let claims = decode_json_part(parts[1], "payload")?;
+    let iss = match claims.get("iss") {
+        Some(Value::String(iss)) => iss.clone(),
+        Some(_) => {
+            return Err(IdentifyError::new(
+                Reason::TokenMalformed,
+                "iss is not a string",
+            ));
+        }
+        None => return Err(IdentifyError::new(Reason::MissingClaim, "token has no iss")),
+    };
+    let signing_input_len = parts[0].len() + 1 + parts[1].len();
+    Ok(ParsedToken {
+        signing_input: &token[..signing_input_len],
+        signature: parts[2],
+        algorithm,
+        key_id,
+        claims,
+        iss,
+    })
+}
+
+fn decode_json_part(part: &str, what: &str) -> Result<Map<String, Value>, IdentifyError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| {
+            IdentifyError::new(Reason::TokenMalformed, format!("{what} is not base64url"))
+        })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(IdentifyError::new(
+            Reason::TokenMalformed,
+            format!("{what} is not a JSON object"),
+        )),
+    }
+}
+
+/// The configured issuer a token's `iss` selects, with the key source and tenant it implies.
+#[derive(Debug, Clone, Copy)]
+pub struct IssuerMatch<'c> {
+    pub issuer: &'c IssuerConfig,
+    pub key_source: usize,
+    pub tenant: Option<&'c str>,
+}
+
+/// Looks `iss` up among configured issuers only (exact match; Entra `tenants: any` matches the
+/// two Entra issuer forms with a tenant id).
+pub fn match_issuer<'c>(config: &'c Config, iss: &'c str) -> Option<IssuerMatch<'c>> {
+    for issuer in &config.issuers {
+        if let Some(string) = issuer.issuer_strings.iter().find(|s| s.iss == iss) {
+            return Some(IssuerMatch {
+                issuer,
+                key_source: string.key_source,
+                tenant: string.tenant.as_deref(),
+            });
+        }
+    }
+    config
+        .issuers
+        .iter()
+        .find(|issuer| issuer.tenants == TenantBinding::Any)
+        .and_then(|issuer| {
+            entra_tenant_of(iss).map(|tenant| IssuerMatch {
+                issuer,
+                key_source: 0,
+                tenant: Some(tenant),
+            })
+        })
+}
+
+/// The tenant id inside an Entra v1 or v2 issuer string.
+fn entra_tenant_of(iss: &str) -> Option<&str> {
+    let tenant = iss
+        .strip_prefix("https://sts.windows.net/")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .or_else(|| {
+            iss.strip_prefix("https://login.microsoftonline.com/")
+                .and_then(|rest| rest.strip_suffix("/v2.0"))
+        })?;
+    let valid = tenant.len() == 36
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase() || c == '-');
+    valid.then_some(tenant)
+}
+
+/// The algorithm the token names, if the issuer allows it. `none` and HMAC never pass.
+pub fn allowed_algorithm(
+    issuer: &IssuerConfig,
+    algorithm: &str,
+) -> Result<SigningAlgorithm, IdentifyError> {
+    let refuse = |why: &str| {
+        IdentifyError::new(
+            Reason::AlgorithmNotAllowed,
+            format!("alg {:?} {why}", truncate(algorithm, 16)),
+        )
+    };
+    if algorithm.eq_ignore_ascii_case("none") || algorithm.starts_with("HS") {
+        return Err(refuse("is never accepted"));
+    }
+    match SigningAlgorithm::from_name(algorithm) {
+        Some(alg) if issuer.algorithms.contains(&alg) => Ok(alg),
+        _ => Err(refuse(&format!(
+            "is not allowed for issuer {} (allowed: {})",
+            issuer.name,
+            issuer
+                .algorithms
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}
+
+/// Checks the signature with a public key.
+pub fn verify_signature(
+    token: &ParsedToken<'_>,
+    key: &jsonwebtoken::DecodingKey,
+    algorithm: SigningAlgorithm,
+) -> Result<(), IdentifyError> {
+    match jsonwebtoken::crypto::verify(
+        token.signature,
+        token.signing_input.as_bytes(),
+        key,
+        algorithm.to_jsonwebtoken(),
+    ) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(IdentifyError::new(
+            Reason::BadSignature,
+            "signature does not verify",
+        )),
+        Err(_) => Err(IdentifyError::new(
+            Reason::BadSignature,
+            "signature is malformed or the key does not fit the algorithm",
+        )),
+    }
+}
+
+/// Validates the registered and issuer-specific claims (RFC 7519 §4.1) at `now` (Unix
+/// seconds) and builds the identity.
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    matched: IssuerMatch<'_>,
+    iss: &str,
+    now: u64,
+) -> Result<Identity, IdentifyError> {
+    let issuer = matched.issuer;
+    let leeway = issuer.leeway_seconds;
+
+    let exp = numeric_date(claims, "exp")?
+        .ok_or_else(|| IdentifyError::new(Reason::MissingClaim, "token has no exp"))?;
+    if now >= exp.saturating_add(leeway) {
+        return Err(IdentifyError::new(
+            Reason::TokenExpired,
+            format!("token expired {} s ago", now - exp),
+        ));
+    }
+    if let Some(nbf) = numeric_date(claims, "nbf")?
+        && now.saturating_add(leeway) < nbf
+    {
+        return Err(IdentifyError::new(
+            Reason::TokenNotYetValid,
+            format!("token is valid only in {} s (nbf)", nbf - now),
+        ));
+    }
+    if let Some(iat) = numeric_date(claims, "iat")?
+        && now.saturating_add(leeway) < iat
+    {
+        return Err(IdentifyError::new(
+            Reason::TokenNotYetValid,
+            format!("token was issued {} s in the future (iat)", iat - now),
+        ));
+    }
+
+    // RFC 7519 §4.1.3: aud is a string or an array of strings.
+    let audiences: Vec<String> = match claims.get("aud") {
+        Some(Value::String(aud)) => vec![aud.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_string))
+            .collect(),
+        Some(_) => {
+            return Err(IdentifyError::new(
+                Reason::TokenMalformed,
+                "aud is not a string or list",
+            ));
+        }
+        None => return Err(IdentifyError::new(Reason::MissingClaim, "token has no aud")),
+    };
+    if !audiences.iter().any(|aud| {
+        issuer
+            .audiences
+            .iter()
+            .any(|accepted| audience_equal(accepted, aud))
+    }) {
+        return Err(IdentifyError::new(
+            Reason::AudienceMismatch,
+            format!(
+                "token audience is not one of issuer {}'s audiences ({})",
+                issuer.name,
+                issuer.audiences.join(", ")
+            ),
+        ));
+    }
+
+    // Entra: the tenant in `iss` must be the token's `tid`, or a token minted by one tenant
+    // could be presented as another's.
+    if let Some(tenant) = matched.tenant {
+        match claims.get("tid").and_then(Value::as_str) {
+            Some(tid) if tid.eq_ignore_ascii_case(tenant) => {}
+            Some(_) => {
+                return Err(IdentifyError::new(
+                    Reason::TenantMismatch,
+                    "tid does not match the tenant in iss",
+                ));
+            }
+            None => {
+                return Err(IdentifyError::new(
+                    Reason::TenantMismatch,
+                    "token has no tid",
+                ));
+            }
+        }
+    }
+
+    for (name, expected) in &issuer.required_claims {
+        if !required_claim_holds(claims.get(name), expected) {
+            return Err(IdentifyError::new(
+                Reason::RequiredClaimMismatch,
+                format!("claim {name} does not have the required value"),
+            ));
+        }
+    }
+
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let username = issuer
+        .username_claims
+        .iter()
+        .find_map(|claim| {
+            claims
+                .get(claim)
+                .and_then(scalar_text)
+                .filter(|v| !v.is_empty())
+        })
+        .ok_or_else(|| {
+            IdentifyError::new(
+                Reason::MissingClaim,
+                format!(
+                    "none of the username claims is present ({})",
+                    issuer.username_claims.join(", ")
+                ),
+            )
+        })?;
+    let client = ["azp", "appid"]
+        .iter()
+        .find_map(|claim| claims.get(*claim).and_then(Value::as_str))
+        .map(str::to_string);
+    let mut groups = collect_groups(claims, &issuer.groups_claims);
+    if groups.is_empty() {
+        groups = issuer.default_groups.clone();
+    }
+    let tenant = matched.tenant.map(str::to_string).or_else(|| {
+        (issuer.preset == Preset::Entra)
+            .then(|| {
+                claims
+                    .get("tid")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .flatten()
+    });
+    Ok(Identity {
+        issuer: issuer.name.clone(),
+        iss: iss.to_string(),
+        subject,
+        username,
+        tenant,
+        client,
+        audiences,
+        groups,
+        claims: claims.clone(),
+        expires_at: exp,
+    })
+}
+
+/// Entra v1 App ID URIs appear with and without a trailing slash (`api://quay-api/`).
+fn audience_equal(accepted: &str, actual: &str) -> bool {
+    accepted == actual
+        || (accepted.contains("://")
+            && accepted.trim_end_matches('/') == actual.trim_end_matches('/'))
+}
+
+/// A NumericDate claim (RFC 7519 §2): missing is None, anything but a number is malformed.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, IdentifyError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(number)) => number
+            .as_u64()
+            .or_else(|| number.as_f64().filter(|v| *v >= 0.0).map(|v| v as u64))
+            .map(Some)
+            .ok_or_else(|| {
+                IdentifyError::new(
+                    Reason::TokenMalformed,
+                    format!("{name} is not a valid date"),
+                )
+            }),
+        Some(_) => Err(IdentifyError::new(
+            Reason::TokenMalformed,
+            format!("{name} is not a number"),
+        )),
+    }
+}
+
+fn required_claim_holds(actual: Option<&Value>, expected: &Value) -> bool {
+    let Some(actual) = actual else {
+        return false;
+    };
+    let actual_values: Vec<String> = match actual {
+        Value::Array(items) => items.iter().filter_map(scalar_text).collect(),
+        other => scalar_text(other).into_iter().collect(),
+    };
+    let expected_values: Vec<String> = match expected {
+        Value::Array(items) => items.iter().filter_map(scalar_text).collect(),
+        other => scalar_text(other).into_iter().collect(),
+    };
+    actual_values
+        .iter()
+        .any(|value| expected_values.contains(value))
+}
+
+/// Groups from the configured claims: arrays as they are, strings split on spaces (Entra's
+/// `scp` is one space-separated string).
+fn collect_groups(claims: &Map<String, Value>, names: &[String]) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    let mut add = |group: &str| {
+        if !group.is_empty() && !groups.iter().any(|g| g == group) {
+            groups.push(group.to_string());
+        }
+    };
+    for name in names {
+        match claims.get(name) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).for_each(&mut add),
+            Some(Value::String(text)) => text.split(' ').for_each(&mut add),
+            _ => {}
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+    const OTHER: &str = "99999999-2222-3333-4444-555555555555";
+
+    fn config() -> Config {
+        let text = format!(
+            r#"
+quay: {{service: quay.example.com, realm: "https://quay.example.com/v2/auth"}}
+issuers:
+  - name: entra
+    preset: entra
+    tenants: [{TENANT}]
+    audiences: [api://quay-api, 6f1c2d3e-0000-4000-8000-000000000001]
+    required_claims: {{ver: ["1.0", "2.0"]}}
+    default_groups: [everyone]
+  - name: github
+    preset: github-actions
+    audiences: [https://quay.example.com]
+    algorithms: [RS256, ES256]
+"#
+        );
+        Config::parse(&text, "t").expect("config")
+    }
+
+    fn encode(value: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).expect("json"))
+    }
+
+    fn token(header: Value, claims: Value) -> String {
+        format!("{}.{}.c2ln", encode(&header), encode(&claims))
+    }
+
+    fn entra_claims(iss: &str, tid: &str) -> Value {
+        json!({"iss": iss, "tid": tid, "aud": "api://quay-api/", "exp": 2000, "iat": 900, "nbf": 900,
+               "ver": "1.0", "upn": "alice@example.com", "oid": "o-1", "sub": "s-1", "appid": "app-1",
+               "roles": ["Quay.acme.write"], "scp": "user_impersonation Quay.Read"})
+    }
+
+    fn check(config: &Config, claims: Value, now: u64) -> Result<Identity, IdentifyError> {
+        let text = token(json!({"alg": "RS256", "kid": "k"}), claims);
+        let parsed = parse_token(&text, 16384)?;
+        let matched = match_issuer(config, &parsed.iss)
+            .ok_or_else(|| IdentifyError::new(Reason::IssuerNotConfigured, "x"))?;
+        check_claims(&parsed.claims, matched, &parsed.iss, now)
+    }
+
+    fn reason(result: Result<Identity, IdentifyError>) -> Reason {
+        result.expect_err("should fail").reason
+    }
+
+    #[test]
+    fn entra_v1_and_v2_tokens_of_one_tenant_both_identify() {
+        let config = config();
+        let [v1, v2] = crate::config::entra_issuer_pair(TENANT);
+        let one = check(&config, entra_claims(&v1, TENANT), 1000).expect("v1");
+        assert_eq!(one.username, "alice@example.com");
+        assert_eq!(one.client.as_deref(), Some("app-1"));
+        assert_eq!(one.tenant.as_deref(), Some(TENANT));
+        assert_eq!(one.groups, ["Quay.acme.write"]);
+        let mut v2_claims = entra_claims(&v2, TENANT);
+        v2_claims["aud"] = json!("6f1c2d3e-0000-4000-8000-000000000001");
+        v2_claims["ver"] = json!("2.0");
+        v2_claims["azp"] = json!("app-2");
+        let two = check(&config, v2_claims, 1000).expect("v2");
+        assert_eq!(two.issuer, "entra");
+        assert_eq!(two.client.as_deref(), Some("app-2"));
+    }
+
+    #[test]
+    fn every_claim_failure_has_its_reason() {
+        let config = config();
+        let [v1, v2] = crate::config::entra_issuer_pair(TENANT);
+        let base = entra_claims(&v1, TENANT);
+        let with = |key: &str, value: Value| {
+            let mut claims = base.clone();
+            claims[key] = value;
+            claims
+        };
+        let without = |key: &str| {
+            let mut claims = base.clone();
+            claims.as_object_mut().expect("object").remove(key);
+            claims
+        };
+        let cases: Vec<(Value, u64, Reason)> = vec![
+            (base.clone(), 2060, Reason::TokenExpired),
+            (base.clone(), 2059, Reason::TokenExpired).clone(),
+            (without("exp"), 1000, Reason::MissingClaim),
+            (with("exp", json!("soon")), 1000, Reason::TokenMalformed),
+            (with("nbf", json!(1100)), 1000, Reason::TokenNotYetValid),
+            (with("iat", json!(1100)), 1000, Reason::TokenNotYetValid),
+            (
+                with("aud", json!("api://other")),
+                1000,
+                Reason::AudienceMismatch,
+            ),
+            (
+                with("aud", json!(["x", "y"])),
+                1000,
+                Reason::AudienceMismatch,
+            ),
+            (without("aud"), 1000, Reason::MissingClaim),
+            (with("tid", json!(OTHER)), 1000, Reason::TenantMismatch),
+            (without("tid"), 1000, Reason::TenantMismatch),
+            (
+                with("ver", json!("3.0")),
+                1000,
+                Reason::RequiredClaimMismatch,
+            ),
+            (
+                with("iss", json!(format!("https://sts.windows.net/{OTHER}/"))),
+                1000,
+                Reason::IssuerNotConfigured,
+            ),
+        ];
+        for (index, (claims, now, expected)) in cases.into_iter().enumerate() {
+            if index == 1 {
+                // Just inside the leeway (exp 2000 + 60 s) the token still passes.
+                assert!(check(&config, claims, now).is_ok());
+                continue;
+            }
+            assert_eq!(
+                reason(check(&config, claims.clone(), now)),
+                expected,
+                "{claims}"
+            );
+        }
+        // v2 token with a different tenant's tid.
+        assert_eq!(
+            reason(check(&config, entra_claims(&v2, OTHER), 1000)),
+            Reason::TenantMismatch
+        );
+    }
+
+    #[test]
+    fn default_groups_and_username_chain() {
+        let config = config();
+        let [v1, _] = crate::config::entra_issuer_pair(TENANT);
+        let mut claims = entra_claims(&v1, TENANT);
+        let object = claims.as_object_mut().expect("object");
+        object.remove("roles");
+        object.remove("upn");
+        let identity = check(&config, claims, 1000).expect("valid");
+        assert_eq!(identity.groups, ["everyone"]);
+        assert_eq!(identity.username, "o-1");
+    }
+
+    #[test]
+    fn parse_refuses_malformed_input() {
+        let cases = [
+            ("", Reason::TokenMalformed),
+            ("abc", Reason::TokenMalformed),
+            ("a.b", Reason::TokenMalformed),
+            ("a.b.c.d.e", Reason::TokenEncrypted),
+            ("!!.e30.x", Reason::TokenMalformed),
+            ("e30.e30.x", Reason::TokenMalformed),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                parse_token(text, 100).expect_err(text).reason,
+                expected,
+                "{text}"
+            );
+        }
+        let big = "a".repeat(101);
+        assert_eq!(
+            parse_token(&big, 100).expect_err("big").reason,
+            Reason::TokenTooLarge
+        );
+        let crit = token(
+            json!({"alg": "RS256", "crit": ["b64"]}),
+            json!({"iss": "x"}),
+        );
+        assert_eq!(
+            parse_token(&crit, 1000).expect_err("crit").reason,
+            Reason::TokenMalformed
+        );
+        let no_iss = token(json!({"alg": "RS256"}), json!({"sub": "x"}));
+        assert_eq!(
+            parse_token(&no_iss, 1000).expect_err("iss").reason,
+            Reason::MissingClaim
+        );
+        let ok = token(json!({"alg": "RS256", "kid": "k1"}), json!({"iss": "x"}));
+        let parsed = parse_token(&ok, 1000).expect("ok");
+        assert_eq!(parsed.key_id.as_deref(), Some("k1"));
+        assert_eq!(parsed.signature, "c2ln");
+        assert!(ok.starts_with(parsed.signing_input));
+    }
+
+    #[test]
+    fn algorithms_are_allow_listed_and_none_or_hmac_never_pass() {
+        let config = config();
+        let github = config.issuer("github").expect("github");
+        let entra = config.issuer("entra").expect("entra");
+        assert!(allowed_algorithm(github, "ES256").is_ok());
+        assert!(allowed_algorithm(entra, "ES256").is_err());
+        for alg in ["none", "None", "HS256", "HS512", "XX1"] {
+            assert_eq!(
+                allowed_algorithm(github, alg).expect_err(alg).reason,
+                Reason::AlgorithmNotAllowed
+            );
+        }
+    }
+
+    #[test]
+    fn multi_tenant_entry_matches_entra_issuers_only() {
+        let text = r#"
+quay: {service: q, realm: "https://q/v2/auth"}
+issuers:
+  - name: entra
+    preset: entra
+    tenants: any
+    audiences: [api://quay-api]
+"#;
+        let config = Config::parse(text, "t").expect("config");
+        let v2 = format!("https://login.microsoftonline.com/{OTHER}/v2.0");
+        let matched = match_issuer(&config, &v2).expect("v2 any");
+        assert_eq!(matched.tenant, Some(OTHER));
+        assert!(match_issuer(&config, &format!("https://sts.windows.net/{OTHER}/")).is_some());
+        assert!(match_issuer(&config, "https://sts.windows.net/common/").is_none());
+        assert!(match_issuer(&config, "https://evil.example/").is_none());
+    }
+}

@@ -1,0 +1,645 @@
+//! JWKS: fetching issuers' public keys and caching them.
+//!
+//! Usage: `KeyStore::new(client settings)`, then `store.source(&issuer, &key_source_config)`
+//! returns the shared `KeySource` (one per key URL, so issuers that share keys share a cache).
+//! `KeySource::start` launches its background refresher; Checks call `current()` (a lock-free
+//! read of the published key set) and, for an unknown `kid`, `refresh_for_unknown_kid`.
+//!
+//! Like Envoy's `jwks_async_fetcher`: key sets are published by atomic swap so readers never
+//! wait on a fetch; refreshed in the background before they expire (sooner after a failure,
+//! with backoff); an unknown kid triggers at most one fetch in flight per source (waiters share
+//! it) and at most one per minimum interval, so a flood of random kids cannot become a flood
+//! of fetches.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dashmap::DashMap;
+use jsonwebtoken::DecodingKey;
+use serde_json::Value;
+
+use crate::config::{JwksSettings, KeyLocation, KeySourceConfig, SigningAlgorithm};
+use crate::metrics::Metrics;
+
+/// The key type a key can verify, with its curve for EC keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa,
+    EcP256,
+    EcP384,
+    Ed25519,
+}
+
+impl KeyKind {
+    fn fits(self, algorithm: SigningAlgorithm) -> bool {
+        use SigningAlgorithm::*;
+        matches!(
+            (self, algorithm),
+            (Self::Rsa, RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
+                | (Self::EcP256, ES256)
+                | (Self::EcP384, ES384)
+                | (Self::Ed25519, EdDSA)
+        )
+    }
+}
+
+/// One public key from a JWKS.
+pub struct VerificationKey {
+    pub key_id: Option<String>,
+    pub kind: KeyKind,
+    /// The JWK's `alg`, when it names one (RFC 7517 §4.4): the key is used only for it.
+    pub algorithm: Option<SigningAlgorithm>,
+    pub key: DecodingKey,
+}
+
+impl VerificationKey {
+    pub fn fits(&self, algorithm: SigningAlgorithm) -> bool {
+        self.kind.fits(algorithm) && self.algorithm.is_none_or(|alg| alg == algorithm)
+    }
+}
+
+/// A published key set.
+pub struct KeySet {
+    pub keys: Vec<Arc<VerificationKey>>,
+    pub fetched_at: Instant,
+    /// Increases with every publication; lets unknown-kid refetches see whether another
+    /// fetch already happened since the caller looked.
+    pub generation: u64,
+}
+
+impl KeySet {
+    /// The key for a token's `kid` and `alg`. Without a `kid`, the one key that fits the
+    /// algorithm, if exactly one does.
+    pub fn find(
+        &self,
+        key_id: Option<&str>,
+        algorithm: SigningAlgorithm,
+    ) -> Option<&Arc<VerificationKey>> {
+        match key_id {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|key| key.key_id.as_deref() == Some(kid) && key.fits(algorithm)),
+            None => {
+                let mut fitting = self.keys.iter().filter(|key| key.fits(algorithm));
+                let first = fitting.next();
+                if fitting.next().is_some() {
+                    None
+                } else {
+                    first
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FetchError {
+    #[error("cannot reach {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url} sent more than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("{url} sent an invalid document: {message}")]
+    Invalid { url: String, message: String },
+    #[error("discovery document at {url} is for issuer {found:?}, not this issuer")]
+    IssuerMismatch { url: String, found: String },
+}
+
+impl FetchError {
+    /// Metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreachable { .. } => "unreachable",
+            Self::Status { .. } => "http_error",
+            Self::TooLarge { .. } => "too_large",
+            Self::Invalid { .. } => "invalid",
+            Self::IssuerMismatch { .. } => "issuer_mismatch",
+        }
+    }
+}
+
+/// What an operator sees of a key source (readiness, `Status`, logs).
+#[derive(Debug, Clone, Default)]
+pub struct SourceStatus {
+    pub last_error: Option<String>,
+    pub last_success: Option<Instant>,
+    pub fetches: u64,
+}
+
+#[derive(Default)]
+struct RefetchState {
+    last_attempt: Option<Instant>,
+}
+
+/// The keys behind one URL, shared by every issuer string that names it.
+pub struct KeySource {
+    pub issuer_name: String,
+    pub config: KeySourceConfig,
+    settings: JwksSettings,
+    client: reqwest::Client,
+    metrics: Metrics,
+    current: ArcSwapOption<KeySet>,
+    generation: AtomicU64,
+    refetch: tokio::sync::Mutex<RefetchState>,
+    status: Mutex<SourceStatus>,
+}
+
+impl KeySource {
+    /// The published key set, if any: a lock-free load.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    pub fn status(&self) -> SourceStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn has_keys(&self) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|set| !set.keys.is_empty())
+    }
+
+    /// Starts the background refresher (first fetch at once). It stops when the source is
+    /// dropped.
+    pub fn start(self: &Arc<Self>) {
+        let weak: Weak<KeySource> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut failures: u32 = 0;
+            loop {
+                let Some(source) = weak.upgrade() else { return };
+                let wait = match source.refresh().await {
+                    Ok(ttl) => {
+                        failures = 0;
+                        // Refresh at 80% of the lifetime, before the keys expire.
+                        ttl.mul_f64(0.8)
+                    }
+                    Err(_) => {
+                        failures = failures.saturating_add(1);
+                        backoff(failures)
+                    }
+                };
+                drop(source);
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+
+    /// For a token whose `kid` is not in the set it saw (`seen_generation`): fetch again,
+    /// unless another fetch published since, or one was attempted within the minimum
+    /// interval. Concurrent callers queue on one lock and share the first one's result.
+    pub async fn refresh_for_unknown_kid(
+        &self,
+        seen_generation: Option<u64>,
+    ) -> Option<Arc<KeySet>> {
+        let mut state = self.refetch.lock().await;
+        let current = self.current();
+        if current.as_ref().map(|set| set.generation) != seen_generation {
+            return current;
+        }
+        if state
+            .last_attempt
+            .is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval)
+        {
+            return current;
+        }
+        state.last_attempt = Some(Instant::now());
+        let _ = self.refresh_locked().await;
+        self.current()
+    }
+
+    /// One fetch and publication; returns the lifetime of the new keys.
+    async fn refresh(&self) -> Result<Duration, FetchError> {
+        let mut state = self.refetch.lock().await;
+        state.last_attempt = Some(Instant::now());
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> Result<Duration, FetchError> {
+        let result = fetch_key_set(&self.client, &self.config, &self.settings).await;
+        let label = match &result {
+            Ok(_) => "success",
+            Err(error) => error.kind(),
+        };
+        self.metrics
+            .jwks_fetches
+            .with_label_values(&[&self.issuer_name, label])
+            .inc();
+        let mut status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        status.fetches += 1;
+        let outcome = match result {
+            Ok((keys, ttl)) => {
+                let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                self.metrics
+                    .jwks_keys
+                    .with_label_values(&[&self.issuer_name, self.config.location.url()])
+                    .set(keys.len() as i64);
+                self.current.store(Some(Arc::new(KeySet {
+                    keys,
+                    fetched_at: Instant::now(),
+                    generation,
+                })));
+                status.last_error = None;
+                status.last_success = Some(Instant::now());
+                tracing::info!(issuer = %self.issuer_name, url = %self.config.location.url(), ttl_seconds = ttl.as_secs(), "key set refreshed");
+                Ok(ttl)
+            }
+            Err(error) => {
+                tracing::warn!(issuer = %self.issuer_name, error = %error, "key set fetch failed; keeping the previous keys");
+                // Past the stale limit, old keys stop serving: a long-dead IdP's keys may
+                // have been revoked since.
+                if status
+                    .last_success
+                    .is_some_and(|at| at.elapsed() > self.settings.stale_limit)
+                {
+                    self.current.store(None);
+                }
+                status.last_error = Some(error.to_string());
+                Err(error)
+            }
+        };
+        if let Ok(mut shared) = self.status.lock() {
+            *shared = status;
+        }
+        outcome
+    }
+}
+
+fn backoff(failures: u32) -> Duration {
+    let seconds = 1u64 << failures.min(8);
+    Duration::from_secs(seconds.min(300))
+}
+
+/// Key sources, one per URL, shared across issuers and across configuration reloads.
+pub struct KeyStore {
+    client: reqwest::Client,
+    settings: JwksSettings,
+    metrics: Metrics,
+    sources: DashMap<KeyLocation, Arc<KeySource>>,
+}
+
+impl KeyStore {
+    pub fn new(settings: JwksSettings, metrics: Metrics) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(settings.fetch_timeout)
+            .connect_timeout(settings.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("quay-authz/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        Self {
+            client,
+            settings,
+            metrics,
+            sources: DashMap::new(),
+        }
+    }
+
+    /// The source for `config`, created (and its refresher started) on first use.
+    pub fn source(&self, issuer_name: &str, config: &KeySourceConfig) -> Arc<KeySource> {
+        self.sources
+            .entry(config.location.clone())
+            .or_insert_with(|| {
+                let source = Arc::new(KeySource {
+                    issuer_name: issuer_name.to_string(),
+                    config: config.clone(),
+                    settings: self.settings.clone(),
+                    client: self.client.clone(),
+                    metrics: self.metrics.clone(),
+                    current: ArcSwapOption::empty(),
+                    generation: AtomicU64::new(0),
+                    refetch: tokio::sync::Mutex::new(RefetchState::default()),
+                    status: Mutex::new(SourceStatus::default()),
+                });
+                source.start();
+                source
+            })
+            .clone()
+    }
+}
+
+// === Fetching ===
+
+async fn fetch_key_set(
+    client: &reqwest::Client,
+    config: &KeySourceConfig,
+    settings: &JwksSettings,
+) -> Result<(Vec<Arc<VerificationKey>>, Duration), FetchError> {
+    let jwks_url = match &config.location {
+        KeyLocation::Jwks(url) => url.clone(),
+        KeyLocation::Discovery(url) => {
+            let (body, _) = fetch_limited(client, url, settings.max_response_bytes).await?;
+            discovered_jwks_uri(url, &body, config)?
+        }
+    };
+    let (body, cache_control) =
+        fetch_limited(client, &jwks_url, settings.max_response_bytes).await?;
+    let keys = parse_jwks(&body, settings.max_keys).map_err(|message| FetchError::Invalid {
+        url: jwks_url.clone(),
+        message,
+    })?;
+    let ttl = cache_control
+        .as_deref()
+        .and_then(max_age)
+        .map(|age| age.clamp(settings.min_ttl, settings.max_ttl))
+        .unwrap_or(settings.default_ttl);
+    Ok((keys, ttl))
+}
+
+/// Reads the `jwks_uri` from a discovery document after checking its `issuer` (OpenID
+/// Connect Discovery §4.3: the document must be for the issuer we expect).
+fn discovered_jwks_uri(
+    url: &str,
+    body: &[u8],
+    config: &KeySourceConfig,
+) -> Result<String, FetchError> {
+    let invalid = |message: &str| FetchError::Invalid {
+        url: url.to_string(),
+        message: message.to_string(),
+    };
+    let document: Value = serde_json::from_slice(body).map_err(|_| invalid("not JSON"))?;
+    let issuer = document
+        .get("issuer")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("no issuer"))?;
+    if !config
+        .expected_issuers
+        .iter()
+        .any(|expected| expected == issuer)
+    {
+        return Err(FetchError::IssuerMismatch {
+            url: url.to_string(),
+            found: issuer.chars().take(200).collect(),
+        });
+    }
+    let jwks_uri = document
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("no jwks_uri"))?;
+    let secure = jwks_uri.starts_with("https://");
+    if !(secure || config.allow_insecure_http && jwks_uri.starts_with("http://")) {
+        return Err(invalid("jwks_uri is not https"));
+    }
+    Ok(jwks_uri.to_string())
+}
+
+/// GETs a URL, refusing bodies over `limit` bytes without reading them whole.
+async fn fetch_limited(
+    client: &reqwest::Client,
+    url: &str,
+    limit: usize,
+) -> Result<(Vec<u8>, Option<String>), FetchError> {
+    let unreachable = |error: reqwest::Error| FetchError::Unreachable {
+        url: url.to_string(),
+        message: if error.is_timeout() {
+            "timed out".to_string()
+        } else if error.is_connect() {
+            "connection failed".to_string()
+        } else {
+            "request failed".to_string()
+        },
+    };
+    let mut response = client.get(url).send().await.map_err(unreachable)?;
+    if !response.status().is_success() {
+        return Err(FetchError::Status {
+            url: url.to_string(),
+            status: response.status().as_u16(),
+        });
+    }
+    if response
+        .content_length()
+        .is_some_and(|length| length as usize > limit)
+    {
+        return Err(FetchError::TooLarge {
+            url: url.to_string(),
+            limit,
+        });
+    }
+    let cache_control = response
+        .headers()
+        .get(reqwest::header::CACHE_CONTROL)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(unreachable)? {
+        if body.len() + chunk.len() > limit {
+            return Err(FetchError::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, cache_control))
+}
+
+/// `max-age` from a Cache-Control header (RFC 9111 §5.2.2.1); `no-store`/`no-cache` → 0.
+pub fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut age = None;
+    for directive in cache_control.split(',') {
+        let directive = directive.trim().to_ascii_lowercase();
+        if directive == "no-store" || directive == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(value) = directive.strip_prefix("max-age=") {
+            age = value
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    age
+}
+
+/// Parses a JWKS (RFC 7517 §5), keeping only signature keys we can use safely: RSA keys of at
+/// least 2048 bits, P-256/P-384 EC keys, Ed25519. Encryption keys (`use: enc`), symmetric and
+/// unknown key types are skipped with a log line.
+pub fn parse_jwks(body: &[u8], max_keys: usize) -> Result<Vec<Arc<VerificationKey>>, String> {
+    let document: Value = serde_json::from_slice(body).map_err(|_| "not JSON".to_string())?;
+    let entries = document
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| "no keys array".to_string())?;
+    let mut keys = Vec::new();
+    for entry in entries {
+        if keys.len() >= max_keys {
+            tracing::warn!(
+                max_keys,
+                "JWKS has more keys than allowed; ignoring the rest"
+            );
+            break;
+        }
+        match parse_jwk(entry) {
+            Ok(key) => keys.push(Arc::new(key)),
+            Err(why) => {
+                let kid = entry.get("kid").and_then(Value::as_str).unwrap_or("");
+                tracing::info!(kid = %kid.chars().take(64).collect::<String>(), why, "skipping JWKS key");
+            }
+        }
+    }
+    Ok(keys)
+}
+
+fn parse_jwk(entry: &Value) -> Result<VerificationKey, &'static str> {
+    let text = |name: &str| entry.get(name).and_then(Value::as_str);
+    if text("use").is_some_and(|usage| usage != "sig") {
+        return Err("not a signature key (use)");
+    }
+    let algorithm = match text("alg") {
+        None => None,
+        Some(alg) => Some(SigningAlgorithm::from_name(alg).ok_or("unsupported alg")?),
+    };
+    let (kind, key) = match text("kty") {
+        Some("RSA") => {
+            let n = text("n").ok_or("RSA key without n")?;
+            let e = text("e").ok_or("RSA key without e")?;
+            let modulus = URL_SAFE_NO_PAD
+                .decode(n)
+                .map_err(|_| "RSA n is not base64url")?;
+            let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
+            if significant * 8 < 2048 {
+                return Err("RSA key shorter than 2048 bits");
+            }
+            let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA key")?;
+            (KeyKind::Rsa, key)
+        }
+        Some("EC") => {
+            let kind = match text("crv") {
+                Some("P-256") => KeyKind::EcP256,
+                Some("P-384") => KeyKind::EcP384,
+                _ => return Err("unsupported EC curve"),
+            };
+            let x = text("x").ok_or("EC key without x")?;
+            let y = text("y").ok_or("EC key without y")?;
+            (
+                kind,
+                DecodingKey::from_ec_components(x, y).map_err(|_| "bad EC key")?,
+            )
+        }
+        Some("OKP") if text("crv") == Some("Ed25519") => {
+            let x = text("x").ok_or("OKP key without x")?;
+            (
+                KeyKind::Ed25519,
+                DecodingKey::from_ed_components(x).map_err(|_| "bad Ed25519 key")?,
+            )
+        }
+        _ => return Err("unsupported key type"),
+    };
+    if algorithm.is_some_and(|alg| !kind.fits(alg)) {
+        return Err("alg does not fit the key type");
+    }
+    Ok(VerificationKey {
+        key_id: text("kid").map(str::to_string),
+        kind,
+        algorithm,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rsa_jwk(bits: usize, extra: Value) -> Value {
+        let mut n = vec![0xC1u8; bits / 8];
+        n[bits / 8 - 1] = 0x01;
+        let mut jwk = serde_json::json!({"kty": "RSA", "kid": "r", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"});
+        if let (Some(target), Some(source)) = (jwk.as_object_mut(), extra.as_object()) {
+            target.extend(source.clone());
+        }
+        jwk
+    }
+
+    #[test]
+    fn unusable_keys_are_skipped() {
+        let jwks = serde_json::json!({"keys": [
+            rsa_jwk(2048, serde_json::json!({})),
+            rsa_jwk(1024, serde_json::json!({"kid": "short"})),
+            rsa_jwk(2048, serde_json::json!({"kid": "enc", "use": "enc"})),
+            rsa_jwk(2048, serde_json::json!({"kid": "es", "alg": "ES256"})),
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"},
+            {"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA", "kid": "p521"},
+            {"kty": "XYZ", "kid": "unknown"},
+        ]});
+        let keys = parse_jwks(jwks.to_string().as_bytes(), 10).expect("parsed");
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].key_id.as_deref(), Some("r"));
+        assert!(parse_jwks(b"[]", 10).is_err());
+        assert!(parse_jwks(b"garbage", 10).is_err());
+        let many = serde_json::json!({"keys": vec![rsa_jwk(2048, serde_json::json!({})); 5]});
+        assert_eq!(
+            parse_jwks(many.to_string().as_bytes(), 3)
+                .expect("parsed")
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn key_lookup_by_kid_and_algorithm() {
+        let jwks = serde_json::json!({"keys": [
+            rsa_jwk(2048, serde_json::json!({"kid": "a"})),
+            rsa_jwk(2048, serde_json::json!({"kid": "b", "alg": "PS256"})),
+        ]});
+        let set = KeySet {
+            keys: parse_jwks(jwks.to_string().as_bytes(), 10).expect("parsed"),
+            fetched_at: Instant::now(),
+            generation: 1,
+        };
+        assert!(set.find(Some("a"), SigningAlgorithm::RS256).is_some());
+        assert!(set.find(Some("b"), SigningAlgorithm::RS256).is_none());
+        assert!(set.find(Some("b"), SigningAlgorithm::PS256).is_some());
+        assert!(set.find(Some("a"), SigningAlgorithm::ES256).is_none());
+        assert!(set.find(Some("c"), SigningAlgorithm::RS256).is_none());
+        // Without a kid only an unambiguous key is used.
+        assert_eq!(
+            set.find(None, SigningAlgorithm::RS256)
+                .and_then(|k| k.key_id.clone()),
+            Some("a".into())
+        );
+        assert!(set.find(None, SigningAlgorithm::PS256).is_none());
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(
+            max_age("public, max-age=600"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("private"), None);
+        assert_eq!(max_age("max-age=abc"), None);
+    }
+
+    #[test]
+    fn discovery_issuer_must_match() {
+        let config = KeySourceConfig {
+            location: KeyLocation::Discovery("https://idp/.well-known/openid-configuration".into()),
+            expected_issuers: vec!["https://idp".into()],
+            allow_insecure_http: false,
+        };
+        let good = br#"{"issuer":"https://idp","jwks_uri":"https://idp/keys"}"#;
+        assert_eq!(
+            discovered_jwks_uri("u", good, &config),
+            Ok("https://idp/keys".into())
+        );
+        let other = br#"{"issuer":"https://evil","jwks_uri":"https://idp/keys"}"#;
+        assert!(matches!(
+            discovered_jwks_uri("u", other, &config),
+            Err(FetchError::IssuerMismatch { .. })
+        ));
+        let insecure = br#"{"issuer":"https://idp","jwks_uri":"http://idp/keys"}"#;
+        assert!(matches!(
+            discovered_jwks_uri("u", insecure, &config),
+            Err(FetchError::Invalid { .. })
+        ));
+    }
+}

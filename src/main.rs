@@ -1,0 +1,226 @@
+//! The `quay-authz` binary: a thin command-line edge over the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use quay_authz::config::Config;
+use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind, quickstart_config};
+
+#[derive(Parser)]
+#[command(
+    name = "quay-authz",
+    version,
+    about = "Envoy ext_authz for Quay with OIDC tokens"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "QUAY_AUTHZ_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ext_authz Check (gRPC) and /metrics, /healthz, /readyz (HTTP).
+    Serve {
+        #[arg(long, env = "QUAY_AUTHZ_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print what it means.
+    CheckConfig { file: PathBuf },
+    /// FOR LOCAL TESTING ONLY: a development OIDC issuer on loopback, with a matching
+    /// configuration and sample tokens written to --out.
+    DevIssuer {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// FOR LOCAL TESTING ONLY: an upstream that echoes each request as JSON.
+    DevUpstream {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUAY_AUTHZ_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("{error}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let running = quay_authz::server::start(config).await?;
+            shutdown_signal().await;
+            tracing::info!("shutting down: NOT_SERVING, finishing in-flight Checks");
+            running.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                print!("{}", summarize(&config));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(error) => {
+                eprintln!("{error}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::DevIssuer { listen, out } => {
+            let issuer = DevIssuer::start(listen).await?;
+            write_quickstart_files(&issuer, &out)?;
+            eprintln!(
+                "development issuer (FOR LOCAL TESTING ONLY) at {}; config and tokens in {}",
+                issuer.base_url(),
+                out.display()
+            );
+            shutdown_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DevUpstream { listen } => {
+            tokio::select! {
+                result = quay_authz::dev_upstream::serve(listen) => result.with_context(|| format!("dev-upstream on {listen}"))?,
+                _ = shutdown_signal() => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn write_quickstart_files(issuer: &DevIssuer, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let now = quay_authz::pipeline::unix_now();
+    let claims = |sub: &str, groups: &[&str]| {
+        serde_json::json!({
+            "iss": issuer.issuer(), "sub": sub, "preferred_username": sub, "aud": "quay",
+            "groups": groups, "iat": now, "nbf": now, "exp": now + 12 * 3600,
+        })
+    };
+    let allowed = issuer.mint(SigningKeyKind::Rsa, &claims("alice", &["acme-developers"]))?;
+    let denied = issuer.mint(SigningKeyKind::Rsa, &claims("mallory", &[]))?;
+    // Written atomically: the quickstart waits for these files to appear.
+    for (name, contents) in [
+        ("allowed.token", allowed),
+        ("denied.token", denied),
+        ("config.yaml", quickstart_config(issuer)),
+    ] {
+        let path = out.join(name);
+        let temporary = out.join(format!(".{name}.tmp"));
+        std::fs::write(&temporary, contents)
+            .with_context(|| format!("writing {}", temporary.display()))?;
+        std::fs::rename(&temporary, &path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn summarize(config: &Config) -> String {
+    let mut text = format!("{}: OK\n", config.origin);
+    text.push_str(&format!(
+        "listen: grpc {}, http {}, admin {}\nunauthenticated: {:?}\n",
+        config.listen.grpc, config.listen.http, config.listen.admin, config.unauthenticated
+    ));
+    text.push_str("issuers:\n");
+    for issuer in &config.issuers {
+        text.push_str(&format!(
+            "  - {} ({:?}), audiences: {}, algorithms: {}\n",
+            issuer.name,
+            issuer.preset,
+            issuer.audiences.join(", "),
+            issuer
+                .algorithms
+                .iter()
+                .map(|a| a.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for string in &issuer.issuer_strings {
+            text.push_str(&format!("      iss {}\n", string.iss));
+        }
+        for source in &issuer.key_sources {
+            text.push_str(&format!("      keys from {}\n", source.location.url()));
+        }
+    }
+    text.push_str("rules:\n");
+    for rule in &config.rules {
+        let issuers = if rule.issuers.is_empty() {
+            "all issuers".to_string()
+        } else {
+            rule.issuers.join(", ")
+        };
+        let grants: Vec<&str> = rule
+            .grants
+            .iter()
+            .chain(rule.from_groups.iter().flat_map(|g| g.grants.iter()))
+            .map(|g| g.text.as_str())
+            .collect();
+        text.push_str(&format!(
+            "  - {} ({issuers}): {}\n",
+            rule.name,
+            grants.join("; ")
+        ));
+    }
+    for warning in &config.warnings {
+        text.push_str(&format!("warning: {warning}\n"));
+    }
+    text
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

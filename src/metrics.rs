@@ -1,0 +1,95 @@
+//! Prometheus metrics. Labels are bounded: decision, reason code, configured issuer name and
+//! fetch result — never a subject, a path or a token.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric of one service instance, on its own registry (so tests can run several).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub decisions: IntCounterVec,
+    pub check_duration: HistogramVec,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_decisions_total",
+                "Check decisions by decision, reason code and issuer",
+            ),
+            &["decision", "reason", "issuer"],
+        )
+        .expect("static metric definition");
+        let check_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "quay_authz_check_duration_seconds",
+                "Time to answer one Check",
+            )
+            .buckets(vec![
+                0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
+            &["decision"],
+        )
+        .expect("static metric definition");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_jwks_fetches_total",
+                "Key-set fetches by issuer and result",
+            ),
+            &["issuer", "result"],
+        )
+        .expect("static metric definition");
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("quay_authz_jwks_keys", "Usable keys per issuer key source"),
+            &["issuer", "source"],
+        )
+        .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new("quay_authz_build_info", "Build information"),
+            &["version"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for collector in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(check_duration.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(jwks_keys.clone()),
+            Box::new(build_info),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            decisions,
+            check_duration,
+            jwks_fetches,
+            jwks_keys,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}

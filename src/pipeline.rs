@@ -1,0 +1,344 @@
+//! The decision pipeline for one Check, read as its phases in order:
+//! extract → route → identify → authorize → respond.
+//!
+//! Usage: `Pipeline::new(config, &key_store)` once per configuration; per request
+//! `pipeline.check(&check_request).await` (or `decide` for the bare decision).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+
+use crate::config::{Config, NonApi, Unauthenticated};
+use crate::decision::{Decision, Reason};
+use crate::extract::{Credential, RequestFacts};
+use crate::identify::{self, IdentifyError, Identity};
+use crate::jwks::{KeySource, KeyStore};
+use crate::metrics::Metrics;
+use crate::permission::Permission;
+use crate::policy;
+use crate::respond::{ResponseSettings, build_response};
+use crate::route::{RouteOutcome, RouteTable};
+
+/// One configuration, compiled and bound to its key sources.
+pub struct Pipeline {
+    pub config: Arc<Config>,
+    routes: RouteTable,
+    /// Per issuer (same order as `config.issuers`), per key source.
+    key_sources: Vec<Vec<Arc<KeySource>>>,
+    responses: ResponseSettings,
+    metrics: Metrics,
+}
+
+impl Pipeline {
+    pub fn new(config: Arc<Config>, key_store: &KeyStore, metrics: Metrics) -> Self {
+        let key_sources = config
+            .issuers
+            .iter()
+            .map(|issuer| {
+                issuer
+                    .key_sources
+                    .iter()
+                    .map(|source| key_store.source(&issuer.name, source))
+                    .collect()
+            })
+            .collect();
+        let responses = ResponseSettings::new(
+            config.headers.clone(),
+            config.quay.realm.clone(),
+            config.quay.service.clone(),
+        );
+        Self {
+            config,
+            routes: RouteTable::new(),
+            key_sources,
+            responses,
+            metrics,
+        }
+    }
+
+    /// Ready when every `required` issuer has keys in every key source.
+    pub fn ready(&self) -> bool {
+        self.config
+            .issuers
+            .iter()
+            .zip(&self.key_sources)
+            .filter(|(issuer, _)| issuer.required)
+            .all(|(_, sources)| sources.iter().all(|source| source.has_keys()))
+    }
+
+    pub fn key_sources(&self) -> impl Iterator<Item = (&str, &Arc<KeySource>)> {
+        self.config
+            .issuers
+            .iter()
+            .zip(&self.key_sources)
+            .flat_map(|(issuer, sources)| {
+                sources
+                    .iter()
+                    .map(move |source| (issuer.name.as_str(), source))
+            })
+    }
+
+    /// Answers one Check, recording metrics and the audit event.
+    pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
+        let started = Instant::now();
+        let facts = RequestFacts::from_check_request(request);
+        let decision = self.decide(&facts, unix_now()).await;
+        let response = build_response(&decision, &self.responses, facts.is_registry());
+        let elapsed = started.elapsed();
+        self.record(&facts, &decision, elapsed);
+        response
+    }
+
+    /// The decision for one request at `now` (Unix seconds).
+    pub async fn decide(&self, facts: &RequestFacts, now: u64) -> Decision {
+        // Phase 1 — route: what does this request need? Ambiguous paths stop here, before any
+        // token work, whoever sends them.
+        let required = match self
+            .routes
+            .classify(&facts.method, &facts.path, facts.body.as_deref())
+        {
+            RouteOutcome::NotProtected => {
+                return match self.config.non_api {
+                    NonApi::Passthrough => Decision::Passthrough {
+                        reason: Reason::NotProtected,
+                    },
+                    NonApi::Deny => deny(
+                        Reason::RouteNotClassified,
+                        "path is outside Quay's API and registry",
+                        None,
+                    ),
+                };
+            }
+            RouteOutcome::Ambiguous(why) => return deny(Reason::PathAmbiguous, why, None),
+            RouteOutcome::Unclassified => None,
+            RouteOutcome::Requires(required) => Some(required),
+        };
+        let challenge_scope = required.as_ref().and_then(|r| r.first().cloned());
+
+        // Phase 2 — extract the credential. No bearer JWT from a configured issuer is Quay's
+        // business (Basic, its own OAuth tokens) unless configured to deny.
+        let token = match facts.credential() {
+            Credential::Bearer(token) => token,
+            Credential::Other | Credential::None => {
+                return self.unauthenticated(Reason::NoCredentials, challenge_scope);
+            }
+        };
+
+        // Phase 3 — identify: parse, match the issuer, find the key, verify, check claims.
+        let identity = match self.identify(token, now).await {
+            Ok(identity) => identity,
+            Err((error, issuer)) => {
+                if issuer.is_none() && error.reason != Reason::TokenTooLarge {
+                    // Not a JWT of ours (an opaque Quay token, another IdP): the
+                    // unauthenticated policy decides.
+                    return self.unauthenticated(error.reason, challenge_scope);
+                }
+                return Decision::Deny {
+                    reason: error.reason,
+                    detail: error.detail,
+                    required: challenge_scope,
+                    issuer,
+                };
+            }
+        };
+
+        // Phase 4 — authorize: the policy's grants must cover every required permission.
+        let Some(required) = required else {
+            return Decision::Deny {
+                reason: Reason::RouteNotClassified,
+                detail: format!(
+                    "{} {} is not a known Quay route",
+                    facts.method,
+                    facts.path_without_query()
+                ),
+                required: None,
+                issuer: Some(identity.issuer.clone()),
+            };
+        };
+        let outcome = policy::evaluate(&self.config.rules, &identity);
+        for dropped in &outcome.dropped {
+            tracing::warn!(issuer = %identity.issuer, "{dropped}");
+        }
+        match outcome.authorize(&required) {
+            Ok(rules) => {
+                let rules = rules.into_iter().map(str::to_string).collect();
+                Decision::Allow {
+                    grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
+                    rules,
+                    identity: Box::new(identity),
+                }
+            }
+            Err(missing) => Decision::Deny {
+                reason: Reason::InsufficientScope,
+                detail: format!("requires {missing}"),
+                required: Some(missing.clone()),
+                issuer: Some(identity.issuer.clone()),
+            },
+        }
+    }
+
+    fn unauthenticated(&self, reason: Reason, required: Option<Permission>) -> Decision {
+        match self.config.unauthenticated {
+            Unauthenticated::Passthrough => Decision::Passthrough { reason },
+            Unauthenticated::Deny => Decision::Deny {
+                reason,
+                detail: "a bearer token from a configured issuer is required".into(),
+                required,
+                issuer: None,
+            },
+        }
+    }
+
+    /// Errors carry the issuer name once the token is known to be one of ours: from then on a
+    /// failure is always a deny.
+    async fn identify(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Identity, (IdentifyError, Option<String>)> {
+        let parsed =
+            identify::parse_token(token, self.config.max_token_bytes).map_err(|e| (e, None))?;
+        let Some(matched) = identify::match_issuer(&self.config, &parsed.iss) else {
+            return Err((
+                IdentifyError::new(
+                    Reason::IssuerNotConfigured,
+                    "the token's issuer is not configured here",
+                ),
+                None,
+            ));
+        };
+        let issuer_name = Some(matched.issuer.name.clone());
+        let fail = |error: IdentifyError| (error, issuer_name.clone());
+        let algorithm =
+            identify::allowed_algorithm(matched.issuer, &parsed.algorithm).map_err(fail)?;
+
+        let issuer_index = self
+            .config
+            .issuers
+            .iter()
+            .position(|issuer| std::ptr::eq(issuer, matched.issuer))
+            .unwrap_or_default();
+        let Some(source) = self
+            .key_sources
+            .get(issuer_index)
+            .and_then(|sources| sources.get(matched.key_source))
+        else {
+            return Err(fail(IdentifyError::new(
+                Reason::KeysUnavailable,
+                "no key source",
+            )));
+        };
+        let kid = parsed.key_id.as_deref();
+        let mut key_set = source.current();
+        let mut key = key_set
+            .as_ref()
+            .and_then(|set| set.find(kid, algorithm).cloned());
+        if key.is_none() {
+            // Unknown kid: perhaps the IdP rotated. One shared, rate-limited refetch.
+            key_set = source
+                .refresh_for_unknown_kid(key_set.as_ref().map(|set| set.generation))
+                .await;
+            key = key_set
+                .as_ref()
+                .and_then(|set| set.find(kid, algorithm).cloned());
+        }
+        let Some(key) = key else {
+            return Err(fail(match key_set {
+                None => IdentifyError::new(
+                    Reason::KeysUnavailable,
+                    format!(
+                        "no keys for issuer {} yet (identity provider unreachable?)",
+                        matched.issuer.name
+                    ),
+                ),
+                Some(_) => IdentifyError::new(
+                    Reason::UnknownKey,
+                    "the token's signing key (kid) is not in the issuer's key set",
+                ),
+            }));
+        };
+        identify::verify_signature(&parsed, &key.key, algorithm).map_err(fail)?;
+        identify::check_claims(&parsed.claims, matched, &parsed.iss, now).map_err(fail)
+    }
+
+    fn record(&self, facts: &RequestFacts, decision: &Decision, elapsed: std::time::Duration) {
+        let issuer = match decision {
+            Decision::Allow { identity, .. } => identity.issuer.as_str(),
+            Decision::Deny {
+                issuer: Some(issuer),
+                ..
+            } => issuer.as_str(),
+            _ => "",
+        };
+        self.metrics
+            .decisions
+            .with_label_values(&[decision.kind(), decision.reason().code(), issuer])
+            .inc();
+        self.metrics
+            .check_duration
+            .with_label_values(&[decision.kind()])
+            .observe(elapsed.as_secs_f64());
+        let latency_us = elapsed.as_micros() as u64;
+        match decision {
+            Decision::Allow {
+                identity, rules, ..
+            } => tracing::info!(
+                target: "audit",
+                decision = "allow",
+                reason = "allowed",
+                subject = %identity.username,
+                issuer = %identity.issuer,
+                tenant = identity.tenant.as_deref().unwrap_or(""),
+                client = identity.client.as_deref().unwrap_or(""),
+                method = %facts.method,
+                path = %facts.path_without_query(),
+                rule = %rules.join(","),
+                latency_us,
+                request_id = %facts.request_id,
+            ),
+            Decision::Passthrough { reason } => tracing::debug!(
+                target: "audit",
+                decision = "passthrough",
+                reason = reason.code(),
+                method = %facts.method,
+                path = %facts.path_without_query(),
+                latency_us,
+                request_id = %facts.request_id,
+            ),
+            Decision::Deny {
+                reason,
+                detail,
+                required,
+                issuer,
+            } => tracing::info!(
+                target: "audit",
+                decision = "deny",
+                reason = reason.code(),
+                detail = %detail,
+                issuer = issuer.as_deref().unwrap_or(""),
+                required = %required.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+                method = %facts.method,
+                path = %facts.path_without_query(),
+                latency_us,
+                request_id = %facts.request_id,
+            ),
+        }
+    }
+}
+
+fn deny(reason: Reason, detail: &str, required: Option<Permission>) -> Decision {
+    Decision::Deny {
+        reason,
+        detail: detail.to_string(),
+        required,
+        issuer: None,
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}

@@ -1,0 +1,256 @@
+//! Server: the gRPC listener (ext_authz `Check` and `grpc.health.v1`) and the HTTP listener
+//! (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Usage: `let running = server::start(config).await?;` binds every listener (port 0 works:
+//! `running.grpc_addr` tells the real one), serves in the background, and
+//! `running.shutdown().await` stops gracefully (health NOT_SERVING first, in-flight Checks
+//! finish).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::jwks::KeyStore;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+
+/// Shared state of a running instance. The pipeline sits behind an ArcSwap so a reload can
+/// replace it without blocking Checks.
+pub struct Service {
+    pub pipeline: ArcSwap<Pipeline>,
+    pub key_store: KeyStore,
+    pub metrics: Metrics,
+}
+
+impl Service {
+    pub fn new(config: Config) -> Arc<Self> {
+        let metrics = Metrics::new();
+        let key_store = KeyStore::new(config.jwks.clone(), metrics.clone());
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics.clone());
+        Arc::new(Self {
+            pipeline: ArcSwap::from_pointee(pipeline),
+            key_store,
+            metrics,
+        })
+    }
+
+    pub fn ready(&self) -> bool {
+        self.pipeline.load().ready()
+    }
+}
+
+struct AuthorizationService {
+    service: Arc<Service>,
+}
+
+#[tonic::async_trait]
+impl Authorization for AuthorizationService {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let pipeline = self.service.pipeline.load_full();
+        Ok(tonic::Response::new(
+            pipeline.check(request.get_ref()).await,
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {address} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running instance.
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub service: Arc<Service>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Graceful stop: report NOT_SERVING, stop accepting, let in-flight requests finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// Waits until the servers stop by themselves (they don't, unless a listener fails).
+    pub async fn wait(&mut self) {
+        for task in &mut self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+/// Binds every listener and serves in the background.
+pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
+    let grpc_listener = bind("grpc", config.listen.grpc).await?;
+    let http_listener = bind("http", config.listen.http).await?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "grpc",
+            address: config.listen.grpc,
+            source,
+        })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "http",
+            address: config.listen.http,
+            source,
+        })?;
+    let service = Service::new(config);
+    let (stop, stop_signal) = watch::channel(false);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = {
+        let service = service.clone();
+        let mut stop_signal = stop_signal.clone();
+        tokio::spawn(async move {
+            // grpc.health.v1 follows readiness: SERVING once required issuers have keys.
+            let mut last = None;
+            loop {
+                let status = if *stop_signal.borrow() {
+                    ServingStatus::NotServing
+                } else if service.ready() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                if last != Some(status) {
+                    health_reporter.set_service_status("", status).await;
+                    health_reporter
+                        .set_service_status("envoy.service.auth.v3.Authorization", status)
+                        .await;
+                    last = Some(status);
+                }
+                if *stop_signal.borrow() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = stop_signal.changed() => {}
+                }
+            }
+        })
+    };
+
+    let grpc_task = {
+        let authorization = AuthorizationServer::new(AuthorizationService {
+            service: service.clone(),
+        });
+        let mut stop_signal = stop_signal.clone();
+        let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(authorization)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop_signal.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "gRPC server stopped");
+            }
+        })
+    };
+
+    let http_task = {
+        let app = Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz_handler))
+            .with_state(service.clone());
+        let mut stop_signal = stop_signal.clone();
+        tokio::spawn(async move {
+            let result = axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_signal.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "HTTP server stopped");
+            }
+        })
+    };
+
+    tracing::info!(%grpc_addr, %http_addr, "quay-authz serving");
+    Ok(RunningServer {
+        grpc_addr,
+        http_addr,
+        service,
+        stop,
+        tasks: vec![grpc_task, http_task, health_task],
+    })
+}
+
+async fn metrics_handler(
+    State(service): State<Arc<Service>>,
+) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        service.metrics.render(),
+    )
+}
+
+async fn readyz_handler(State(service): State<Arc<Service>>) -> (StatusCode, String) {
+    let pipeline = service.pipeline.load();
+    if pipeline.ready() {
+        return (StatusCode::OK, "ready\n".into());
+    }
+    let mut waiting = String::from("not ready: waiting for keys of required issuers\n");
+    for (issuer, source) in pipeline.key_sources() {
+        if !source.has_keys() {
+            let status = source.status();
+            waiting.push_str(&format!(
+                "- {issuer} ({}): {}\n",
+                source.config.location.url(),
+                status
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("first fetch in progress")
+            ));
+        }
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, waiting)
+}

@@ -1,0 +1,7 @@
+//! Fixtures shared by the integration and end-to-end tests: real components on loopback.
+//!
+//! Each integration test crate declares `mod common;` and uses what it needs; the modules carry
+//! `#![allow(dead_code)]` because no single test uses every fixture.
+
+pub mod envoy;
+pub mod upstream;
