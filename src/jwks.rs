@@ -215,10 +215,11 @@ impl KeySource {
         self.current()
     }
 
-    /// One fetch and publication; returns the lifetime of the new keys.
+    /// One scheduled fetch and publication; returns the lifetime of the new keys. It takes
+    /// the refetch lock so it never overlaps an unknown-kid fetch, but does not count against
+    /// the unknown-kid interval: a rotation right after a scheduled refresh must still be seen.
     async fn refresh(&self) -> Result<Duration, FetchError> {
-        let mut state = self.refetch.lock().await;
-        state.last_attempt = Some(Instant::now());
+        let _state = self.refetch.lock().await;
         self.refresh_locked().await
     }
 

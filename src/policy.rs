@@ -809,7 +809,10 @@ mod tests {
         let outcome = evaluate(&rules, &identity("entra", &[], Value::Null));
         let pull = Permission::repository(QuayScope::RepoRead, "acme", "app");
         let push = Permission::repository(QuayScope::RepoWrite, "acme", "app");
-        assert_eq!(outcome.authorize(std::slice::from_ref(&pull)), Ok(vec!["r"]));
+        assert_eq!(
+            outcome.authorize(std::slice::from_ref(&pull)),
+            Ok(vec!["r"])
+        );
         assert_eq!(outcome.authorize(&[pull, push.clone()]), Err(&push));
         assert_eq!(outcome.authorize(&[]), Ok(vec![]));
     }

@@ -4,4 +4,6 @@
 //! `#![allow(dead_code)]` because no single test uses every fixture.
 
 pub mod envoy;
+pub mod issuer;
+pub mod service;
 pub mod upstream;

@@ -1,0 +1,384 @@
+//! Integration: quay-authz's gRPC Check against a real OIDC issuer on loopback, with real
+//! signed tokens (RSA and EC) and real JWKS fetches.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::issuer::*;
+use common::service::*;
+use quay_authz::dev_issuer::SigningKeyKind;
+use serde_json::json;
+
+const REPO: &str = "/api/v1/repository/acme/app";
+
+#[tokio::test]
+async fn entra_v1_and_v2_tokens_of_one_tenant_are_both_accepted() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    for version in [1, 2] {
+        let token = issuer
+            .mint(
+                SigningKeyKind::Rsa,
+                &entra_claims(version, TENANT, TENANT, &["Quay.acme.write"]),
+            )
+            .expect("mint");
+        for (method, path) in [
+            ("GET", REPO),
+            ("PUT", REPO),
+            ("GET", "/v2/acme/app/manifests/latest"),
+            ("PUT", "/v2/acme/app/manifests/v1"),
+        ] {
+            let response = service.check_bearer(method, path, &token).await;
+            assert_eq!(
+                decision(&response),
+                ("allow".into(), "allowed".into()),
+                "v{version} {method} {path}"
+            );
+        }
+        let response = service.check_bearer("GET", REPO, &token).await;
+        assert_eq!(
+            response_header(&response, "x-quay-authz-issuer").as_deref(),
+            Some("entra")
+        );
+        assert_eq!(
+            response_header(&response, "x-quay-authz-tenant").as_deref(),
+            Some(TENANT)
+        );
+        assert_eq!(
+            response_header(&response, "x-quay-authz-client").as_deref(),
+            Some("backstage-client")
+        );
+        assert_eq!(
+            response_header(&response, "x-quay-authz-user").as_deref(),
+            Some("alice@example.com")
+        );
+        // write on acme/* does not reach admin, nor another namespace.
+        let admin = service.check_bearer("DELETE", REPO, &token).await;
+        assert_eq!(decision(&admin).1, "insufficient_scope");
+        assert_eq!(http_status(&admin), 403);
+        let other = service
+            .check_bearer("GET", "/api/v1/repository/other/app", &token)
+            .await;
+        assert_eq!(decision(&other).1, "insufficient_scope");
+    }
+}
+
+#[tokio::test]
+async fn token_failures_are_denied_with_their_reason_codes() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, "unauthenticated: deny"), true).await;
+    let roles = &["Quay.acme.read"];
+    let mut expired = entra_claims(2, TENANT, TENANT, roles);
+    expired["exp"] = json!(now() - 3600);
+    let mut wrong_audience = entra_claims(2, TENANT, TENANT, roles);
+    wrong_audience["aud"] = json!("api://someone-else");
+    let mut unconfigured = entra_claims(2, TENANT, TENANT, roles);
+    unconfigured["iss"] = json!("https://idp.unknown.example");
+    let mint = |claims: &serde_json::Value| issuer.mint(SigningKeyKind::Rsa, claims).expect("mint");
+    let valid = mint(&entra_claims(2, TENANT, TENANT, roles));
+    let (header, payload, _) = {
+        let mut parts = valid.split('.');
+        (parts.next().unwrap_or(""), parts.next().unwrap_or(""), ())
+    };
+    let encode = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    let alg_none = format!(
+        "{}.{payload}.",
+        encode(json!({"alg": "none", "kid": "rsa-1"}))
+    );
+    let hs256 = format!(
+        "{}.{payload}.c2lnbmF0dXJl",
+        encode(json!({"alg": "HS256", "kid": "rsa-1"}))
+    );
+    let tampered = format!(
+        "{header}.{}.{}",
+        encode(
+            json!({"iss": entra_v2_iss(TENANT), "tid": TENANT, "aud": CLIENT_ID, "exp": now() + 60, "roles": ["Quay.acme.admin"]})
+        ),
+        valid.rsplit('.').next().unwrap_or("")
+    );
+    let cases = [
+        (mint(&expired), "token_expired"),
+        (mint(&wrong_audience), "audience_mismatch"),
+        (
+            mint(&entra_claims(2, TENANT, OTHER_TENANT, roles)),
+            "tenant_mismatch",
+        ),
+        (mint(&unconfigured), "issuer_not_configured"),
+        (alg_none, "algorithm_not_allowed"),
+        (hs256, "algorithm_not_allowed"),
+        (tampered, "bad_signature"),
+        ("not-a-jwt".to_string(), "token_malformed"),
+        ("a.b.c.d.e".to_string(), "token_encrypted"),
+        ("x".repeat(20_000), "token_too_large"),
+    ];
+    for (token, reason) in cases {
+        let response = service.check_bearer("GET", REPO, &token).await;
+        assert_eq!(
+            decision(&response),
+            ("deny".into(), reason.into()),
+            "{reason}"
+        );
+        assert_eq!(http_status(&response), 401, "{reason}");
+        let challenge = response_header(&response, "www-authenticate").expect("challenge");
+        assert!(challenge.contains(reason), "{challenge}");
+        assert!(
+            !challenge.contains(&token[..token.len().min(40)]) || token.len() < 12,
+            "token echoed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn obo_token_with_app_id_uri_audience_is_accepted() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    // A v1 On-Behalf-Of token for a portal: aud is the App ID URI, here with a trailing slash.
+    let mut claims = entra_claims(1, TENANT, TENANT, &["Quay.acme.read"]);
+    claims["aud"] = json!("api://quay-api/");
+    claims["scp"] = json!("user_impersonation");
+    let token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    let response = service
+        .check_bearer("GET", "/api/v1/repository/acme/app/tag/", &token)
+        .await;
+    assert_eq!(decision(&response).0, "allow");
+}
+
+#[tokio::test]
+async fn es256_tokens_and_generic_oidc_issuer_with_discovery() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let token = issuer
+        .mint(SigningKeyKind::Ec, &dev_claims(&issuer, &["readers"]))
+        .expect("mint");
+    let pull = service
+        .check_bearer("GET", "/v2/acme/app/manifests/latest", &token)
+        .await;
+    assert_eq!(decision(&pull).0, "allow");
+    let push = service
+        .check_bearer("PUT", "/v2/acme/app/manifests/latest", &token)
+        .await;
+    assert_eq!(decision(&push).1, "insufficient_scope");
+    assert!(
+        issuer.discovery_fetches() >= 1,
+        "the oidc preset uses discovery"
+    );
+    // Entra allows RS256 only by default: an ES256 Entra token is refused.
+    let entra = issuer
+        .mint(
+            SigningKeyKind::Ec,
+            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
+        )
+        .expect("mint");
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &entra).await).1,
+        "algorithm_not_allowed"
+    );
+}
+
+#[tokio::test]
+async fn rotated_key_is_accepted_without_restart_and_unpublished_key_is_unknown() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    let old = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &old).await).0,
+        "allow"
+    );
+
+    // The IdP publishes a new key and starts signing with it.
+    let new_kid = issuer.rotate(SigningKeyKind::Rsa).expect("rotate");
+    let new = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    assert!(new_kid.starts_with("key-"));
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &new).await).0,
+        "allow"
+    );
+
+    // A token signed by a key the IdP never published stays unknown.
+    let (forged, _) = issuer
+        .mint_with_unpublished_key(SigningKeyKind::Rsa, &claims)
+        .expect("mint");
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &forged).await).1,
+        "unknown_key"
+    );
+}
+
+#[tokio::test]
+async fn unknown_kid_flood_causes_at_most_one_fetch_per_interval() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let before = issuer.jwks_fetches();
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    let mut checks = Vec::new();
+    for index in 0..200 {
+        let token = issuer
+            .mint_with_kid(SigningKeyKind::Rsa, &claims, &format!("random-{index}"))
+            .expect("mint");
+        let client = service.client.clone();
+        checks.push(tokio::spawn(async move {
+            let authorization = format!("Bearer {token}");
+            let mut client = client;
+            client
+                .check(check_request(
+                    "GET",
+                    REPO,
+                    &[("authorization", &authorization)],
+                ))
+                .await
+                .map(|r| decision(&r.into_inner()).1)
+        }));
+    }
+    for check in checks {
+        assert_eq!(check.await.expect("task").expect("check"), "unknown_key");
+    }
+    let fetches = issuer.jwks_fetches() - before;
+    assert!(fetches <= 1, "{fetches} JWKS fetches for 200 unknown kids");
+    // The flood did not hurt valid tokens.
+    let valid = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &valid).await).0,
+        "allow"
+    );
+}
+
+#[tokio::test]
+async fn requests_without_our_token_pass_through_with_identity_headers_removed() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    for headers in [
+        vec![],
+        vec![("authorization", "Basic dXNlcjpwYXNz")],
+        vec![("authorization", "Bearer opaque-quay-oauth-token")],
+        vec![("x-quay-authz-user", "admin")],
+    ] {
+        let response = service.check("GET", REPO, &headers).await;
+        assert_eq!(decision(&response).0, "passthrough", "{headers:?}");
+        let Some(
+            envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::OkResponse(ok),
+        ) = &response.http_response
+        else {
+            panic!("not OK")
+        };
+        assert!(
+            ok.headers_to_remove
+                .contains(&"x-quay-authz-user".to_string())
+        );
+        assert!(ok.headers.is_empty());
+    }
+    // UI paths are not ours either; ambiguous API paths are refused whoever asks.
+    assert_eq!(
+        decision(&service.check("GET", "/organization/acme", &[]).await).1,
+        "not_protected"
+    );
+    let ambiguous = service
+        .check("GET", "/api/v1/repository/acme%2Fapp", &[])
+        .await;
+    assert_eq!(decision(&ambiguous).1, "path_ambiguous");
+    assert_eq!(http_status(&ambiguous), 400);
+}
+
+#[tokio::test]
+async fn unauthenticated_deny_gives_challenges_for_api_and_registry() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, "unauthenticated: deny"), true).await;
+    let api = service.check("GET", REPO, &[]).await;
+    assert_eq!(http_status(&api), 401);
+    assert_eq!(
+        response_header(&api, "www-authenticate").as_deref(),
+        Some("Bearer realm=\"quay.example.com\"")
+    );
+    let registry = service
+        .check("GET", "/v2/acme/app/manifests/latest", &[])
+        .await;
+    assert_eq!(http_status(&registry), 401);
+    assert_eq!(
+        response_header(&registry, "www-authenticate").as_deref(),
+        Some(
+            "Bearer realm=\"https://quay.example.com/v2/auth\",service=\"quay.example.com\",scope=\"repository:acme/app:pull\""
+        )
+    );
+}
+
+#[tokio::test]
+async fn unknown_api_route_is_denied_for_valid_tokens() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let token = issuer
+        .mint(
+            SigningKeyKind::Rsa,
+            &entra_claims(2, TENANT, TENANT, &["Quay.acme.admin"]),
+        )
+        .expect("mint");
+    let response = service
+        .check_bearer("GET", "/api/v1/not/a/route", &token)
+        .await;
+    assert_eq!(decision(&response).1, "route_not_classified");
+    assert_eq!(http_status(&response), 403);
+}
+
+#[tokio::test]
+async fn readiness_waits_for_keys_and_unreachable_idp_fails_closed() {
+    // An issuer whose keys live on a port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let config = format!(
+        r#"
+quay: {{service: quay.example.com, realm: "https://quay.example.com/v2/auth"}}
+jwks: {{fetch_timeout_seconds: 1}}
+issuers:
+  - name: entra
+    preset: entra
+    tenants: [{TENANT}]
+    audiences: [api://quay-api]
+    jwks_uri: http://127.0.0.1:{port}/keys
+    allow_insecure_http: true
+"#
+    );
+    let service = TestService::start(&config, false).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = service.http_get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("entra"), "{body}");
+    assert_eq!(service.http_get("/healthz").await.0, 200);
+    let issuer = start_issuer().await;
+    let token = issuer
+        .mint(SigningKeyKind::Rsa, &entra_claims(1, TENANT, TENANT, &[]))
+        .expect("mint");
+    let response = service.check_bearer("GET", REPO, &token).await;
+    assert_eq!(decision(&response).1, "keys_unavailable");
+    assert_eq!(http_status(&response), 503);
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_by_reason_and_issuer() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let token = issuer
+        .mint(
+            SigningKeyKind::Rsa,
+            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
+        )
+        .expect("mint");
+    for _ in 0..3 {
+        service.check_bearer("GET", REPO, &token).await;
+    }
+    service.check_bearer("PUT", REPO, &token).await;
+    let (status, metrics) = service.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(
+            r#"quay_authz_decisions_total{decision="allow",issuer="entra",reason="allowed"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"quay_authz_decisions_total{decision="deny",issuer="entra",reason="insufficient_scope"} 1"#), "{metrics}");
+    assert!(metrics.contains("quay_authz_check_duration_seconds_bucket"));
+    assert!(metrics.contains(r#"quay_authz_jwks_fetches_total{issuer="entra",result="success"}"#));
+    assert!(!metrics.contains(&token[..30]));
+}

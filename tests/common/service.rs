@@ -1,0 +1,140 @@
+#![allow(dead_code)]
+//! quay-authz itself, started in process on ephemeral ports, and a real gRPC client for it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use quay_authz::config::Config;
+use quay_authz::server::RunningServer;
+use tonic::transport::Channel;
+
+pub struct TestService {
+    pub running: RunningServer,
+    pub client: AuthorizationClient<Channel>,
+}
+
+impl TestService {
+    /// Starts quay-authz with `config_yaml` (its `listen` section is replaced by loopback
+    /// port 0); waits until ready unless `wait_ready` is false.
+    pub async fn start(config_yaml: &str, wait_ready: bool) -> TestService {
+        let text = format!(
+            "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n{config_yaml}"
+        );
+        let config = Config::parse(&text, "test config").unwrap_or_else(|e| panic!("{e}"));
+        let running = quay_authz::server::start(config)
+            .await
+            .expect("server starts");
+        let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
+            .await
+            .expect("gRPC client connects");
+        let service = TestService { running, client };
+        if wait_ready {
+            service.wait_ready().await;
+        }
+        service
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if self.running.service.ready() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "quay-authz did not become ready: {}",
+            self.http_get("/readyz").await.1
+        );
+    }
+
+    pub async fn check(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> CheckResponse {
+        self.client
+            .clone()
+            .check(check_request(method, path, headers))
+            .await
+            .expect("Check answers")
+            .into_inner()
+    }
+
+    pub async fn check_bearer(&self, method: &str, path: &str, token: &str) -> CheckResponse {
+        let authorization = format!("Bearer {token}");
+        self.check(method, path, &[("authorization", &authorization)])
+            .await
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.running.http_addr))
+            .await
+            .expect("HTTP answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+}
+
+pub fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    let headers: HashMap<String, String> = headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "quay.example.com".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The decision and reason a response carries in its dynamic metadata.
+pub fn decision(response: &CheckResponse) -> (String, String) {
+    let field = |name: &str| {
+        response
+            .dynamic_metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(name))
+            .and_then(|v| match &v.kind {
+                Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => {
+                    Some(s.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    (field("decision"), field("reason"))
+}
+
+/// HTTP status of a denial (200 for OK responses).
+pub fn http_status(response: &CheckResponse) -> i32 {
+    match &response.http_response {
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            denied.status.as_ref().map(|s| s.code).unwrap_or(403)
+        }
+        _ => 200,
+    }
+}
+
+/// Headers a response sets (allow or deny).
+pub fn response_header(response: &CheckResponse, name: &str) -> Option<String> {
+    let headers = match &response.http_response {
+        Some(HttpResponse::OkResponse(ok)) => &ok.headers,
+        Some(HttpResponse::DeniedResponse(denied)) => &denied.headers,
+        _ => return None,
+    };
+    headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == name)
+        .map(|h| h.value.clone())
+}

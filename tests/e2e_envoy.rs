@@ -1,0 +1,137 @@
+//! End to end: a real Envoy (deploy/envoy/envoy.yaml) in front of a recording upstream, with
+//! quay-authz as its ext_authz service and a real OIDC issuer on loopback.
+
+mod common;
+
+use common::envoy::{Envoy, require_envoy};
+use common::issuer::*;
+use common::service::TestService;
+use common::upstream::RecordingUpstream;
+use quay_authz::dev_issuer::SigningKeyKind;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_enforces_quay_authz_decisions() {
+    let Some(bin) = require_envoy() else { return };
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let upstream = RecordingUpstream::start().await;
+    let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), upstream.port).await;
+    let http = reqwest::Client::new();
+    let token = issuer
+        .mint(
+            SigningKeyKind::Rsa,
+            &entra_claims(2, TENANT, TENANT, &["Quay.acme.write"]),
+        )
+        .expect("mint");
+
+    // Allowed: reaches Quay with our identity headers, and a forged one does not survive.
+    let response = http
+        .get(envoy.url("/api/v1/repository/acme/app?includeTags=true"))
+        .bearer_auth(&token)
+        .header("x-quay-authz-user", "forged-admin")
+        .header("x-quay-authz-groups", "Quay.Admin")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200, "{}", envoy.log());
+    let seen = upstream.last_request().expect("upstream saw the request");
+    assert_eq!(seen.path, "/api/v1/repository/acme/app?includeTags=true");
+    assert_eq!(
+        seen.header_values("x-quay-authz-user"),
+        ["alice@example.com"]
+    );
+    assert_eq!(
+        seen.header_values("x-quay-authz-groups"),
+        ["Quay.acme.write"]
+    );
+    assert_eq!(seen.header("x-quay-authz-issuer"), Some("entra"));
+    assert_eq!(seen.header("x-quay-authz-tenant"), Some(TENANT));
+    assert_eq!(
+        seen.header("x-quay-authz-scopes"),
+        Some("repo:write on acme/*")
+    );
+
+    // Passthrough (no token): reaches Quay, with every forged identity header stripped.
+    let count = upstream.requests().len();
+    let response = http
+        .get(envoy.url("/api/v1/repository/acme/app"))
+        .header("x-quay-authz-user", "forged-admin")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let seen = upstream
+        .last_request()
+        .expect("passthrough reached upstream");
+    assert_eq!(upstream.requests().len(), count + 1);
+    assert_eq!(seen.header("x-quay-authz-user"), None);
+
+    // Expired token: 401 with an RFC 6750 challenge; Quay never sees it.
+    let count = upstream.requests().len();
+    let mut expired = entra_claims(2, TENANT, TENANT, &["Quay.acme.write"]);
+    expired["exp"] = serde_json::json!(now() - 600);
+    let expired = issuer.mint(SigningKeyKind::Rsa, &expired).expect("mint");
+    let response = http
+        .get(envoy.url("/api/v1/repository/acme/app"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer realm=\"quay.example.com\", error=\"invalid_token\""),
+        "{challenge}"
+    );
+    let body: serde_json::Value = response.json().await.expect("json body");
+    assert_eq!(body["reason"], "token_expired");
+
+    // Registry deny: the Docker challenge with realm, service and scope, and Docker's body.
+    let response = http
+        .get(envoy.url("/v2/acme/app/manifests/latest"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["www-authenticate"],
+        "Bearer realm=\"https://quay.example.com/v2/auth\",service=\"quay.example.com\",scope=\"repository:acme/app:pull\""
+    );
+    let body: serde_json::Value = response.json().await.expect("json body");
+    assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+
+    // Valid identity without the scope: 403 insufficient_scope naming it.
+    let response = http
+        .delete(envoy.url("/api/v1/repository/acme/app"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 403);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        challenge.contains("error=\"insufficient_scope\", scope=\"repo:admin on acme/app\""),
+        "{challenge}"
+    );
+    let response = http
+        .put(envoy.url("/v2/other/app/manifests/v1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.expect("json body");
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert_eq!(
+        upstream.requests().len(),
+        count,
+        "denied requests must not reach Quay"
+    );
+}
