@@ -399,7 +399,9 @@ listen:
 quay:
   service: localhost:8000
   realm: http://localhost:8000/v2/auth
-unauthenticated: passthrough
+# No real Quay stands behind the quickstart to handle Basic auth or its own tokens, so
+# requests without a token from the dev issuer are refused here (production default: passthrough).
+unauthenticated: deny
 issuers:
   - name: dev
     issuer: {iss}

@@ -6,6 +6,7 @@
 //! `jwks`) → `policy` (grants) → `respond` (Envoy's CheckResponse). `pipeline` runs them in
 //! order; `server` wires gRPC and HTTP; `config` compiles the YAML once.
 
+pub mod admin;
 pub mod config;
 pub mod decision;
 pub mod dev_issuer;

@@ -1,5 +1,5 @@
 //! Server: the gRPC listener (ext_authz `Check` and `grpc.health.v1`) and the HTTP listener
-//! (`/metrics`, `/healthz`, `/readyz`).
+//! (`/metrics`, `/healthz`, `/readyz`), and the loopback admin API (`admin`).
 //!
 //! Usage: `let running = server::start(config).await?;` binds every listener (port 0 works:
 //! `running.grpc_addr` tells the real one), serves in the background, and
@@ -89,6 +89,7 @@ pub enum ServeError {
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub service: Arc<Service>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -125,6 +126,14 @@ async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, Se
 pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let grpc_listener = bind("grpc", config.listen.grpc).await?;
     let http_listener = bind("http", config.listen.http).await?;
+    let admin_listener = bind("admin", config.listen.admin).await?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            what: "admin",
+            address: config.listen.admin,
+            source,
+        })?;
     let grpc_addr = grpc_listener
         .local_addr()
         .map_err(|source| ServeError::Bind {
@@ -214,13 +223,34 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         })
     };
 
-    tracing::info!(%grpc_addr, %http_addr, "quay-authz serving");
+    let admin_task = {
+        let admin =
+            crate::admin::proto::admin_server::AdminServer::new(crate::admin::AdminService {
+                service: service.clone(),
+            });
+        let mut stop_signal = stop_signal.clone();
+        let incoming = TcpIncoming::from(admin_listener);
+        tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(admin)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop_signal.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::error!(%error, "admin server stopped");
+            }
+        })
+    };
+
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "quay-authz serving");
     Ok(RunningServer {
         grpc_addr,
         http_addr,
+        admin_addr,
         service,
         stop,
-        tasks: vec![grpc_task, http_task, health_task],
+        tasks: vec![grpc_task, http_task, admin_task, health_task],
     })
 }
 

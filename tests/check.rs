@@ -382,3 +382,57 @@ async fn metrics_count_decisions_by_reason_and_issuer() {
     assert!(metrics.contains(r#"quay_authz_jwks_fetches_total{issuer="entra",result="success"}"#));
     assert!(!metrics.contains(&token[..30]));
 }
+
+#[tokio::test]
+async fn admin_status_and_grpc_health_report_key_sources() {
+    use quay_authz::admin::proto::StatusRequest;
+    use quay_authz::admin::proto::admin_client::AdminClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let mut admin = AdminClient::connect(format!("http://{}", service.running.admin_addr))
+        .await
+        .expect("admin connects");
+    let status = admin
+        .status(StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(status.ready);
+    let entra = status
+        .key_sources
+        .iter()
+        .find(|source| source.issuer == "entra")
+        .expect("entra source");
+    assert_eq!(entra.url, issuer.jwks_url());
+    assert!(entra.required);
+    assert_eq!(entra.key_ids, ["rsa-1", "ec-1"]);
+    assert!(entra.last_error.is_empty());
+    assert!(entra.key_set_age_seconds.is_some());
+
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", service.running.grpc_addr))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("health connects");
+    let mut health = HealthClient::new(channel);
+    let mut serving = false;
+    for _ in 0..40 {
+        let answer = health
+            .check(HealthCheckRequest {
+                service: "envoy.service.auth.v3.Authorization".into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        if answer.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(serving, "gRPC health reports SERVING once ready");
+}
