@@ -146,6 +146,25 @@ impl RouteTable {
     }
 
     fn classify_api(&self, method: &str, path: &str, body: Option<&str>) -> RouteOutcome {
+        let Some((route, params)) = self.match_api(method, path) else {
+            return RouteOutcome::Unclassified;
+        };
+        match need_permissions(route.need, &params, body) {
+            Some(permissions) => RouteOutcome::Requires(permissions),
+            None => RouteOutcome::Unclassified,
+        }
+    }
+
+    /// The Quay API route a request matches (`path` without its query).
+    pub fn api_route(&self, method: &str, path: &str) -> Option<&'static ApiRoute> {
+        self.match_api(method, path).map(|(route, _)| route)
+    }
+
+    fn match_api<'p>(
+        &self,
+        method: &str,
+        path: &'p str,
+    ) -> Option<(&'static ApiRoute, ApiParams<'p>)> {
         // Flask answers `/api/v1/user` and `/api/v1/user/` alike, so trailing slashes don't count.
         let segments: Vec<&str> = path
             .trim_end_matches('/')
@@ -154,23 +173,15 @@ impl RouteTable {
             .collect();
         // HEAD is served by Flask's GET view.
         let method = if method == "HEAD" { "GET" } else { method };
-        let Some(candidates) = self.api.get(&(method, segments.len())) else {
-            return RouteOutcome::Unclassified;
-        };
+        let candidates = self.api.get(&(method, segments.len()))?;
         // The most specific match wins: `/repository/mirror/health` over `/repository/<repo>`.
-        let best = candidates
+        candidates
             .iter()
             .filter_map(|candidate| {
                 match_api(candidate, &segments).map(|params| (candidate, params))
             })
-            .max_by_key(|(candidate, _)| candidate.literal_count);
-        let Some((candidate, params)) = best else {
-            return RouteOutcome::Unclassified;
-        };
-        match need_permissions(candidate.route.need, &params, body) {
-            Some(permissions) => RouteOutcome::Requires(permissions),
-            None => RouteOutcome::Unclassified,
-        }
+            .max_by_key(|(candidate, _)| candidate.literal_count)
+            .map(|(candidate, params)| (candidate.route, params))
     }
 }
 
