@@ -1,8 +1,12 @@
 //! The admin API (`proto/quay_authz/admin/v1/admin.proto`), served on the loopback-only admin
-//! listener: `Status` reports every issuer's key sources.
+//! listener: `Status` reports every issuer's key sources,
+//! `Explain` narrates the decision for one request with the live configuration and keys.
 
 use std::sync::Arc;
 
+use crate::explain::{Explanation, explain};
+use crate::extract::RequestFacts;
+use crate::pipeline::unix_now;
 use crate::server::Service;
 
 #[allow(clippy::all, missing_docs)]
@@ -11,7 +15,9 @@ pub mod proto {
 }
 
 use proto::admin_server::Admin;
-use proto::{KeySourceStatus, StatusRequest, StatusResponse};
+use proto::{
+    ExplainRequest, ExplainResponse, ExplainStep, KeySourceStatus, StatusRequest, StatusResponse,
+};
 
 pub struct AdminService {
     pub service: Arc<Service>,
@@ -68,5 +74,43 @@ impl Admin for AdminService {
         _request: tonic::Request<StatusRequest>,
     ) -> Result<tonic::Response<StatusResponse>, tonic::Status> {
         Ok(tonic::Response::new(AdminService::status(self)))
+    }
+
+    async fn explain(
+        &self,
+        request: tonic::Request<ExplainRequest>,
+    ) -> Result<tonic::Response<ExplainResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let mut facts = RequestFacts {
+            method: request.method,
+            path: request.path,
+            body: (!request.body.is_empty()).then_some(request.body),
+            ..Default::default()
+        };
+        if !request.token.is_empty() {
+            facts
+                .headers
+                .insert("authorization".into(), format!("Bearer {}", request.token));
+        }
+        let pipeline = self.service.pipeline.load_full();
+        Ok(tonic::Response::new(to_proto(
+            explain(&pipeline, &facts, unix_now()).await,
+        )))
+    }
+}
+
+pub fn to_proto(explanation: Explanation) -> ExplainResponse {
+    ExplainResponse {
+        decision: explanation.decision,
+        reason: explanation.reason,
+        http_status: explanation.http_status,
+        steps: explanation
+            .steps
+            .into_iter()
+            .map(|step| ExplainStep {
+                phase: step.phase,
+                result: step.result,
+            })
+            .collect(),
     }
 }

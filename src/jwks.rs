@@ -148,6 +148,8 @@ pub struct KeySource {
     generation: AtomicU64,
     refetch: tokio::sync::Mutex<RefetchState>,
     status: Mutex<SourceStatus>,
+    /// Keys given up front (offline `explain --jwks-file`): never fetched.
+    fixed: bool,
 }
 
 impl KeySource {
@@ -199,6 +201,9 @@ impl KeySource {
         &self,
         seen_generation: Option<u64>,
     ) -> Option<Arc<KeySet>> {
+        if self.fixed {
+            return self.current();
+        }
         let mut state = self.refetch.lock().await;
         let current = self.current();
         if current.as_ref().map(|set| set.generation) != seen_generation {
@@ -308,21 +313,52 @@ impl KeyStore {
         self.sources
             .entry(config.location.clone())
             .or_insert_with(|| {
-                let source = Arc::new(KeySource {
-                    issuer_name: issuer_name.to_string(),
-                    config: config.clone(),
-                    settings: self.settings.clone(),
-                    client: self.client.clone(),
-                    metrics: self.metrics.clone(),
-                    current: ArcSwapOption::empty(),
-                    generation: AtomicU64::new(0),
-                    refetch: tokio::sync::Mutex::new(RefetchState::default()),
-                    status: Mutex::new(SourceStatus::default()),
-                });
+                let source = self.new_source(issuer_name, config, false);
                 source.start();
                 source
             })
             .clone()
+    }
+
+    /// Installs a fixed key set for `config` that is never refreshed (offline `explain` with
+    /// `--jwks-file`). Returns how many usable keys the document held.
+    pub fn preload(
+        &self,
+        issuer_name: &str,
+        config: &KeySourceConfig,
+        jwks: &[u8],
+    ) -> Result<usize, String> {
+        let keys = parse_jwks(jwks, self.settings.max_keys)?;
+        let count = keys.len();
+        let source = self.new_source(issuer_name, config, true);
+        let generation = source.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        source.current.store(Some(Arc::new(KeySet {
+            keys,
+            fetched_at: Instant::now(),
+            generation,
+        })));
+        self.sources.insert(config.location.clone(), source);
+        Ok(count)
+    }
+
+    fn new_source(
+        &self,
+        issuer_name: &str,
+        config: &KeySourceConfig,
+        fixed: bool,
+    ) -> Arc<KeySource> {
+        Arc::new(KeySource {
+            fixed,
+            issuer_name: issuer_name.to_string(),
+            config: config.clone(),
+            settings: self.settings.clone(),
+            client: self.client.clone(),
+            metrics: self.metrics.clone(),
+            current: ArcSwapOption::empty(),
+            generation: AtomicU64::new(0),
+            refetch: tokio::sync::Mutex::new(RefetchState::default()),
+            status: Mutex::new(SourceStatus::default()),
+        })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod decision;
 pub mod dev_issuer;
 pub mod dev_upstream;
+pub mod explain;
 pub mod extract;
 pub mod identify;
 pub mod jwks;

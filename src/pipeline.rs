@@ -79,6 +79,19 @@ impl Pipeline {
             })
     }
 
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    pub fn response_settings(&self) -> &ResponseSettings {
+        &self.responses
+    }
+
+    /// Verifies a bearer token alone (no route, no policy): for `explain`.
+    pub async fn identify_token(&self, token: &str, now: u64) -> Result<Identity, IdentifyError> {
+        self.identify(token, now).await.map_err(|(error, _)| error)
+    }
+
     /// Answers one Check, recording metrics and the audit event.
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
         let started = Instant::now();

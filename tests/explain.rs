@@ -1,0 +1,136 @@
+//! `quay-authz explain`: offline with a JWKS file, and against a running instance's admin API.
+
+mod common;
+
+use std::process::Command;
+
+use common::issuer::*;
+use common::service::TestService;
+use quay_authz::dev_issuer::SigningKeyKind;
+
+fn explain(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_quay-authz"))
+        .arg("explain")
+        .args(args)
+        .output()
+        .expect("run quay-authz explain");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_explain_with_jwks_file_narrates_each_step() {
+    let issuer = start_issuer().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = reqwest::get(issuer.jwks_url())
+        .await
+        .expect("jwks")
+        .text()
+        .await
+        .expect("body");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks).expect("write jwks");
+    // Keys "live" on a port nobody answers: the explanation must not need the network.
+    let config = config_for(&issuer, "").replace(&issuer.jwks_url(), "http://127.0.0.1:9/keys");
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(
+        &config_path,
+        format!("listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:0}}\n{config}"),
+    )
+    .expect("write config");
+    let token = issuer
+        .mint(
+            SigningKeyKind::Rsa,
+            &entra_claims(1, TENANT, TENANT, &["Quay.acme.write"]),
+        )
+        .expect("mint");
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, &token).expect("write token");
+    let base = [
+        "--config",
+        config_path.to_str().expect("utf-8"),
+        "--jwks-file",
+        jwks_path.to_str().expect("utf-8"),
+        "--token-file",
+        token_path.to_str().expect("utf-8"),
+    ];
+
+    let (code, stdout, stderr) = explain(
+        &[
+            &base[..],
+            &["--method", "PUT", "--path", "/v2/acme/app/manifests/v1"],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for expected in [
+        "route      requires repo:write on acme/app",
+        "token      JWT, alg RS256, kid rsa-1, iss https://sts.windows.net/",
+        &format!("issuer     entra (Entra preset, tenant {TENANT})"),
+        "identity   user alice@example.com, issuer entra",
+        "policy     rule team-roles granted repo:write on acme/*",
+        "decision   allow (allowed), HTTP 200",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains(&token[..40]),
+        "the token must never be printed"
+    );
+
+    let (code, stdout, _) = explain(
+        &[
+            &base[..],
+            &[
+                "--method",
+                "DELETE",
+                "--path",
+                "/api/v1/repository/acme/app",
+                "--json",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(json["reason"], "insufficient_scope");
+    assert_eq!(json["http_status"], 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_asks_a_running_instance() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let mut expired = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    expired["exp"] = serde_json::json!(now() - 7200);
+    let token = issuer.mint(SigningKeyKind::Rsa, &expired).expect("mint");
+    let server = service.running.admin_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        explain(&[
+            "--server",
+            &server,
+            "--token",
+            &token,
+            "--path",
+            "/api/v1/repository/acme/app",
+        ])
+    })
+    .await
+    .expect("explain");
+    let (code, stdout, stderr) = output;
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("identity   refused: token_expired"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("decision   deny (token_expired), HTTP 401"),
+        "{stdout}"
+    );
+}
