@@ -604,6 +604,8 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
         }
     };
 
+    warnings.extend(unmatchable_rules(&rules, &issuers));
+
     if !issues.found.is_empty() {
         return Err(ConfigError {
             origin: origin.to_string(),
@@ -1083,6 +1085,44 @@ pub fn entra_issuer_pair(tenant: &str) -> [String; 2] {
     ]
 }
 
+/// Rules whose conditions no token of their issuers can meet: an audience none of those
+/// issuers accepts, or tenants none of them admits.
+fn unmatchable_rules(rules: &[CompiledRule], issuers: &[IssuerConfig]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for rule in rules {
+        let applicable: Vec<&IssuerConfig> = issuers
+            .iter()
+            .filter(|issuer| rule.issuers.is_empty() || rule.issuers.contains(&issuer.name))
+            .collect();
+        let audiences = &rule.when.audiences;
+        if !audiences.is_empty()
+            && !applicable
+                .iter()
+                .any(|issuer| issuer.audiences.iter().any(|aud| audiences.contains(aud)))
+        {
+            warnings.push(format!(
+                "rule {:?} can never match: none of its issuers accepts audiences {}",
+                rule.name,
+                audiences.join(", ")
+            ));
+        }
+        let tenants = &rule.when.tenants;
+        let admits = |issuer: &&IssuerConfig| match &issuer.tenants {
+            TenantBinding::Any => true,
+            TenantBinding::Listed(listed) => listed.iter().any(|t| tenants.contains(t)),
+            TenantBinding::None => false,
+        };
+        if !tenants.is_empty() && !applicable.iter().any(admits) {
+            warnings.push(format!(
+                "rule {:?} can never match: none of its issuers admits tenants {}",
+                rule.name,
+                tenants.join(", ")
+            ));
+        }
+    }
+    warnings
+}
+
 fn check_issuer_uniqueness(issuers: &[IssuerConfig], issues: &mut Issues<'_>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut strings: HashMap<&str, &str> = HashMap::new();
@@ -1352,6 +1392,29 @@ issuers:
         assert_eq!(entra.tenants, TenantBinding::Any);
         assert!(entra.issuer_strings.is_empty());
         assert!(entra.key_sources[0].location.url().contains("/common/"));
+    }
+
+    #[test]
+    fn warnings_for_unmatchable_rules_and_shadowed_grants() {
+        let text = format!(
+            "{MINIMAL}rules:\n  - name: wrong-aud\n    issuers: [keycloak]\n    when: {{audiences: [api://quay-api]}}\n    grant: [\"repo:read on acme/*\"]\n  - name: wrong-tenant\n    when: {{tenants: [99999999-2222-3333-4444-555555555555]}}\n    grant: [\"repo:read on acme/*\"]\n  - name: shadow\n    grant: [\"repo:write on acme/*\", \"repo:read on acme/app\"]\n"
+        );
+        let config = Config::parse(&text, "t").expect("valid");
+        let warnings = config.warnings.join("\n");
+        assert!(
+            warnings.contains(
+                "rule \"wrong-aud\" can never match: none of its issuers accepts audiences"
+            ),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains(
+                "rule \"wrong-tenant\" can never match: none of its issuers admits tenants"
+            ),
+            "{warnings}"
+        );
+        assert!(warnings.contains("rule \"shadow\": grant \"repo:read on acme/app\" is already covered by \"repo:write on acme/*\""), "{warnings}");
+        assert_eq!(config.warnings.len(), 3, "{warnings}");
     }
 
     #[test]

@@ -315,6 +315,54 @@ impl Grant {
     }
 }
 
+impl Grant {
+    /// Whether everything `other` grants, this grant grants too.
+    pub fn covers(&self, other: &Grant) -> bool {
+        if !self.scope.implies(other.scope) {
+            return false;
+        }
+        match (&self.on, &other.on) {
+            (ResourcePattern::Everything, _) => true,
+            (_, ResourcePattern::Everything) => false,
+            (ResourcePattern::Namespace(mine), ResourcePattern::Namespace(theirs))
+            | (
+                ResourcePattern::Namespace(mine),
+                ResourcePattern::Repository {
+                    namespace: theirs, ..
+                },
+            ) => name_pattern_covers(mine, theirs),
+            (
+                ResourcePattern::Repository { namespace, name },
+                ResourcePattern::Repository {
+                    namespace: other_namespace,
+                    name: other_name,
+                },
+            ) => {
+                name_pattern_covers(namespace, other_namespace)
+                    && name_pattern_covers(name, other_name)
+            }
+            (ResourcePattern::Repository { .. }, ResourcePattern::Namespace(_)) => false,
+        }
+    }
+}
+
+fn name_pattern_covers(mine: &NamePattern, theirs: &NamePattern) -> bool {
+    match (mine, theirs) {
+        (NamePattern::Any, _) => true,
+        (NamePattern::Exact(a), NamePattern::Exact(b)) => a == b,
+        (NamePattern::Below(prefix), NamePattern::Exact(name)) => {
+            mine.matches(name) && name != prefix
+        }
+        (NamePattern::Below(prefix), NamePattern::Below(other)) => {
+            other == prefix
+                || other
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        }
+        _ => false,
+    }
+}
+
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.on {
@@ -541,6 +589,19 @@ mod tests {
             let error = Grant::parse(text).expect_err(text);
             assert!(error.0.contains(expected), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn coverage_between_grants() {
+        let covers = |a: &str, b: &str| grant(a)[0].covers(&grant(b)[0]);
+        assert!(covers("repo:write on acme/*", "repo:read on acme/app"));
+        assert!(covers("repo:write on acme/*", "repo:read on acme/team/*"));
+        assert!(!covers("repo:read on acme/*", "repo:write on acme/app"));
+        assert!(!covers("repo:write on acme/app", "repo:write on acme/*"));
+        assert!(covers("org:admin on acme", "repo:admin on acme/*"));
+        assert!(covers("super:user", "repo:admin on */*"));
+        assert!(!covers("repo:admin on */*", "super:user"));
+        assert!(covers("repo:read on */*", "repo:read on acme/app"));
     }
 
     #[test]

@@ -198,9 +198,7 @@ pub fn compile_rules(
         if errors.len() > before {
             continue;
         }
-        if !raw_rule.when.audiences.is_empty() || !raw_rule.when.tenants.is_empty() {
-            // Nothing to check cheaply here; the issuer config decides what can arrive.
-        }
+        warnings.extend(shadowed_grants(&raw_rule.name, &grants));
         if raw_rule.issuers.is_empty()
             && raw_rule.grant.iter().any(|g| g.trim() == "super:user")
             && is_unconditional(&when)
@@ -223,6 +221,36 @@ pub fn compile_rules(
     } else {
         Err(errors)
     }
+}
+
+/// Fixed grants of one rule that another of its grants already covers (`repo:read on acme/app`
+/// beside `repo:write on acme/*`): harmless, but usually a sign the rule says less than meant.
+fn shadowed_grants(rule: &str, templates: &[GrantTemplate]) -> Vec<String> {
+    let fixed: Vec<(&GrantTemplate, &Grant)> = templates
+        .iter()
+        .filter_map(|t| t.fixed.as_ref().map(|grants| (t, grants)))
+        .flat_map(|(t, grants)| grants.iter().map(move |g| (t, g)))
+        .collect();
+    let mut warnings = Vec::new();
+    for (index, (template, grant)) in fixed.iter().enumerate() {
+        let covering = fixed
+            .iter()
+            .enumerate()
+            .find(|(other_index, (other_template, other))| {
+                *other_index != index
+                    && other_template.text != template.text
+                    && other != grant
+                    && other.covers(grant)
+            });
+        if let Some((_, (other_template, _))) = covering {
+            warnings.push(format!(
+                "rule {rule:?}: grant {:?} is already covered by {:?}",
+                template.text, other_template.text
+            ));
+        }
+    }
+    warnings.dedup();
+    warnings
 }
 
 fn is_unconditional(when: &Conditions) -> bool {
