@@ -149,12 +149,15 @@ pub mod raw {
     pub struct Limits {
         /// Longest bearer token inspected; longer ones are refused unread.
         pub max_token_bytes: usize,
+        /// Verified tokens remembered (0 disables the cache).
+        pub token_cache_entries: usize,
     }
 
     impl Default for Limits {
         fn default() -> Self {
             Self {
                 max_token_bytes: 16 * 1024,
+                token_cache_entries: 100_000,
             }
         }
     }
@@ -306,6 +309,7 @@ pub struct Config {
     pub unauthenticated: Unauthenticated,
     pub headers: HeaderSettings,
     pub max_token_bytes: usize,
+    pub token_cache_entries: usize,
     pub jwks: JwksSettings,
     pub non_api: NonApi,
     pub issuers: Vec<IssuerConfig>,
@@ -622,6 +626,7 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
             remove_authorization: document.headers.remove_authorization,
         },
         max_token_bytes: document.limits.max_token_bytes,
+        token_cache_entries: document.limits.token_cache_entries,
         jwks,
         non_api: document.paths.non_api,
         issuers,

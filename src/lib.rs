@@ -22,3 +22,4 @@ pub mod policy;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod token_cache;

@@ -13,6 +13,9 @@ pub struct Metrics {
     pub check_duration: HistogramVec,
     pub jwks_fetches: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
+    pub token_cache: IntCounterVec,
+    pub token_cache_entries: prometheus::IntGauge,
+    pub token_cache_evictions: prometheus::IntCounter,
 }
 
 impl Default for Metrics {
@@ -57,6 +60,24 @@ impl Metrics {
             &["issuer", "source"],
         )
         .expect("static metric definition");
+        let token_cache = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_token_cache_lookups_total",
+                "Verified-token cache lookups by result (hit, miss)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let token_cache_entries = prometheus::IntGauge::new(
+            "quay_authz_token_cache_entries",
+            "Tokens in the verified-token cache",
+        )
+        .expect("static metric definition");
+        let token_cache_evictions = prometheus::IntCounter::new(
+            "quay_authz_token_cache_evictions_total",
+            "Entries evicted from the verified-token cache to make room",
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("quay_authz_build_info", "Build information"),
             &["version"],
@@ -70,6 +91,9 @@ impl Metrics {
             Box::new(check_duration.clone()),
             Box::new(jwks_fetches.clone()),
             Box::new(jwks_keys.clone()),
+            Box::new(token_cache.clone()),
+            Box::new(token_cache_entries.clone()),
+            Box::new(token_cache_evictions.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -82,6 +106,9 @@ impl Metrics {
             check_duration,
             jwks_fetches,
             jwks_keys,
+            token_cache,
+            token_cache_entries,
+            token_cache_evictions,
         }
     }
 

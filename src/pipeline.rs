@@ -13,12 +13,13 @@ use crate::config::{Config, NonApi, Unauthenticated};
 use crate::decision::{Decision, Reason};
 use crate::extract::{Credential, RequestFacts};
 use crate::identify::{self, IdentifyError, Identity};
-use crate::jwks::{KeySource, KeyStore};
+use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::permission::Permission;
 use crate::policy;
 use crate::respond::{ResponseSettings, build_response};
 use crate::route::{RouteOutcome, RouteTable};
+use crate::token_cache::TokenCache;
 
 /// One configuration, compiled and bound to its key sources.
 pub struct Pipeline {
@@ -28,6 +29,7 @@ pub struct Pipeline {
     key_sources: Vec<Vec<Arc<KeySource>>>,
     responses: ResponseSettings,
     metrics: Metrics,
+    token_cache: TokenCache,
 }
 
 impl Pipeline {
@@ -49,10 +51,11 @@ impl Pipeline {
             config.quay.service.clone(),
         );
         Self {
-            config,
             routes: RouteTable::new(),
             key_sources,
             responses,
+            token_cache: TokenCache::new(config.token_cache_entries, metrics.clone()),
+            config,
             metrics,
         }
     }
@@ -210,6 +213,24 @@ impl Pipeline {
         token: &str,
         now: u64,
     ) -> Result<Identity, (IdentifyError, Option<String>)> {
+        if let Some(identity) = self.token_cache.get(token, now) {
+            return Ok(Identity::clone(&identity));
+        }
+        let (identity, key, valid_until) = self.verify(token, now).await?;
+        let identity = Arc::new(identity);
+        self.token_cache
+            .insert(token, identity.clone(), &key, valid_until);
+        Ok(Arc::unwrap_or_clone(identity))
+    }
+
+    /// Full verification; also returns the key that verified the token and until when the
+    /// token stays valid, for the verified-token cache.
+    #[allow(clippy::type_complexity)]
+    async fn verify(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Identity, Arc<VerificationKey>, u64), (IdentifyError, Option<String>)> {
         let parsed =
             identify::parse_token(token, self.config.max_token_bytes).map_err(|e| (e, None))?;
         let Some(matched) = identify::match_issuer(&self.config, &parsed.iss) else {
@@ -272,7 +293,12 @@ impl Pipeline {
             }));
         };
         identify::verify_signature(&parsed, &key.key, algorithm).map_err(fail)?;
-        identify::check_claims(&parsed.claims, matched, &parsed.iss, now).map_err(fail)
+        let identity =
+            identify::check_claims(&parsed.claims, matched, &parsed.iss, now).map_err(fail)?;
+        let valid_until = identity
+            .expires_at
+            .saturating_add(matched.issuer.leeway_seconds);
+        Ok((identity, key, valid_until))
     }
 
     fn record(&self, facts: &RequestFacts, decision: &Decision, elapsed: std::time::Duration) {

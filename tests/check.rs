@@ -436,3 +436,46 @@ async fn admin_status_and_grpc_health_report_key_sources() {
     }
     assert!(serving, "gRPC health reports SERVING once ready");
 }
+
+#[tokio::test]
+async fn verified_token_cache_hits_and_never_outlives_its_key() {
+    let issuer = start_issuer().await;
+    // Refetch on every unknown kid, so the test can make the service see a new key set now.
+    let service = TestService::start(
+        &config_for(&issuer, "jwks: {min_refetch_interval_seconds: 0}"),
+        true,
+    )
+    .await;
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    let token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    for _ in 0..3 {
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, &token).await).0,
+            "allow"
+        );
+    }
+    let (_, metrics) = service.http_get("/metrics").await;
+    assert!(
+        metrics.contains("quay_authz_token_cache_lookups_total{result=\"hit\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quay_authz_token_cache_entries 1"),
+        "{metrics}"
+    );
+
+    // The IdP drops the key; an unknown kid makes the service fetch the new key set.
+    issuer.remove_key("rsa-1");
+    let new_kid = issuer.rotate(SigningKeyKind::Rsa).expect("rotate");
+    let fresh = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &fresh).await).0,
+        "allow",
+        "new key {new_kid}"
+    );
+    // The cached token signed by the removed key no longer validates.
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &token).await).1,
+        "unknown_key"
+    );
+}
