@@ -1,0 +1,128 @@
+//! In-process benchmarks of the Check path, beside its baselines measured in the same run:
+//! a raw RS256/ES256 signature verify (the crypto limit) for uncached Checks.
+//!
+//!   cargo bench --bench check
+//!
+//! Figures go to BENCHMARKS.md with the command that produced them.
+
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use quay_authz::config::Config;
+use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind};
+use quay_authz::extract::RequestFacts;
+use quay_authz::jwks::KeyStore;
+use quay_authz::metrics::Metrics;
+use quay_authz::pipeline::{Pipeline, unix_now};
+use quay_authz::route::RouteTable;
+use serde_json::json;
+
+fn config(issuer: &DevIssuer, token_cache_entries: usize, extra_rules: usize) -> Config {
+    let mut rules = String::new();
+    for index in 0..extra_rules {
+        rules.push_str(&format!(
+            "  - name: filler-{index}\n    when: {{groups_any: [group-{index}]}}\n    grant: [\"repo:read on ns{index}/*\"]\n"
+        ));
+    }
+    let text = format!(
+        r#"
+quay: {{service: quay.example.com, realm: "https://quay.example.com/v2/auth"}}
+limits: {{token_cache_entries: {token_cache_entries}}}
+issuers:
+  - name: dev
+    issuer: {iss}
+    audiences: [quay]
+    algorithms: [RS256, ES256]
+    allow_insecure_http: true
+rules:
+{rules}  - name: readers
+    when: {{groups_any: [readers]}}
+    grant: ["repository:acme/*:pull"]
+"#,
+        iss = issuer.issuer()
+    );
+    Config::parse(&text, "bench").expect("config")
+}
+
+fn facts(token: &str) -> RequestFacts {
+    let mut facts = RequestFacts {
+        method: "GET".into(),
+        path: "/v2/acme/app/manifests/latest".into(),
+        ..Default::default()
+    };
+    facts.headers.insert("authorization".into(), format!("Bearer {token}"));
+    facts
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let issuer = runtime.block_on(DevIssuer::start("127.0.0.1:0".parse().expect("addr"))).expect("issuer");
+    let now = unix_now();
+    let claims = json!({"iss": issuer.issuer(), "aud": "quay", "sub": "bench", "groups": ["readers"], "iat": now, "exp": now + 86_400});
+    let rsa_token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    let ec_token = issuer.mint(SigningKeyKind::Ec, &claims).expect("mint");
+
+    let pipeline = |cache: usize, extra_rules: usize| {
+        let metrics = Metrics::new();
+        let store = KeyStore::new(config(&issuer, cache, extra_rules).jwks.clone(), metrics.clone());
+        let pipeline = Pipeline::new(Arc::new(config(&issuer, cache, extra_rules)), &store, metrics);
+        runtime.block_on(async {
+            while !pipeline.ready() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        (pipeline, store)
+    };
+    let (cached, _store_a) = pipeline(100_000, 0);
+    let (uncached, _store_b) = pipeline(0, 0);
+    let (many_rules, _store_c) = pipeline(100_000, 1000);
+
+    let mut group = c.benchmark_group("check");
+    for (name, pipeline, token) in [
+        ("cached_rs256", &cached, &rsa_token),
+        ("uncached_rs256", &uncached, &rsa_token),
+        ("uncached_es256", &uncached, &ec_token),
+        ("cached_rs256_1000_rules", &many_rules, &rsa_token),
+    ] {
+        let request = facts(token);
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                let decision = pipeline.decide(&request, now).await;
+                assert_eq!(decision.kind(), "allow");
+            })
+        });
+    }
+    group.finish();
+
+    // The crypto limit: verify the same tokens with the same library, nothing else.
+    let jwks: serde_json::Value = runtime
+        .block_on(async { reqwest::get(issuer.jwks_url()).await?.json().await })
+        .expect("jwks");
+    let keys = quay_authz::jwks::parse_jwks(jwks.to_string().as_bytes(), 10).expect("keys");
+    let mut group = c.benchmark_group("raw_verify");
+    for (name, token, alg, kid) in [
+        ("rs256", &rsa_token, jsonwebtoken::Algorithm::RS256, "rsa-1"),
+        ("es256", &ec_token, jsonwebtoken::Algorithm::ES256, "ec-1"),
+    ] {
+        let key = keys.iter().find(|k| k.key_id.as_deref() == Some(kid)).expect("key");
+        let (message, signature) = token.rsplit_once('.').expect("jwt");
+        group.bench_function(name, |b| {
+            b.iter(|| assert!(jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg).expect("verify")))
+        });
+    }
+    group.finish();
+
+    let table = RouteTable::new();
+    let mut group = c.benchmark_group("route");
+    for (name, method, path) in [
+        ("registry_manifest", "GET", "/v2/acme/team/app/manifests/latest"),
+        ("api_repository_tag", "GET", "/api/v1/repository/acme/app/tag/"),
+        ("api_organization_member", "PUT", "/api/v1/organization/acme/team/devs/members/alice"),
+    ] {
+        group.bench_function(name, |b| b.iter(|| table.classify(method, path, None)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
