@@ -50,13 +50,23 @@ fn facts(token: &str) -> RequestFacts {
         path: "/v2/acme/app/manifests/latest".into(),
         ..Default::default()
     };
-    facts.headers.insert("authorization".into(), format!("Bearer {token}"));
+    facts
+        .headers
+        .insert("authorization".into(), format!("Bearer {token}"));
     facts
 }
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-    let issuer = runtime.block_on(DevIssuer::start("127.0.0.1:0".parse().expect("addr"))).expect("issuer");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Key sources start their refreshers on this runtime.
+    let _guard = runtime.enter();
+    let issuer = runtime
+        .block_on(DevIssuer::start("127.0.0.1:0".parse().expect("addr")))
+        .expect("issuer");
     let now = unix_now();
     let claims = json!({"iss": issuer.issuer(), "aud": "quay", "sub": "bench", "groups": ["readers"], "iat": now, "exp": now + 86_400});
     let rsa_token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
@@ -64,8 +74,15 @@ fn bench(c: &mut Criterion) {
 
     let pipeline = |cache: usize, extra_rules: usize| {
         let metrics = Metrics::new();
-        let store = KeyStore::new(config(&issuer, cache, extra_rules).jwks.clone(), metrics.clone());
-        let pipeline = Pipeline::new(Arc::new(config(&issuer, cache, extra_rules)), &store, metrics);
+        let store = KeyStore::new(
+            config(&issuer, cache, extra_rules).jwks.clone(),
+            metrics.clone(),
+        );
+        let pipeline = Pipeline::new(
+            Arc::new(config(&issuer, cache, extra_rules)),
+            &store,
+            metrics,
+        );
         runtime.block_on(async {
             while !pipeline.ready() {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -104,10 +121,18 @@ fn bench(c: &mut Criterion) {
         ("rs256", &rsa_token, jsonwebtoken::Algorithm::RS256, "rsa-1"),
         ("es256", &ec_token, jsonwebtoken::Algorithm::ES256, "ec-1"),
     ] {
-        let key = keys.iter().find(|k| k.key_id.as_deref() == Some(kid)).expect("key");
+        let key = keys
+            .iter()
+            .find(|k| k.key_id.as_deref() == Some(kid))
+            .expect("key");
         let (message, signature) = token.rsplit_once('.').expect("jwt");
         group.bench_function(name, |b| {
-            b.iter(|| assert!(jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg).expect("verify")))
+            b.iter(|| {
+                assert!(
+                    jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.key, alg)
+                        .expect("verify")
+                )
+            })
         });
     }
     group.finish();
@@ -115,9 +140,21 @@ fn bench(c: &mut Criterion) {
     let table = RouteTable::new();
     let mut group = c.benchmark_group("route");
     for (name, method, path) in [
-        ("registry_manifest", "GET", "/v2/acme/team/app/manifests/latest"),
-        ("api_repository_tag", "GET", "/api/v1/repository/acme/app/tag/"),
-        ("api_organization_member", "PUT", "/api/v1/organization/acme/team/devs/members/alice"),
+        (
+            "registry_manifest",
+            "GET",
+            "/v2/acme/team/app/manifests/latest",
+        ),
+        (
+            "api_repository_tag",
+            "GET",
+            "/api/v1/repository/acme/app/tag/",
+        ),
+        (
+            "api_organization_member",
+            "PUT",
+            "/api/v1/organization/acme/team/devs/members/alice",
+        ),
     ] {
         group.bench_function(name, |b| b.iter(|| table.classify(method, path, None)));
     }
