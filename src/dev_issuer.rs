@@ -8,7 +8,8 @@
 //! Usage: `let issuer = DevIssuer::start("127.0.0.1:0".parse()?).await?;` then
 //! `issuer.mint(SigningKeyKind::Rsa, claims)`; `issuer.rotate()` adds a new key,
 //! `issuer.remove_key(kid)` drops one, `issuer.set_jwks_failure(true)` makes the JWKS endpoint
-//! answer 500, and `issuer.jwks_fetches()` counts how often keys were fetched.
+//! answer 500 (`set_jwks_garbage`, `set_jwks_delay` for other misbehaviour), and
+//! `issuer.jwks_fetches()` counts how often keys were fetched.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,6 +133,9 @@ struct IssuerState {
     jwks_fetches: AtomicU64,
     discovery_fetches: AtomicU64,
     fail_jwks: AtomicBool,
+    garbage_jwks: AtomicBool,
+    /// Milliseconds the JWKS endpoint waits before answering (a slow IdP).
+    jwks_delay_ms: AtomicU64,
     cache_control: Mutex<Option<String>>,
     next_kid: AtomicU64,
 }
@@ -178,6 +182,8 @@ impl DevIssuer {
             jwks_fetches: AtomicU64::new(0),
             discovery_fetches: AtomicU64::new(0),
             fail_jwks: AtomicBool::new(false),
+            garbage_jwks: AtomicBool::new(false),
+            jwks_delay_ms: AtomicU64::new(0),
             cache_control: Mutex::new(None),
             next_kid: AtomicU64::new(2),
         });
@@ -280,6 +286,18 @@ impl DevIssuer {
         self.state.fail_jwks.store(fail, Ordering::Relaxed);
     }
 
+    /// Makes the JWKS endpoint answer 200 with a body that is not a JWKS.
+    pub fn set_jwks_garbage(&self, garbage: bool) {
+        self.state.garbage_jwks.store(garbage, Ordering::Relaxed);
+    }
+
+    /// Makes the JWKS endpoint wait before answering.
+    pub fn set_jwks_delay(&self, delay: std::time::Duration) {
+        self.state
+            .jwks_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
     pub fn set_cache_control(&self, value: Option<&str>) {
         *lock(&self.state.cache_control) = value.map(str::to_string);
     }
@@ -340,6 +358,13 @@ async fn discovery(
 
 async fn jwks(State(state): State<Arc<IssuerState>>) -> Response {
     state.jwks_fetches.fetch_add(1, Ordering::Relaxed);
+    let delay = state.jwks_delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    if state.garbage_jwks.load(Ordering::Relaxed) {
+        return (StatusCode::OK, "<html>maintenance</html>").into_response();
+    }
     if state.fail_jwks.load(Ordering::Relaxed) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "failing on purpose").into_response();
     }

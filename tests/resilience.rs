@@ -1,0 +1,116 @@
+//! The key cache while the IdP misbehaves: cached keys keep serving, Checks never hang, and
+//! the IdP's cache lifetime is honoured.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::issuer::*;
+use common::service::*;
+use quay_authz::dev_issuer::SigningKeyKind;
+
+const REPO: &str = "/api/v1/repository/acme/app";
+
+/// Refetch on every unknown kid, so each test can make the service go to the IdP now.
+const EAGER: &str = "jwks: {min_refetch_interval_seconds: 0, fetch_timeout_seconds: 1}";
+
+#[tokio::test]
+async fn idp_down_or_sending_garbage_later_keeps_cached_keys_serving() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, EAGER), true).await;
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    let token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    let fail = |on: bool| issuer.set_jwks_failure(on);
+    let garbage = |on: bool| issuer.set_jwks_garbage(on);
+    let misbehaviours: [&dyn Fn(bool); 2] = [&fail, &garbage];
+    for misbehave in misbehaviours {
+        misbehave(true);
+        // An unknown kid forces a fetch, which fails: the old keys stay.
+        let unknown = issuer
+            .mint_with_kid(SigningKeyKind::Rsa, &claims, "not-there")
+            .expect("mint");
+        let before = issuer.jwks_fetches();
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, &unknown).await).1,
+            "unknown_key"
+        );
+        assert!(
+            issuer.jwks_fetches() > before,
+            "the refetch reached the IdP"
+        );
+        // Fresh tokens, not yet in the verified-token cache, still verify with the kept keys.
+        let mut fresh_claims = claims.clone();
+        fresh_claims["jti"] = serde_json::json!(format!("{}", issuer.jwks_fetches()));
+        let fresh = issuer
+            .mint(SigningKeyKind::Rsa, &fresh_claims)
+            .expect("mint");
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, &fresh).await).0,
+            "allow"
+        );
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, &token).await).0,
+            "allow"
+        );
+        assert_eq!(service.http_get("/readyz").await.0, 200);
+        misbehave(false);
+    }
+    let (_, metrics) = service.http_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"quay_authz_jwks_fetches_total{issuer="entra",result="http_error"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"quay_authz_jwks_fetches_total{issuer="entra",result="invalid"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn slow_idp_times_out_and_checks_do_not_hang() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, EAGER), true).await;
+    issuer.set_jwks_delay(Duration::from_secs(30));
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    let unknown = issuer
+        .mint_with_kid(SigningKeyKind::Rsa, &claims, "not-there")
+        .expect("mint");
+    let started = Instant::now();
+    let response = service.check_bearer("GET", REPO, &unknown).await;
+    // Bounded by the 1 s fetch timeout, not the IdP's 30 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "Check took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(decision(&response).1, "unknown_key");
+    let valid = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &valid).await).0,
+        "allow"
+    );
+    let (_, metrics) = service.http_get("/metrics").await;
+    assert!(metrics.contains(r#"result="unreachable"} 1"#), "{metrics}");
+}
+
+#[tokio::test]
+async fn idp_down_at_start_becomes_ready_once_it_answers() {
+    let issuer = start_issuer().await;
+    issuer.set_jwks_failure(true);
+    let service = TestService::start(&config_for(&issuer, EAGER), false).await;
+    let (status, body) = service.http_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    issuer.set_jwks_failure(false);
+    // The refresher retries with backoff (1 s, 2 s, …): readiness follows without a restart.
+    service.wait_ready().await;
+    let token = issuer
+        .mint(
+            SigningKeyKind::Rsa,
+            &entra_claims(1, TENANT, TENANT, &["Quay.acme.read"]),
+        )
+        .expect("mint");
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &token).await).0,
+        "allow"
+    );
+}
