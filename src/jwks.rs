@@ -130,6 +130,8 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     pub last_success: Option<Instant>,
     pub fetches: u64,
+    /// Lifetime of the current key set (from `Cache-Control`, clamped).
+    pub ttl: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -150,6 +152,7 @@ pub struct KeySource {
     status: Mutex<SourceStatus>,
     /// Keys given up front (offline `explain --jwks-file`): never fetched.
     fixed: bool,
+    discovered: Mutex<Option<DiscoveredJwks>>,
 }
 
 impl KeySource {
@@ -229,7 +232,8 @@ impl KeySource {
     }
 
     async fn refresh_locked(&self) -> Result<Duration, FetchError> {
-        let result = fetch_key_set(&self.client, &self.config, &self.settings).await;
+        let result =
+            fetch_key_set(&self.client, &self.config, &self.settings, &self.discovered).await;
         let label = match &result {
             Ok(_) => "success",
             Err(error) => error.kind(),
@@ -254,6 +258,7 @@ impl KeySource {
                 })));
                 status.last_error = None;
                 status.last_success = Some(Instant::now());
+                status.ttl = Some(ttl);
                 tracing::info!(issuer = %self.issuer_name, url = %self.config.location.url(), ttl_seconds = ttl.as_secs(), "key set refreshed");
                 Ok(ttl)
             }
@@ -349,6 +354,7 @@ impl KeyStore {
     ) -> Arc<KeySource> {
         Arc::new(KeySource {
             fixed,
+            discovered: Mutex::new(None),
             issuer_name: issuer_name.to_string(),
             config: config.clone(),
             settings: self.settings.clone(),
@@ -364,16 +370,44 @@ impl KeyStore {
 
 // === Fetching ===
 
+/// A discovery document's `jwks_uri`, remembered for the key-set lifetime so a refresh (or an
+/// unknown-kid refetch) costs one request, not two.
+#[derive(Debug, Clone)]
+struct DiscoveredJwks {
+    url: String,
+    until: Instant,
+}
+
 async fn fetch_key_set(
     client: &reqwest::Client,
     config: &KeySourceConfig,
     settings: &JwksSettings,
+    discovered: &Mutex<Option<DiscoveredJwks>>,
 ) -> Result<(Vec<Arc<VerificationKey>>, Duration), FetchError> {
     let jwks_url = match &config.location {
         KeyLocation::Jwks(url) => url.clone(),
         KeyLocation::Discovery(url) => {
-            let (body, _) = fetch_limited(client, url, settings.max_response_bytes).await?;
-            discovered_jwks_uri(url, &body, config)?
+            let cached = discovered
+                .lock()
+                .ok()
+                .and_then(|cached| cached.clone())
+                .filter(|cached| Instant::now() < cached.until);
+            match cached {
+                Some(cached) => cached.url,
+                None => {
+                    let (body, cache_control) =
+                        fetch_limited(client, url, settings.max_response_bytes).await?;
+                    let jwks_url = discovered_jwks_uri(url, &body, config)?;
+                    let ttl = cache_lifetime(cache_control.as_deref(), settings);
+                    if let Ok(mut slot) = discovered.lock() {
+                        *slot = Some(DiscoveredJwks {
+                            url: jwks_url.clone(),
+                            until: Instant::now() + ttl,
+                        });
+                    }
+                    jwks_url
+                }
+            }
         }
     };
     let (body, cache_control) =
@@ -382,12 +416,15 @@ async fn fetch_key_set(
         url: jwks_url.clone(),
         message,
     })?;
-    let ttl = cache_control
-        .as_deref()
+    Ok((keys, cache_lifetime(cache_control.as_deref(), settings)))
+}
+
+/// `Cache-Control: max-age` clamped to the configured range, or the default lifetime.
+fn cache_lifetime(cache_control: Option<&str>, settings: &JwksSettings) -> Duration {
+    cache_control
         .and_then(max_age)
         .map(|age| age.clamp(settings.min_ttl, settings.max_ttl))
-        .unwrap_or(settings.default_ttl);
-    Ok((keys, ttl))
+        .unwrap_or(settings.default_ttl)
 }
 
 /// Reads the `jwks_uri` from a discovery document after checking its `issuer` (OpenID

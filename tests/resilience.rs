@@ -114,3 +114,50 @@ async fn idp_down_at_start_becomes_ready_once_it_answers() {
         "allow"
     );
 }
+
+#[tokio::test]
+async fn cache_control_max_age_is_honoured_within_bounds_and_discovery_is_cached() {
+    for (header, expected) in [
+        (Some("public, max-age=600"), 600),
+        (Some("max-age=10"), 300),
+        (Some("max-age=999999"), 86_400),
+        (None, 3600),
+    ] {
+        let issuer = start_issuer().await;
+        issuer.set_cache_control(header);
+        let service = TestService::start(&config_for(&issuer, EAGER), true).await;
+        let pipeline = service.running.service.pipeline.load_full();
+        let (_, entra) = pipeline
+            .key_sources()
+            .find(|(name, _)| *name == "entra")
+            .expect("entra");
+        assert_eq!(
+            entra.status().ttl,
+            Some(Duration::from_secs(expected)),
+            "{header:?}"
+        );
+
+        // The dev issuer uses discovery: refetches reuse the discovered jwks_uri.
+        let claims = dev_claims(&issuer, &["readers"]);
+        let discovery_before = issuer.discovery_fetches();
+        for kid in ["x1", "x2"] {
+            let unknown = issuer
+                .mint_with_kid(SigningKeyKind::Rsa, &claims, kid)
+                .expect("mint");
+            assert_eq!(
+                decision(
+                    &service
+                        .check_bearer("GET", "/v2/acme/app/tags/list", &unknown)
+                        .await
+                )
+                .1,
+                "unknown_key"
+            );
+        }
+        assert_eq!(
+            issuer.discovery_fetches(),
+            discovery_before,
+            "discovery document refetched"
+        );
+    }
+}
