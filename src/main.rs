@@ -122,8 +122,10 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config } => {
-            let config = match Config::load(&config) {
+        Command::Serve {
+            config: config_path,
+        } => {
+            let config = match Config::load(&config_path) {
                 Ok(config) => config,
                 Err(error) => {
                     eprintln!("{error}");
@@ -131,7 +133,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             let running = quay_authz::server::start(config).await?;
+            let watcher = tokio::spawn(quay_authz::server::watch_config(
+                running.service.clone(),
+                config_path,
+            ));
             shutdown_signal().await;
+            watcher.abort();
             tracing::info!("shutting down: NOT_SERVING, finishing in-flight Checks");
             running.shutdown().await;
             Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub jwks_fetches: IntCounterVec,
     pub jwks_keys: IntGaugeVec,
     pub token_cache: IntCounterVec,
+    pub config_reloads: IntCounterVec,
     pub token_cache_entries: prometheus::IntGauge,
     pub token_cache_evictions: prometheus::IntCounter,
 }
@@ -78,6 +79,14 @@ impl Metrics {
             "Entries evicted from the verified-token cache to make room",
         )
         .expect("static metric definition");
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_config_reloads_total",
+                "Configuration reloads by result (applied, rejected)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         let build_info = IntGaugeVec::new(
             Opts::new("quay_authz_build_info", "Build information"),
             &["version"],
@@ -92,6 +101,7 @@ impl Metrics {
             Box::new(jwks_fetches.clone()),
             Box::new(jwks_keys.clone()),
             Box::new(token_cache.clone()),
+            Box::new(config_reloads.clone()),
             Box::new(token_cache_entries.clone()),
             Box::new(token_cache_evictions.clone()),
             Box::new(build_info),
@@ -107,6 +117,7 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             token_cache,
+            config_reloads,
             token_cache_entries,
             token_cache_evictions,
         }

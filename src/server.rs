@@ -56,6 +56,72 @@ impl Service {
     pub fn ready(&self) -> bool {
         self.pipeline.load().ready()
     }
+
+    /// Swaps in a new configuration: it was validated whole (`Config::load`/`parse`) before it
+    /// gets here, key sources of unchanged issuers are reused (the store is keyed by URL), and
+    /// Checks in flight finish on the pipeline they started with.
+    pub fn apply(&self, config: Config) {
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone());
+        self.pipeline.store(Arc::new(pipeline));
+        self.metrics
+            .config_reloads
+            .with_label_values(&["applied"])
+            .inc();
+    }
+
+    /// Reloads from a file; a configuration with any error is rejected and the old one keeps
+    /// serving.
+    pub fn reload(&self, path: &std::path::Path) -> Result<(), crate::config::ConfigError> {
+        match Config::load(path) {
+            Ok(config) => {
+                self.apply(config);
+                tracing::info!(path = %path.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::error!(path = %path.display(), "configuration rejected, the previous one keeps serving:\n{error}");
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Reloads on SIGHUP and when the file's modification time or size changes (polled, so it
+/// works for Kubernetes ConfigMap symlink swaps too). Runs until the process ends.
+pub async fn watch_config(service: Arc<Service>, path: std::path::PathBuf) {
+    let fingerprint = |path: &std::path::Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|meta| (meta.modified().ok(), meta.len()))
+    };
+    let mut last = fingerprint(&path);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let by_signal = tokio::select! {
+            _ = signalled => true,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+        };
+        let now = fingerprint(&path);
+        if by_signal || now != last {
+            last = now;
+            let _ = service.reload(&path);
+        }
+    }
 }
 
 struct AuthorizationService {

@@ -1,0 +1,91 @@
+//! Hot reload: a bad configuration is rejected and the old one keeps serving; a good one takes
+//! effect; Checks running throughout never fail.
+
+mod common;
+
+use common::issuer::*;
+use common::service::*;
+use quay_authz::dev_issuer::SigningKeyKind;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_rejects_bad_and_applies_good_configs() {
+    let issuer = start_issuer().await;
+    let base = config_for(&issuer, "");
+    let service = TestService::start(&base, true).await;
+    let token = issuer
+        .mint(SigningKeyKind::Rsa, &dev_claims(&issuer, &["readers"]))
+        .expect("mint");
+    let push = "/v2/acme/app/manifests/v1";
+    assert_eq!(
+        decision(&service.check_bearer("PUT", push, &token).await).1,
+        "insufficient_scope"
+    );
+
+    // Load: pulls that every configuration in this test allows.
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let mut client = service.client.clone();
+        let authorization = format!("Bearer {token}");
+        load.push(tokio::spawn(async move {
+            let mut failures = 0;
+            for _ in 0..150 {
+                let request = check_request(
+                    "GET",
+                    "/v2/acme/app/manifests/latest",
+                    &[("authorization", &authorization)],
+                );
+                match client.check(request).await {
+                    Ok(response) if decision(&response.get_ref()).0 == "allow" => {}
+                    _ => failures += 1,
+                }
+            }
+            failures
+        }));
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.yaml");
+    let listen = "listen: {grpc: 127.0.0.1:0, http: 127.0.0.1:0}\n";
+    std::fs::write(
+        &path,
+        format!("{listen}{base}\n  - name: broken\n    grant: [\"repo:fly on acme/*\"]\n"),
+    )
+    .expect("write");
+    let error = service
+        .running
+        .service
+        .reload(&path)
+        .expect_err("bad config rejected");
+    assert!(error.to_string().contains("unknown scope"), "{error}");
+
+    let good = format!(
+        "{listen}{base}\n  - name: pushers\n    issuers: [dev]\n    grant: [\"repository:acme/app:push\"]\n"
+    );
+    std::fs::write(&path, good).expect("write");
+    service
+        .running
+        .service
+        .reload(&path)
+        .expect("good config applied");
+
+    for task in load {
+        assert_eq!(
+            task.await.expect("load task"),
+            0,
+            "Checks failed during reload"
+        );
+    }
+    assert_eq!(
+        decision(&service.check_bearer("PUT", push, &token).await).0,
+        "allow"
+    );
+    let (_, metrics) = service.http_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"quay_authz_config_reloads_total{result="rejected"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"quay_authz_config_reloads_total{result="applied"} 1"#),
+        "{metrics}"
+    );
+}
