@@ -35,7 +35,7 @@ async fn reload_under_load_rejects_bad_and_applies_good_configs() {
                     &[("authorization", &authorization)],
                 );
                 match client.check(request).await {
-                    Ok(response) if decision(&response.get_ref()).0 == "allow" => {}
+                    Ok(response) if decision(response.get_ref()).0 == "allow" => {}
                     _ => failures += 1,
                 }
             }
