@@ -254,20 +254,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         let authorization = AuthorizationServer::new(AuthorizationService {
             service: service.clone(),
         });
-        let mut stop_signal = stop_signal.clone();
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(authorization);
         let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(authorization)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop_signal.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(error) = result {
-                tracing::error!(%error, "gRPC server stopped");
-            }
-        })
+        spawn_grpc("gRPC", router, incoming, stop_signal.clone())
     };
 
     let http_task = {
@@ -294,19 +285,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             crate::admin::proto::admin_server::AdminServer::new(crate::admin::AdminService {
                 service: service.clone(),
             });
-        let mut stop_signal = stop_signal.clone();
-        let incoming = TcpIncoming::from(admin_listener);
-        tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
-                .add_service(admin)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop_signal.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(error) = result {
-                tracing::error!(%error, "admin server stopped");
-            }
-        })
+        let router = tonic::transport::Server::builder().add_service(admin);
+        spawn_grpc(
+            "admin",
+            router,
+            TcpIncoming::from(admin_listener),
+            stop_signal.clone(),
+        )
     };
 
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, "quay-authz serving");
@@ -317,6 +302,25 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         service,
         stop,
         tasks: vec![grpc_task, http_task, admin_task, health_task],
+    })
+}
+
+/// Serves a gRPC router until the stop signal, logging why it stopped if it fails.
+fn spawn_grpc(
+    what: &'static str,
+    router: tonic::transport::server::Router,
+    incoming: TcpIncoming,
+    mut stop_signal: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = router
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_signal.wait_for(|stop| *stop).await;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "{what} server stopped");
+        }
     })
 }
 
