@@ -81,17 +81,12 @@ impl Admin for AdminService {
         request: tonic::Request<ExplainRequest>,
     ) -> Result<tonic::Response<ExplainResponse>, tonic::Status> {
         let request = request.into_inner();
-        let mut facts = RequestFacts {
-            method: request.method,
-            path: request.path,
-            body: (!request.body.is_empty()).then_some(request.body),
-            ..Default::default()
-        };
-        if !request.token.is_empty() {
-            facts
-                .headers
-                .insert("authorization".into(), format!("Bearer {}", request.token));
-        }
+        let facts = RequestFacts::described(
+            request.method,
+            request.path,
+            Some(request.token),
+            Some(request.body),
+        );
         let pipeline = self.service.pipeline.load_full();
         Ok(tonic::Response::new(to_proto(
             explain(&pipeline, &facts, unix_now()).await,

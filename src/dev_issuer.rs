@@ -216,12 +216,7 @@ impl DevIssuer {
 
     /// Signs `claims` with the newest published key of `kind`.
     pub fn mint(&self, kind: SigningKeyKind, claims: &Value) -> Result<String, DevIssuerError> {
-        let key = lock(&self.state.published)
-            .iter()
-            .rev()
-            .find(|key| key.kind() == kind)
-            .cloned()
-            .ok_or(DevIssuerError::NoKey(kind))?;
+        let key = self.newest_key(kind)?;
         sign_token(&key, claims, None)
     }
 
@@ -232,13 +227,12 @@ impl DevIssuer {
         claims: &Value,
         kid: &str,
     ) -> Result<String, DevIssuerError> {
-        let key = lock(&self.state.published)
-            .iter()
-            .rev()
-            .find(|key| key.kind() == kind)
-            .cloned()
-            .ok_or(DevIssuerError::NoKey(kind))?;
+        let key = self.newest_key(kind)?;
         sign_token(&key, claims, Some(kid))
+    }
+
+    fn newest_key(&self, kind: SigningKeyKind) -> Result<Arc<SigningKey>, DevIssuerError> {
+        newest_key(&self.state, kind).ok_or(DevIssuerError::NoKey(kind))
     }
 
     /// Signs with a fresh key that is not published (a forger's key, or a key the IdP has
@@ -315,6 +309,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn newest_key(state: &IssuerState, kind: SigningKeyKind) -> Option<Arc<SigningKey>> {
+    lock(&state.published)
+        .iter()
+        .rev()
+        .find(|key| key.kind() == kind)
+        .cloned()
 }
 
 fn sign_token(
@@ -402,12 +404,7 @@ async fn token_endpoint(
         "nbf": now,
         "exp": now + query.lifetime.unwrap_or(3600).min(86_400),
     });
-    let key = lock(&state.published)
-        .iter()
-        .rev()
-        .find(|key| key.kind() == SigningKeyKind::Rsa)
-        .cloned();
-    match key.map(|key| sign_token(&key, &claims, None)) {
+    match newest_key(&state, SigningKeyKind::Rsa).map(|key| sign_token(&key, &claims, None)) {
         Some(Ok(token)) => (StatusCode::OK, format!("{token}\n")).into_response(),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "no signing key").into_response(),
     }

@@ -60,6 +60,27 @@ impl RequestFacts {
         }
     }
 
+    /// A request described by hand (`explain`): method, path, an optional bearer token and body.
+    pub fn described(
+        method: String,
+        path: String,
+        token: Option<String>,
+        body: Option<String>,
+    ) -> Self {
+        let mut facts = Self {
+            method,
+            path,
+            body: body.filter(|body| !body.is_empty()),
+            ..Default::default()
+        };
+        if let Some(token) = token.filter(|token| !token.is_empty()) {
+            facts
+                .headers
+                .insert("authorization".into(), format!("Bearer {token}"));
+        }
+        facts
+    }
+
     /// The path without the query, for logs (queries may carry secrets).
     pub fn path_without_query(&self) -> &str {
         self.path.split('?').next().unwrap_or_default()

@@ -559,7 +559,6 @@ issuers:
         };
         let cases: Vec<(Value, u64, Reason)> = vec![
             (base.clone(), 2060, Reason::TokenExpired),
-            (base.clone(), 2059, Reason::TokenExpired).clone(),
             (without("exp"), 1000, Reason::MissingClaim),
             (with("exp", json!("soon")), 1000, Reason::TokenMalformed),
             (with("nbf", json!(1100)), 1000, Reason::TokenNotYetValid),
@@ -588,12 +587,9 @@ issuers:
                 Reason::IssuerNotConfigured,
             ),
         ];
-        for (index, (claims, now, expected)) in cases.into_iter().enumerate() {
-            if index == 1 {
-                // Just inside the leeway (exp 2000 + 60 s) the token still passes.
-                assert!(check(&config, claims, now).is_ok());
-                continue;
-            }
+        // Just inside the leeway (exp 2000 + 60 s) the token still passes.
+        assert!(check(&config, base.clone(), 2059).is_ok());
+        for (claims, now, expected) in cases {
             assert_eq!(
                 reason(check(&config, claims.clone(), now)),
                 expected,

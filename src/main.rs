@@ -231,26 +231,6 @@ fn read_token(token: Option<String>, token_file: Option<&Path>) -> anyhow::Resul
     Ok((!token.is_empty()).then_some(token))
 }
 
-fn request_facts(
-    method: String,
-    path: String,
-    token: Option<String>,
-    body: Option<String>,
-) -> RequestFacts {
-    let mut facts = RequestFacts {
-        method,
-        path,
-        body,
-        ..Default::default()
-    };
-    if let Some(token) = token {
-        facts
-            .headers
-            .insert("authorization".into(), format!("Bearer {token}"));
-    }
-    facts
-}
-
 async fn explain_offline(
     config: Config,
     jwks_file: Option<&Path>,
@@ -273,7 +253,7 @@ async fn explain_offline(
         }
     }
     let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics);
-    let facts = request_facts(method, path, token, body);
+    let facts = RequestFacts::described(method, path, token, body);
     Ok(quay_authz::explain::explain(&pipeline, &facts, quay_authz::pipeline::unix_now()).await)
 }
 

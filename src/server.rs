@@ -178,42 +178,26 @@ impl RunningServer {
     }
 }
 
-async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| ServeError::Bind {
-            what,
-            address,
-            source,
-        })
+/// Binds a listener and reports the address it really got (port 0 picks one).
+async fn bind(
+    what: &'static str,
+    address: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let error = |source| ServeError::Bind {
+        what,
+        address,
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
 }
 
 /// Binds every listener and serves in the background.
 pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
-    let grpc_listener = bind("grpc", config.listen.grpc).await?;
-    let http_listener = bind("http", config.listen.http).await?;
-    let admin_listener = bind("admin", config.listen.admin).await?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "admin",
-            address: config.listen.admin,
-            source,
-        })?;
-    let grpc_addr = grpc_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "grpc",
-            address: config.listen.grpc,
-            source,
-        })?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            what: "http",
-            address: config.listen.http,
-            source,
-        })?;
+    let (grpc_listener, grpc_addr) = bind("grpc", config.listen.grpc).await?;
+    let (http_listener, http_addr) = bind("http", config.listen.http).await?;
+    let (admin_listener, admin_addr) = bind("admin", config.listen.admin).await?;
     let service = Service::new(config);
     let (stop, stop_signal) = watch::channel(false);
 

@@ -115,12 +115,4 @@ impl TokenCache {
         let evicted = before.saturating_sub(self.entries.len());
         self.metrics.token_cache_evictions.inc_by(evicted as u64);
     }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }

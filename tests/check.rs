@@ -124,10 +124,13 @@ async fn token_failures_are_denied_with_their_reason_codes() {
         assert_eq!(http_status(&response), 401, "{reason}");
         let challenge = response_header(&response, "www-authenticate").expect("challenge");
         assert!(challenge.contains(reason), "{challenge}");
-        assert!(
-            !challenge.contains(&token[..token.len().min(40)]) || token.len() < 12,
-            "token echoed"
-        );
+        // Challenges explain the refusal but never repeat the token (or any 12 bytes of it).
+        if token.len() >= 12 {
+            assert!(
+                !challenge.contains(&token[token.len() - 12..]),
+                "token echoed: {challenge}"
+            );
+        }
     }
 }
 
