@@ -4,29 +4,20 @@ mod common;
 // reached Envoy fails closed with 503 and nothing reaches Quay.
 
 use std::net::TcpListener;
-use std::process::Command;
 use std::time::Duration;
 
 use common::envoy::{Envoy, deploy_config_path, require_envoy};
+use common::tools::run_tool;
 use common::upstream::RecordingUpstream;
 
 #[test]
 fn deploy_config_passes_envoy_validation() {
     let Some(bin) = require_envoy() else { return };
-    let output = Command::new(&bin)
-        .args(["--mode", "validate", "-c"])
-        .arg(deploy_config_path())
-        .output()
-        .expect("run envoy --mode validate");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "envoy rejected deploy/envoy/envoy.yaml ({}):\n{log}",
-        output.status
+    let config = deploy_config_path();
+    let log = run_tool(
+        &bin,
+        &["--mode", "validate", "-c", &config.to_string_lossy()],
+        "envoy --mode validate -c deploy/envoy/envoy.yaml",
     );
     assert!(
         log.contains("OK"),
