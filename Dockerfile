@@ -11,7 +11,7 @@
 ARG RUST_VERSION=1.95
 
 # --- builder -------------------------------------------------------------------------------------
-FROM rust:${RUST_VERSION}-slim-bookworm AS builder
+FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 
 # Dependencies first, against stub sources, so that a change to src/ reuses this layer and
