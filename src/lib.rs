@@ -7,6 +7,7 @@
 //! order; `server` wires gRPC and HTTP; `config` compiles the YAML once.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod decision;
 pub mod dev_issuer;
