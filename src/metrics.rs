@@ -131,3 +131,40 @@ impl Metrics {
         String::from_utf8_lossy(&buffer).into_owned()
     }
 }
+
+// === impl Metrics: metric names ===
+
+impl Metrics {
+    /// The name of every registered metric family, sorted; what dashboards and alert rules may
+    /// query (histograms add `_bucket`, `_sum` and `_count` to their name).
+    ///
+    /// `Registry::gather` leaves out families that have no sample yet (a vector before its
+    /// first label set), so the names come from each collector's descriptors as well; a new
+    /// field belongs in the list below.
+    pub fn metric_names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let collectors: [&dyn Collector; 8] = [
+            &self.decisions,
+            &self.check_duration,
+            &self.jwks_fetches,
+            &self.jwks_keys,
+            &self.token_cache,
+            &self.config_reloads,
+            &self.token_cache_entries,
+            &self.token_cache_evictions,
+        ];
+        let described = collectors
+            .into_iter()
+            .flat_map(|collector| collector.desc())
+            .map(|desc| desc.fq_name.clone());
+        let gathered = self
+            .registry
+            .gather()
+            .into_iter()
+            .map(|family| family.name().to_string());
+        let mut names: Vec<String> = described.chain(gathered).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}

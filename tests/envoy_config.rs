@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::envoy::{Envoy, deploy_config_path, require_envoy};
 use common::issuer::start_issuer;
+use common::tools::run_tool;
 use common::upstream::RecordingUpstream;
 
 #[test]
@@ -88,25 +89,14 @@ async fn bench_configs_pass_envoy_validation() {
 
 /// `envoy --mode validate -c path` succeeds and says OK.
 fn assert_envoy_accepts(bin: &Path, path: &Path) {
-    let output = Command::new(bin)
-        .args(["--mode", "validate", "-c"])
-        .arg(path)
-        .output()
-        .expect("run envoy --mode validate");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "envoy rejected {} ({}):\n{log}",
-        path.display(),
-        output.status
+    let log = run_tool(
+        bin,
+        &["--mode", "validate", "-c", &path.to_string_lossy()],
+        &format!("envoy --mode validate -c {}", path.display()),
     );
     assert!(
         log.contains("OK"),
-        "no OK from envoy --mode validate of {}:\n{log}",
+        "no OK from envoy --mode validate for {}:\n{log}",
         path.display()
     );
 }

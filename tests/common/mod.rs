@@ -6,4 +6,5 @@
 pub mod envoy;
 pub mod issuer;
 pub mod service;
+pub mod tools;
 pub mod upstream;
