@@ -5,5 +5,6 @@
 
 pub mod envoy;
 pub mod issuer;
+pub mod pki;
 pub mod service;
 pub mod upstream;
