@@ -282,6 +282,45 @@ async fn rotated_certificate_files_serve_new_connections_without_a_restart() {
     fixture.running.shutdown().await;
 }
 
+/// A configuration reload that names unusable certificate files is rejected whole; the
+/// running listener keeps its certificate and keeps answering.
+#[tokio::test]
+async fn reload_naming_unusable_certificate_files_is_rejected() {
+    let fixture = Fixture::start(true).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = dir.path().join("garbage.crt");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen:\n  grpc: 127.0.0.1:0\n  grpc_tls:\n    cert_file: {}\n    key_file: {}\n{}",
+            garbage.display(),
+            fixture.files.key.display(),
+            config_for(&fixture.issuer, "")
+        ),
+    )
+    .expect("write config");
+    let error = fixture
+        .running
+        .service
+        .reload(&path)
+        .expect_err("unusable certificate rejected");
+    assert!(
+        error.to_string().contains("listen.grpc_tls.cert_file: "),
+        "{error}"
+    );
+    assert_eq!(
+        served_certificate(fixture.addr(), fixture.envoy()).await,
+        fixture.server.der
+    );
+    let response = check_over_tls(fixture.addr(), fixture.envoy(), &fixture.token())
+        .await
+        .expect("Check still answers");
+    assert_eq!(decision(&response).0, "allow");
+    fixture.running.shutdown().await;
+}
+
 #[test]
 fn unusable_certificate_files_are_configuration_errors() {
     let ca = TestCa::new("quay-authz test CA");
