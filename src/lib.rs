@@ -23,4 +23,5 @@ pub mod policy;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod token_cache;
