@@ -56,6 +56,7 @@ apt_install() {
 
 # No Debian packages are needed yet. Later tests add theirs here, e.g.:
 # apt_install wrk skopeo docker-registry
+apt_install wrk
 
 # promtool, from Debian's prometheus package (its server is never used), checks and unit-tests
 # the alert rules and the dashboard's PromQL in tests/deploy.rs.

@@ -97,6 +97,9 @@ pub mod raw {
         pub grpc: String,
         pub http: String,
         pub admin: String,
+        /// TLS for the gRPC listener (ext_authz Check and health). Absent: plaintext gRPC.
+        /// The HTTP (metrics, probes) and admin listeners stay plaintext either way.
+        pub grpc_tls: Option<GrpcTls>,
     }
 
     impl Default for Listen {
@@ -105,8 +108,27 @@ pub mod raw {
                 grpc: "0.0.0.0:9191".into(),
                 http: "0.0.0.0:9090".into(),
                 admin: "127.0.0.1:9192".into(),
+                grpc_tls: None,
             }
         }
+    }
+
+    /// The gRPC listener's certificate, key and optional client CA, as PEM files. Their
+    /// contents are re-read every few seconds: a rotated certificate serves new connections
+    /// without a restart, and files that cannot be used keep the previous one serving.
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct GrpcTls {
+        /// PEM certificate chain, the server's own certificate first (a Kubernetes TLS
+        /// Secret's `tls.crt`).
+        pub cert_file: String,
+        /// PEM private key of the first certificate: PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
+        /// (`tls.key`).
+        pub key_file: String,
+        /// PEM bundle of CAs that issue client certificates. When set, every client must
+        /// present a certificate issued by one of them (mutual TLS); when absent, clients
+        /// are not asked for a certificate.
+        pub client_ca_file: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -176,6 +198,20 @@ pub mod raw {
         pub max_keys: usize,
         /// How long keys keep serving after refreshes start failing.
         pub stale_limit_seconds: u64,
+        /// PEM bundle of CA certificates trusted for discovery and JWKS fetches in addition
+        /// to the system's roots (an internal IdP, a TLS-inspecting corporate proxy).
+        pub ca_file: Option<String>,
+        /// HTTP proxy for discovery and JWKS fetches (`http://proxy.example.com:3128`, or
+        /// `https://`; credentials as `http://user:password@host:port`). When set, the
+        /// proxy environment variables are ignored.
+        pub proxy: Option<String>,
+        /// Hosts fetched without `proxy`: names (`sso.example.com`, `.example.com` for a
+        /// domain and its subdomains), IP addresses or CIDR ranges. Only with `proxy`.
+        pub no_proxy: Vec<String>,
+        /// Honour `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their lowercase
+        /// forms) when `proxy` is not set; default true, as curl and Go do. false: connect
+        /// directly whatever the environment says.
+        pub proxy_from_environment: Option<bool>,
     }
 
     impl Default for Jwks {
@@ -189,6 +225,10 @@ pub mod raw {
                 max_response_bytes: 1024 * 1024,
                 max_keys: 100,
                 stale_limit_seconds: 86_400,
+                ca_file: None,
+                proxy: None,
+                no_proxy: Vec::new(),
+                proxy_from_environment: None,
             }
         }
     }
@@ -323,6 +363,8 @@ pub struct Listen {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
+    /// The gRPC listener's TLS identity, already read and checked; None serves plaintext.
+    pub grpc_tls: Option<crate::tls::ServerTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +383,36 @@ pub struct JwksSettings {
     pub max_response_bytes: usize,
     pub max_keys: usize,
     pub stale_limit: Duration,
+    /// Extra trusted roots for fetches (`jwks.ca_file`), already parsed.
+    pub ca_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub proxy: FetchProxy,
+}
+
+/// How discovery and JWKS fetches reach the network (`jwks.proxy`,
+/// `jwks.proxy_from_environment`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum FetchProxy {
+    /// The proxy environment variables decide (the default).
+    Environment,
+    /// Straight to the IdP, whatever the environment says.
+    Direct,
+    /// Through `url`, except for the hosts in `no_proxy`; the environment is ignored.
+    Explicit { url: String, no_proxy: Vec<String> },
+}
+
+/// The proxy URL may carry credentials: debug output shows only that one is set.
+impl fmt::Debug for FetchProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Environment => f.write_str("Environment"),
+            Self::Direct => f.write_str("Direct"),
+            Self::Explicit { no_proxy, .. } => f
+                .debug_struct("Explicit")
+                .field("url", &"<set>")
+                .field("no_proxy", no_proxy)
+                .finish(),
+        }
+    }
 }
 
 /// Signature algorithms an issuer may use. HMAC is not representable: a public-key issuer's
@@ -643,6 +715,7 @@ fn unreachable_listen() -> Listen {
         grpc: any,
         http: any,
         admin: any,
+        grpc_tls: None,
     }
 }
 
@@ -669,11 +742,36 @@ fn build_listen(raw: &raw::Listen, issues: &mut Issues<'_>) -> Option<Listen> {
         );
         return None;
     }
+    let grpc_tls = raw
+        .grpc_tls
+        .as_ref()
+        .and_then(|tls| build_grpc_tls(tls, issues));
     Some(Listen {
         grpc: grpc?,
         http: http?,
         admin: admin?,
+        grpc_tls,
     })
+}
+
+/// Reads the certificate, key and client CA now, so a configuration naming unusable files is
+/// rejected whole (at startup, `check-config` and reload alike).
+fn build_grpc_tls(raw: &raw::GrpcTls, issues: &mut Issues<'_>) -> Option<crate::tls::ServerTls> {
+    let files = crate::tls::ServerTlsFiles {
+        cert_file: raw.cert_file.clone().into(),
+        key_file: raw.key_file.clone().into(),
+        client_ca_file: raw.client_ca_file.clone().map(Into::into),
+    };
+    match crate::tls::ServerTls::load(&files) {
+        Ok(loaded) => Some(loaded),
+        Err(error) => {
+            issues.push(
+                format!("listen.grpc_tls.{}", error.field()),
+                error.to_string(),
+            );
+            None
+        }
+    }
 }
 
 fn build_jwks(raw: &raw::Jwks, issues: &mut Issues<'_>) -> JwksSettings {
@@ -692,6 +790,16 @@ fn build_jwks(raw: &raw::Jwks, issues: &mut Issues<'_>) -> JwksSettings {
     if raw.max_response_bytes < 1024 {
         issues.push("jwks.max_response_bytes", "must be at least 1024");
     }
+    let ca_certificates = match &raw.ca_file {
+        Some(path) => {
+            crate::tls::read_certificates(Path::new(path), "ca_file").unwrap_or_else(|error| {
+                issues.push("jwks.ca_file", error.to_string());
+                Vec::new()
+            })
+        }
+        None => Vec::new(),
+    };
+    let proxy = build_fetch_proxy(raw, issues);
     JwksSettings {
         default_ttl: Duration::from_secs(raw.default_ttl_seconds),
         min_ttl: Duration::from_secs(raw.min_ttl_seconds),
@@ -701,6 +809,43 @@ fn build_jwks(raw: &raw::Jwks, issues: &mut Issues<'_>) -> JwksSettings {
         max_response_bytes: raw.max_response_bytes,
         max_keys: raw.max_keys,
         stale_limit: Duration::from_secs(raw.stale_limit_seconds),
+        ca_certificates,
+        proxy,
+    }
+}
+
+fn build_fetch_proxy(raw: &raw::Jwks, issues: &mut Issues<'_>) -> FetchProxy {
+    let Some(url) = &raw.proxy else {
+        if !raw.no_proxy.is_empty() {
+            issues.push(
+                "jwks.no_proxy",
+                "applies only with jwks.proxy; with the environment's proxy, set NO_PROXY",
+            );
+        }
+        return match raw.proxy_from_environment {
+            Some(false) => FetchProxy::Direct,
+            _ => FetchProxy::Environment,
+        };
+    };
+    if raw.proxy_from_environment == Some(true) {
+        issues.push(
+            "jwks.proxy_from_environment",
+            "cannot be true together with jwks.proxy: choose the configured proxy or the environment's",
+        );
+    }
+    // The URL may hold credentials: messages describe it without echoing it.
+    let usable = reqwest::Url::parse(url).is_ok_and(|parsed| {
+        matches!(parsed.scheme(), "http" | "https") && parsed.host_str().is_some()
+    }) && reqwest::Proxy::all(url.as_str()).is_ok();
+    if !usable {
+        issues.push(
+            "jwks.proxy",
+            "expected a proxy URL such as http://proxy.example.com:3128 (http or https)",
+        );
+    }
+    FetchProxy::Explicit {
+        url: url.clone(),
+        no_proxy: raw.no_proxy.clone(),
     }
 }
 

@@ -298,13 +298,19 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(settings: JwksSettings, metrics: Metrics) -> Self {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(settings.fetch_timeout)
             .connect_timeout(settings.fetch_timeout)
             .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("quay-authz/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+            .user_agent(concat!("quay-authz/", env!("CARGO_PKG_VERSION")));
+        // The CA bundle and proxy were checked when the configuration loaded, so this should
+        // not fail; if it does, say so loudly and fetch with reqwest's defaults.
+        let client = crate::tls::configure_fetch_client(builder, &settings)
+            .and_then(|builder| builder.build())
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "cannot build the JWKS client with jwks.ca_file and jwks.proxy");
+                reqwest::Client::default()
+            });
         Self {
             client,
             settings,

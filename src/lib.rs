@@ -7,6 +7,7 @@
 //! order; `server` wires gRPC and HTTP; `config` compiles the YAML once.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod decision;
 pub mod dev_issuer;
@@ -22,4 +23,5 @@ pub mod policy;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod token_cache;

@@ -1,5 +1,6 @@
-//! Server: the gRPC listener (ext_authz `Check` and `grpc.health.v1`) and the HTTP listener
-//! (`/metrics`, `/healthz`, `/readyz`), and the loopback admin API (`admin`).
+//! Server: the gRPC listener (ext_authz `Check` and `grpc.health.v1`, plaintext or TLS/mTLS
+//! with `listen.grpc_tls`), the HTTP listener (`/metrics`, `/healthz`, `/readyz`), and the
+//! loopback admin API (`admin`). HTTP and admin are always plaintext.
 //!
 //! Usage: `let running = server::start(config).await?;` binds every listener (port 0 works:
 //! `running.grpc_addr` tells the real one), serves in the background, and
@@ -198,6 +199,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     let (grpc_listener, grpc_addr) = bind("grpc", config.listen.grpc).await?;
     let (http_listener, http_addr) = bind("http", config.listen.http).await?;
     let (admin_listener, admin_addr) = bind("admin", config.listen.admin).await?;
+    let grpc_tls = config.listen.grpc_tls.clone();
+    let grpc_security = match &grpc_tls {
+        None => "plaintext",
+        Some(tls) if tls.files.client_ca_file.is_some() => "mTLS",
+        Some(_) => "TLS",
+    };
     let service = Service::new(config);
     let (stop, stop_signal) = watch::channel(false);
 
@@ -241,8 +248,19 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(authorization);
-        let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        spawn_grpc("gRPC", router, incoming, stop_signal.clone())
+        match grpc_tls {
+            None => {
+                let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                spawn_grpc("gRPC", router, incoming, stop_signal.clone())
+            }
+            Some(loaded) => {
+                let identity = Arc::new(crate::tls::ReloadingServerConfig::new(loaded));
+                // Ends with the stop signal; new handshakes pick up rotated files.
+                tokio::spawn(identity.clone().watch(stop_signal.clone()));
+                let incoming = crate::tls::incoming(grpc_listener, identity);
+                spawn_grpc("gRPC (TLS)", router, incoming, stop_signal.clone())
+            }
+        }
     };
 
     let http_task = {
@@ -278,7 +296,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         )
     };
 
-    tracing::info!(%grpc_addr, %http_addr, %admin_addr, "quay-authz serving");
+    tracing::info!(%grpc_addr, %http_addr, %admin_addr, grpc = grpc_security, "quay-authz serving");
     Ok(RunningServer {
         grpc_addr,
         http_addr,
@@ -289,13 +307,24 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     })
 }
 
-/// Serves a gRPC router until the stop signal, logging why it stopped if it fails.
-fn spawn_grpc(
+/// Serves a gRPC router on a stream of connections (plain TCP or established TLS) until the
+/// stop signal, logging why it stopped if it fails.
+fn spawn_grpc<Incoming, Connection, AcceptError>(
     what: &'static str,
     router: tonic::transport::server::Router,
-    incoming: TcpIncoming,
+    incoming: Incoming,
     mut stop_signal: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> JoinHandle<()>
+where
+    Incoming: futures::Stream<Item = Result<Connection, AcceptError>> + Send + 'static,
+    Connection: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    AcceptError: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     tokio::spawn(async move {
         let result = router
             .serve_with_incoming_shutdown(incoming, async move {

@@ -1,28 +1,204 @@
 mod common;
 
 // `deploy/envoy/envoy.yaml` checked by a real Envoy: it validates, and when quay-authz cannot be
-// reached Envoy fails closed with 503 and nothing reaches Quay.
+// reached Envoy fails closed with 503 and nothing reaches Quay. The benchmark's Envoy configs
+// (scripts/bench/envoy_compare.sh) validate too, and `deploy/envoy/envoy-mtls.yaml` validates and
+// really calls quay-authz over mutual TLS.
 
 use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::envoy::{Envoy, deploy_config_path, require_envoy};
+use common::envoy::{
+    Envoy, deploy_config_path, deploy_mtls_config_path, render_config, require_envoy,
+};
+use common::issuer::{config_for, dev_claims, start_issuer};
+use common::pki::{Leaf, ServerFiles, TestCa};
+use common::service::{start_running, wait_until_ready};
 use common::tools::run_tool;
 use common::upstream::RecordingUpstream;
+use quay_authz::dev_issuer::SigningKeyKind;
 
 #[test]
 fn deploy_config_passes_envoy_validation() {
     let Some(bin) = require_envoy() else { return };
-    let config = deploy_config_path();
+    assert_envoy_accepts(&bin, &deploy_config_path());
+}
+
+/// `envoy-mtls.yaml` names certificate files, which Envoy reads while validating: render it
+/// with files made for this run.
+#[test]
+fn mtls_deploy_config_passes_envoy_validation() {
+    let Some(bin) = require_envoy() else { return };
+    let ca = TestCa::new("validation CA");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _files = ServerFiles::write(dir.path(), &ca.client("envoy"), Some(&ca));
+    let rendered = dir.path().join("envoy-mtls.yaml");
+    std::fs::write(
+        &rendered,
+        render_config(
+            &deploy_mtls_config_path(),
+            [8000, 9901, 9191, 8080],
+            &mtls_replacements(dir.path()),
+        ),
+    )
+    .expect("write the rendered config");
+    assert_envoy_accepts(&bin, &rendered);
+}
+
+/// The configs `envoy_compare.sh` runs, rendered by the script itself from the deploy config and
+/// a real issuer's JWKS (Envoy parses the inline JWKS of `jwt_authn` when it validates). Each
+/// variant must carry exactly the auth filter it is named after, or the benchmark would compare
+/// the wrong things.
+#[tokio::test]
+async fn bench_configs_pass_envoy_validation() {
+    let Some(bin) = require_envoy() else { return };
+    let issuer = start_issuer().await;
+    let jwks = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("build an HTTP client")
+        .get(issuer.jwks_url())
+        .send()
+        .await
+        .and_then(|response| response.error_for_status())
+        .expect("fetch the issuer's JWKS")
+        .text()
+        .await
+        .expect("read the issuer's JWKS");
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let jwks_path = dir.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks.trim()).expect("write the JWKS");
+    let out = dir.path().join("configs");
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench/envoy_compare.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("render")
+        .arg("--out")
+        .arg(&out)
+        .args(["--issuer", issuer.issuer(), "--jwks"])
+        .arg(&jwks_path)
+        .output()
+        .expect("run envoy_compare.sh render");
+    assert!(
+        output.status.success(),
+        "envoy_compare.sh render failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    for (file, auth_filter) in [
+        ("none.yaml", None),
+        ("jwt_authn.yaml", Some("envoy.filters.http.jwt_authn")),
+        ("ext_authz.yaml", Some("envoy.filters.http.ext_authz")),
+        ("upstream.yaml", None),
+    ] {
+        let path = out.join(file);
+        let config = std::fs::read_to_string(&path)
+            .unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
+        let filters: Vec<&str> = [
+            "envoy.filters.http.jwt_authn",
+            "envoy.filters.http.ext_authz",
+        ]
+        .into_iter()
+        .filter(|filter| config.contains(&format!("- name: {filter}")))
+        .collect();
+        assert_eq!(
+            filters,
+            auth_filter.into_iter().collect::<Vec<_>>(),
+            "auth filters of {file}"
+        );
+        assert_envoy_accepts(&bin, &path);
+    }
+}
+
+/// `envoy --mode validate -c path` succeeds and says OK.
+fn assert_envoy_accepts(bin: &Path, path: &Path) {
     let log = run_tool(
-        &bin,
-        &["--mode", "validate", "-c", &config.to_string_lossy()],
-        "envoy --mode validate -c deploy/envoy/envoy.yaml",
+        bin,
+        &["--mode", "validate", "-c", &path.to_string_lossy()],
+        &format!("envoy --mode validate -c {}", path.display()),
     );
     assert!(
         log.contains("OK"),
-        "no OK from envoy --mode validate:\n{log}"
+        "no OK from envoy --mode validate for {}:\n{log}",
+        path.display()
     );
+}
+
+/// What `envoy-mtls.yaml` names that a test replaces: the client certificate directory and
+/// quay-authz's Service address (its certificate names stay, the test certificates carry them).
+fn mtls_replacements(certificates: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "/etc/envoy/quay-authz-client/",
+            format!("{}/", certificates.display()),
+        ),
+        (
+            "address: quay-authz.quay.svc.cluster.local",
+            "address: 127.0.0.1".to_string(),
+        ),
+    ]
+}
+
+/// Envoy calls quay-authz over mTLS as `envoy-mtls.yaml` says: with a client certificate from
+/// quay-authz's client CA the decision goes through; with one from another CA the handshake
+/// fails and Envoy fails closed with 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_calls_quay_authz_over_mtls() {
+    let Some(bin) = require_envoy() else { return };
+    let issuer = start_issuer().await;
+    let ca = TestCa::new("quay-authz CA");
+    let server_dir = tempfile::tempdir().expect("tempdir");
+    let server_files = ServerFiles::write(server_dir.path(), &ca.server("quay-authz"), Some(&ca));
+    let running = start_running(&server_files.yaml(true), &config_for(&issuer, "")).await;
+    wait_until_ready(&running).await;
+    let upstream = RecordingUpstream::start().await;
+    let token = issuer
+        .mint(SigningKeyKind::Rsa, &dev_claims(&issuer, &["readers"]))
+        .expect("mint");
+    // Each Envoy presents `client`'s certificate and trusts quay-authz's CA.
+    let pull_through_envoy = async |client: Leaf| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _files = ServerFiles::write(dir.path(), &client, Some(&ca));
+        let envoy = Envoy::start_config(
+            &bin,
+            &deploy_mtls_config_path(),
+            running.grpc_addr.port(),
+            upstream.port,
+            &mtls_replacements(dir.path()),
+        )
+        .await;
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("build an HTTP client")
+            .get(envoy.url("/v2/acme/app/manifests/latest"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("request through Envoy");
+        (response.status(), envoy.log())
+    };
+
+    let (status, log) = pull_through_envoy(ca.client("envoy")).await;
+    assert_eq!(status, 200, "{log}");
+    let seen = upstream.last_request().expect("upstream saw the request");
+    assert_eq!(seen.header("x-quay-authz-user"), Some("bob"));
+
+    let before = upstream.requests().len();
+    let stranger = TestCa::new("someone else's CA");
+    let (status, log) = pull_through_envoy(stranger.client("envoy")).await;
+    assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE, "{log}");
+    assert_eq!(
+        upstream.requests().len(),
+        before,
+        "the request reached Quay"
+    );
+    running.shutdown().await;
 }
 
 /// `failure_mode_allow: false` with `status_on_error: 503`: an unreachable authz service denies

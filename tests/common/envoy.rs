@@ -43,6 +43,11 @@ pub fn deploy_config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/envoy.yaml")
 }
 
+/// `deploy/envoy/envoy-mtls.yaml` in this checkout: the same, calling quay-authz over mTLS.
+pub fn deploy_mtls_config_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/envoy/envoy-mtls.yaml")
+}
+
 /// The Envoy binary to test with: `$ENVOY_BIN`, else `.venv/bin/envoy` in this checkout (where
 /// `scripts/setup.sh` installs it), else `envoy` on `PATH`.
 ///
@@ -105,6 +110,25 @@ impl Envoy {
     ///
     /// Panics, quoting the end of Envoy's log, if Envoy exits or is not ready within 30 s.
     pub async fn start(bin: &Path, authz_grpc_port: u16, upstream_port: u16) -> Envoy {
+        Self::start_config(
+            bin,
+            &deploy_config_path(),
+            authz_grpc_port,
+            upstream_port,
+            &[],
+        )
+        .await
+    }
+
+    /// Like `start`, with another deploy config as the template and, in it, every occurrence
+    /// of each `extra` needle replaced (certificate directories, host names).
+    pub async fn start_config(
+        bin: &Path,
+        template: &Path,
+        authz_grpc_port: u16,
+        upstream_port: u16,
+        extra: &[(&str, String)],
+    ) -> Envoy {
         let (listen_port, admin_port) = {
             // Both sockets are held until both ports are known so the two differ. The ports are
             // free again once dropped; another process could take one before Envoy binds it, in
@@ -122,7 +146,11 @@ impl Envoy {
             .tempdir()
             .expect("create a temporary directory for Envoy");
         let config_path = dir.path().join("envoy.yaml");
-        let config = render_config(listen_port, admin_port, authz_grpc_port, upstream_port);
+        let config = render_config(
+            template,
+            [listen_port, admin_port, authz_grpc_port, upstream_port],
+            extra,
+        );
         std::fs::write(&config_path, config).expect("write the Envoy config");
 
         let log_path = dir.path().join("envoy.log");
@@ -225,18 +253,15 @@ impl Drop for Envoy {
     }
 }
 
-/// The deploy config with this test's ports and a loopback listener.
+/// The deploy config at `path` with this test's ports (listen, admin, authz, upstream), a
+/// loopback listener, and every occurrence of each `extra` needle replaced.
 ///
-/// Panics if the deploy config no longer has each templated string exactly once: a silent
-/// mismatch would start an Envoy on the wrong ports, or in front of the wrong services.
-fn render_config(
-    listen_port: u16,
-    admin_port: u16,
-    authz_grpc_port: u16,
-    upstream_port: u16,
-) -> String {
-    let path = deploy_config_path();
-    let template = std::fs::read_to_string(&path)
+/// Panics if the deploy config no longer has each templated port exactly once, or an `extra`
+/// needle at all: a silent mismatch would start an Envoy on the wrong ports, or in front of the
+/// wrong services.
+pub fn render_config(path: &Path, ports: [u16; 4], extra: &[(&str, String)]) -> String {
+    let [listen_port, admin_port, authz_grpc_port, upstream_port] = ports;
+    let template = std::fs::read_to_string(path)
         .unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
     let replacements = [
         (DEPLOY_LISTEN_PORT, format!("port_value: {listen_port}")),
@@ -261,6 +286,14 @@ fn render_config(
     }
     for (index, (_, value)) in replacements.iter().enumerate() {
         rendered = rendered.replace(&format!("@@quay-authz-test-{index}@@"), value);
+    }
+    for (needle, value) in extra {
+        assert!(
+            rendered.contains(needle),
+            "{} no longer contains `{needle}`, which tests replace",
+            path.display()
+        );
+        rendered = rendered.replace(needle, value);
     }
     rendered
 }

@@ -5,6 +5,7 @@
 
 pub mod envoy;
 pub mod issuer;
+pub mod pki;
 pub mod service;
 pub mod tools;
 pub mod upstream;

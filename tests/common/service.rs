@@ -21,13 +21,7 @@ impl TestService {
     /// Starts quay-authz with `config_yaml` (its `listen` section is replaced by loopback
     /// port 0); waits until ready unless `wait_ready` is false.
     pub async fn start(config_yaml: &str, wait_ready: bool) -> TestService {
-        let text = format!(
-            "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n{config_yaml}"
-        );
-        let config = Config::parse(&text, "test config").unwrap_or_else(|e| panic!("{e}"));
-        let running = quay_authz::server::start(config)
-            .await
-            .expect("server starts");
+        let running = start_running("", config_yaml).await;
         let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
             .await
             .expect("gRPC client connects");
@@ -73,6 +67,30 @@ impl TestService {
         let status = response.status().as_u16();
         (status, response.text().await.unwrap_or_default())
     }
+}
+
+/// Starts quay-authz with `config_yaml` on loopback port 0, with `listen_extra` (lines indented
+/// under `listen:`, such as a `grpc_tls:` block) added to its `listen` section. For listeners
+/// `TestService`'s plaintext client cannot reach; `wait_until_ready` waits for keys.
+pub async fn start_running(listen_extra: &str, config_yaml: &str) -> RunningServer {
+    let text = format!(
+        "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n{listen_extra}{config_yaml}"
+    );
+    let config = Config::parse(&text, "test config").unwrap_or_else(|e| panic!("{e}"));
+    quay_authz::server::start(config)
+        .await
+        .expect("server starts")
+}
+
+/// Waits until `running` has the keys of its required issuers (a hang guard of 10 s).
+pub async fn wait_until_ready(running: &RunningServer) {
+    for _ in 0..400 {
+        if running.service.ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("quay-authz did not become ready");
 }
 
 pub fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {

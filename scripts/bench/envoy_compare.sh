@@ -1,0 +1,561 @@
+#!/usr/bin/env bash
+# Throughput and latency through a real Envoy, three ways in one run, each loaded with wrk using a
+# valid token on a registry pull (GET /v2/acme/app/manifests/latest):
+#
+#   (a) none       Envoy proxies straight to the upstream, no auth filter
+#   (b) jwt_authn  Envoy's own JWT filter: local JWKS (the dev issuer's keys, inline), JWT cache
+#   (c) ext_authz  deploy/envoy/envoy.yaml as deployed: ext_authz over gRPC to quay-authz (release)
+#
+#   wrk ─► Envoy (a|b|c) ─► upstream (a second Envoy answering 200 itself, deploy/envoy/bench/upstream.yaml)
+#              └─(c) gRPC Check─► quay-authz ─JWKS─► quay-authz dev-issuer
+#
+# Usage:
+#   scripts/bench/envoy_compare.sh [--record] [--rounds N] [--duration S] [--warmup S]
+#                                  [--connections N] [--threads N] [--no-pin]
+#   scripts/bench/envoy_compare.sh render --out DIR --issuer ISS --jwks FILE
+#
+#   --record       also write the run into BENCHMARKS.md ("Through Envoy …", last 3 runs kept)
+#   --rounds N     rounds of a, b, c, interleaved so drifting machine load hits all three (3)
+#   --duration S   seconds of each timed wrk run (15); --warmup S: untimed run per variant first (3)
+#   --connections N, --threads N: wrk's -c (16) and -t (1)
+#   --no-pin       do not pin with taskset (default: Envoy under test alone on CPU 0; wrk, the
+#                  upstream, quay-authz and the issuer on CPU 1; override with ENVOY_CPUS and
+#                  AUX_CPUS, taskset -c lists)
+#   render         only write the three Envoy configs and the upstream's config into DIR, with
+#                  placeholder ports (tests/envoy_config.rs validates them with a real Envoy)
+#
+# Every variant is checked before it is timed: the valid token must get 200, and in (b) and (c) a
+# request without a token must be refused, so a misconfiguration fails the run instead of
+# measuring the wrong thing. wrk's non-2xx and socket error counts are reported.
+# Needs: curl, wrk and Envoy (scripts/setup.sh), python3 (free ports), cargo.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo_root"
+
+deploy_config=deploy/envoy/envoy.yaml
+bench_dir=deploy/envoy/bench
+target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
+quay_authz="$target_dir/release/quay-authz"
+envoy_bin="${ENVOY_BIN:-$repo_root/.venv/bin/envoy}"
+variants=(none jwt_authn ext_authz)
+# A registry pull the quickstart configuration grants to allowed.token (repository:acme/app:pull).
+bench_path=/v2/acme/app/manifests/latest
+start_timeout=30
+section_heading='## Through Envoy (no auth vs jwt_authn vs ext_authz → quay-authz)'
+runs_begin='<!-- envoy_compare.sh: runs, newest first (the script keeps the last 3) -->'
+runs_end='<!-- envoy_compare.sh: end of runs -->'
+runs_kept=3
+
+say() { printf 'envoy_compare: %s\n' "$*" >&2; }
+fail() {
+  printf 'envoy_compare: error: %s\n' "$*" >&2
+  exit 1
+}
+
+# --- Envoy configs ----------------------------------------------------------------------------------
+
+# render_variant VARIANT OUT LISTEN_PORT ADMIN_PORT UPSTREAM_PORT AUTHZ_PORT [ISSUER JWKS_FILE]
+#
+# deploy/envoy/envoy.yaml with its four ports and its listener address replaced, as the tests do,
+# and its ext_authz filter kept (ext_authz), dropped (none) or replaced by the jwt_authn filter of
+# deploy/envoy/bench/jwt_authn.filter.yaml (jwt_authn). Everything else (connection manager
+# settings, JSON access log, routes, clusters) is the deploy config's, the same in all three.
+# Fails if the deploy config no longer has each replaced piece exactly once.
+render_variant() {
+  local variant=$1 out=$2 listen=$3 admin=$4 upstream=$5 authz=$6 issuer=${7:-} jwks_file=${8:-}
+  local snippet=/dev/null
+  if [ "$variant" = jwt_authn ]; then
+    snippet="$bench_dir/jwt_authn.filter.yaml"
+  fi
+  awk -v variant="$variant" -v snippet="$snippet" -v jwks_file="$jwks_file" -v issuer="$issuer" \
+    -v listen="$listen" -v admin="$admin" -v upstream="$upstream" -v authz="$authz" '
+    # Literal (not regex, no `&`) replacement of the first `needle` in `text`.
+    function replace(text, needle, with,   at) {
+      at = index(text, needle)
+      return at ? substr(text, 1, at - 1) with substr(text, at + length(needle)) : text
+    }
+    function indent_of(line) { match(line, /^ */); return RLENGTH }
+    BEGIN {
+      needles["port_value: 8000"] = "port_value: " listen
+      needles["port_value: 9901"] = "port_value: " admin
+      needles["port_value: 8080"] = "port_value: " upstream
+      needles["port_value: 9191"] = "port_value: " authz
+      needles["address: 0.0.0.0"] = "address: 127.0.0.1"
+      if (jwks_file != "") {
+        # One line of YAML: JSON lines joined (a JSON string holds no raw newline).
+        while ((getline line < jwks_file) > 0) jwks = jwks line
+        gsub(/\047/, "\047\047", jwks) # YAML single-quoted: a quote is written twice
+      }
+      skip_indent = -1
+    }
+    # Inside a block being dropped: everything indented deeper than its first line (for a list
+    # item, up to the next item of the same list).
+    skip_indent >= 0 {
+      if (indent_of($0) > skip_indent || (skip_item && indent_of($0) == skip_indent && $0 !~ /^ *- /) || $0 ~ /^ *$/) next
+      skip_indent = -1
+    }
+    /^ *- name: envoy\.filters\.http\.ext_authz *$/ {
+      filters++
+      if (variant == "ext_authz") { print; next }
+      skip_indent = indent_of($0); skip_item = 1
+      pad = substr($0, 1, skip_indent)
+      while ((getline line < snippet) > 0) {
+        if (line ~ /^#/) continue
+        line = replace(line, "@ISSUER@", issuer)
+        line = replace(line, "@JWKS@", jwks)
+        print (line == "" ? "" : pad line)
+      }
+      next
+    }
+    # The /v2/ route turns off ext_authz body buffering: only meaningful where ext_authz runs.
+    /^ *typed_per_filter_config: *$/ && variant != "ext_authz" {
+      per_route++; skip_indent = indent_of($0); skip_item = 0; next
+    }
+    # Through placeholders, so that a new port equal to another deploy port is not replaced again.
+    {
+      for (needle in needles) {
+        if (index($0, needle)) { $0 = replace($0, needle, "\001" needle "\001"); found[needle]++ }
+      }
+      for (needle in needles) $0 = replace($0, "\001" needle "\001", needles[needle])
+      print
+    }
+    END {
+      for (needle in needles) {
+        if (found[needle] != 1) {
+          printf "deploy/envoy/envoy.yaml must contain `%s` exactly once (found %d)\n", needle, found[needle] > "/dev/stderr"
+          exit 1
+        }
+      }
+      if (filters != 1) {
+        printf "deploy/envoy/envoy.yaml must have exactly one envoy.filters.http.ext_authz filter (found %d)\n", filters > "/dev/stderr"
+        exit 1
+      }
+    }
+  ' "$deploy_config" >"$out" || fail "could not render the $variant variant from $deploy_config"
+  if grep -q '@[A-Z_]*@\|0\.0\.0\.0' "$out"; then
+    fail "$out still has a placeholder or a 0.0.0.0 address after rendering"
+  fi
+}
+
+# render_upstream OUT LISTEN_PORT ADMIN_PORT
+render_upstream() {
+  sed -e "s/@LISTEN_PORT@/$2/" -e "s/@ADMIN_PORT@/$3/" "$bench_dir/upstream.yaml" >"$1"
+}
+
+# The `render` command: the configs alone, for validation (ports are placeholders: nothing binds).
+render_command() {
+  local out="" issuer="" jwks=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --out) out=${2:?--out needs a directory} && shift 2 ;;
+      --issuer) issuer=${2:?--issuer needs a value} && shift 2 ;;
+      --jwks) jwks=${2:?--jwks needs a file} && shift 2 ;;
+      *) fail "render: unknown argument '$1'" ;;
+    esac
+  done
+  [ -n "$out" ] && [ -n "$issuer" ] && [ -s "$jwks" ] ||
+    fail "usage: render --out DIR --issuer ISS --jwks FILE (a non-empty JWKS document)"
+  mkdir -p "$out"
+  local variant
+  for variant in "${variants[@]}"; do
+    render_variant "$variant" "$out/$variant.yaml" 10000 10001 10002 10003 "$issuer" "$jwks"
+  done
+  render_upstream "$out/upstream.yaml" 10002 10004
+}
+
+# --- processes --------------------------------------------------------------------------------------
+# Every process is a child of this script, stopped by the EXIT trap in reverse start order.
+
+work=""
+names=()
+pids=()
+keep_work=false
+
+# start_bg NAME CPUS COMMAND...: in the background, pinned to CPUS (unless --no-pin), output in
+# $work/NAME.log. taskset execs the command, so $! is the process itself.
+start_bg() {
+  local name=$1 cpus=$2
+  shift 2
+  if [ "$pin" = true ]; then
+    taskset -c "$cpus" "$@" >"$work/$name.log" 2>&1 &
+  else
+    "$@" >"$work/$name.log" 2>&1 &
+  fi
+  names+=("$name")
+  pids+=("$!")
+}
+
+stop_all() {
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+  done
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    wait "${pids[i]}" 2>/dev/null || true
+  done
+}
+
+on_exit() {
+  local status=$?
+  trap - EXIT INT TERM
+  stop_all
+  if [ -n "$work" ]; then
+    if [ "$status" -ne 0 ] || [ "$keep_work" = true ]; then
+      say "logs and configs kept in $work"
+    else
+      rm -rf "$work"
+    fi
+  fi
+  exit "$status"
+}
+
+# wait_for NAME DESCRIPTION CHECK...: until CHECK succeeds; fails quoting NAME's log if NAME exits
+# or start_timeout passes.
+wait_for() {
+  local name=$1 what=$2 i pid=""
+  shift 2
+  for i in "${!names[@]}"; do
+    [ "${names[i]}" = "$name" ] && pid=${pids[i]}
+  done
+  local deadline=$((SECONDS + start_timeout))
+  until "$@"; do
+    if ! kill -0 "$pid" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+      printf -- '--- last lines of %s/%s.log ---\n' "$work" "$name" >&2
+      tail -n 30 "$work/$name.log" >&2 || true
+      fail "$name: gone or not ready within ${start_timeout}s: $what"
+    fi
+    sleep 0.2
+  done
+}
+
+http() { curl --silent --noproxy '*' --max-time 5 "$@"; }
+envoy_live() { [ "$(http "http://127.0.0.1:$1/ready")" = LIVE ]; }
+readyz() { http --fail --output /dev/null "http://127.0.0.1:$1/readyz"; }
+issuer_files() { [ -s "$work/issuer/config.yaml" ] && [ -s "$work/issuer/allowed.token" ]; }
+
+# free_ports N: N distinct loopback ports that were free a moment ago.
+free_ports() {
+  python3 -c '
+import socket, sys
+sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in sockets:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in sockets))
+' "$1"
+}
+
+start_envoy() {
+  local name=$1 config=$2 admin=$3 cpus=$4
+  # No hot restart, random base id: other Envoys (tests, a quickstart) may run on this machine.
+  start_bg "$name" "$cpus" "$envoy_bin" -c "$config" --disable-hot-restart \
+    --base-id "$((RANDOM * 32768 + RANDOM))" -l warn --concurrency 1
+  wait_for "$name" "LIVE on :$admin" envoy_live "$admin"
+}
+
+# --- checks and load ----------------------------------------------------------------------------------
+
+# status_of URL [TOKEN_FILE]: the HTTP status of a GET, with the token (if any) as bearer.
+status_of() {
+  local header=()
+  if [ -n "${2:-}" ]; then
+    header=(--header "Authorization: Bearer $(cat "$2")")
+  fi
+  http --output /dev/null --write-out '%{http_code}' "${header[@]}" "$1" || true
+}
+
+# expect_status VARIANT WANT URL [TOKEN_FILE] DESCRIPTION
+expect_status() {
+  local variant=$1 want=$2 url=$3 token=$4 what=$5 got
+  got=$(status_of "$url" "$token")
+  [ "$got" = "$want" ] || fail "$variant: $what got HTTP $got, expected $want (see $work/envoy-$variant.log)"
+  say "$variant: $what → $got"
+}
+
+# run_wrk VARIANT SECONDS OUT: wrk against VARIANT's listener; the token goes in through a Lua
+# script so it is not on wrk's command line.
+run_wrk() {
+  local variant=$1 seconds=$2 out=$3
+  local cmd=(wrk "-t$threads" "-c$connections" "-d${seconds}s" --latency -s "$work/token.lua"
+    "http://127.0.0.1:${listen_port[$variant]}$bench_path")
+  if [ "$pin" = true ]; then
+    cmd=(taskset -c "$aux_cpus" "${cmd[@]}")
+  fi
+  "${cmd[@]}" >"$out" 2>&1 || fail "wrk failed against $variant: $(cat "$out")"
+}
+
+# parse_wrk FILE: `rps p50_ms p90_ms p99_ms non2xx socket_errors`.
+parse_wrk() {
+  awk '
+    function ms(value) {
+      if (value ~ /us$/) return value / 1000
+      if (value ~ /ms$/) return value + 0
+      if (value ~ /m$/) return value * 60000
+      return value * 1000 # seconds
+    }
+    /^ *50%/ { p50 = ms($2) } /^ *90%/ { p90 = ms($2) } /^ *99%/ { p99 = ms($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ { gsub(/,/, ""); errors = $4 + $6 + $8 + $10 }
+    END {
+      if (rps == "" || p99 == "") exit 1
+      printf "%.0f %.3f %.3f %.3f %d %d\n", rps, p50, p90, p99, non2xx, errors
+    }
+  ' "$1" || fail "could not read wrk's output in $1: $(cat "$1")"
+}
+
+# median of the numbers on stdin, one a line.
+median() {
+  sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+
+# The Envoy counters reported with a run, as `VARIANT COUNTER` (http.ingress_http. omitted).
+counters=(
+  "ext_authz ext_authz.ok" "ext_authz ext_authz.denied" "ext_authz ext_authz.error"
+  "ext_authz ext_authz.failure_mode_allowed"
+  "jwt_authn jwt_authn.jwt_cache_hit" "jwt_authn jwt_authn.jwt_cache_miss"
+)
+
+# read_counters: the values of $counters, one a line, from the variants' admin /stats.
+read_counters() {
+  local entry variant name value
+  for entry in "${counters[@]}"; do
+    read -r variant name <<<"$entry"
+    value=$(http "http://127.0.0.1:${envoy_admin[$variant]}/stats?filter=^http\.ingress_http\.$name\$" |
+      awk -F': ' '{ print $2; exit }')
+    printf '%s\n' "${value:-0}"
+  done
+}
+
+# --- the run ------------------------------------------------------------------------------------------
+
+bench_command() {
+  local record=false args="$*"
+  rounds=3 duration=15 warmup=3 connections=16 threads=1 pin=true
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --record) record=true && shift ;;
+      --rounds) rounds=${2:?} && shift 2 ;;
+      --duration) duration=${2:?} && shift 2 ;;
+      --warmup) warmup=${2:?} && shift 2 ;;
+      --connections) connections=${2:?} && shift 2 ;;
+      --threads) threads=${2:?} && shift 2 ;;
+      --no-pin) pin=false && shift ;;
+      *) fail "unknown argument '$1' (see --help)" ;;
+    esac
+  done
+  local arg
+  for arg in "$rounds" "$duration" "$warmup" "$connections" "$threads"; do
+    [[ "$arg" =~ ^[1-9][0-9]*$ ]] || fail "'$arg' is not a positive whole number"
+  done
+  local tool
+  for tool in curl wrk python3 cargo; do
+    command -v "$tool" >/dev/null 2>&1 || fail "$tool is needed (scripts/setup.sh installs wrk)"
+  done
+  [ -x "$envoy_bin" ] || fail "no Envoy at $envoy_bin; run scripts/setup.sh (or set ENVOY_BIN)"
+  envoy_cpus=${ENVOY_CPUS:-0}
+  aux_cpus=${AUX_CPUS:-1}
+  if [ "$pin" = true ] && { ! command -v taskset >/dev/null 2>&1 || [ "$(nproc)" -lt 2 ]; }; then
+    say "taskset missing or fewer than 2 CPUs: not pinning"
+    pin=false
+  fi
+
+  say "cargo build --release --bin quay-authz"
+  cargo build --release --quiet --bin quay-authz
+  [ -x "$quay_authz" ] || fail "no binary at $quay_authz after cargo build"
+
+  local load_before
+  load_before=$(uptime)
+  work=$(mktemp -d "${TMPDIR:-/tmp}/quay-authz-envoy-bench.XXXXXX")
+  trap on_exit EXIT
+  trap 'exit 130' INT TERM
+
+  local ports
+  read -r -a ports <<<"$(free_ports 13)"
+  local issuer_port=${ports[0]} grpc_port=${ports[1]} http_port=${ports[2]} admin_port=${ports[3]}
+  local upstream_port=${ports[4]} upstream_admin=${ports[5]}
+  declare -gA listen_port=([none]=${ports[6]} [jwt_authn]=${ports[7]} [ext_authz]=${ports[8]})
+  declare -gA envoy_admin=([none]=${ports[9]} [jwt_authn]=${ports[10]} [ext_authz]=${ports[11]})
+
+  # The dev issuer writes config.yaml (trusting it) and the tokens; quay-authz gets this run's
+  # ports instead of the quickstart's.
+  start_bg issuer "$aux_cpus" "$quay_authz" dev-issuer --listen "127.0.0.1:$issuer_port" --out "$work/issuer"
+  wait_for issuer "config.yaml and tokens written" issuer_files
+  sed -e "s/^\(  grpc: \).*/\1127.0.0.1:$grpc_port/" -e "s/^\(  http: \).*/\1127.0.0.1:$http_port/" \
+    -e "s/^\(  admin: \).*/\1127.0.0.1:$admin_port/" "$work/issuer/config.yaml" >"$work/quay-authz.yaml"
+  grep -q "grpc: 127.0.0.1:$grpc_port\$" "$work/quay-authz.yaml" ||
+    fail "could not set the listen ports in the dev issuer's config.yaml"
+  local issuer
+  issuer=$(sed -n 's/^ *issuer: *\(http[^ ]*\).*/\1/p' "$work/quay-authz.yaml" | head -n 1)
+  [ -n "$issuer" ] || fail "no issuer URL in $work/quay-authz.yaml"
+  http --fail "http://127.0.0.1:$issuer_port/jwks" | tr -d '\n' >"$work/jwks.json"
+  grep -q '"keys"' "$work/jwks.json" || fail "the dev issuer's /jwks has no keys"
+  printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$(tr -d '[:space:]' <"$work/issuer/allowed.token")" >"$work/token.lua"
+
+  start_bg quay-authz "$aux_cpus" "$quay_authz" serve --config "$work/quay-authz.yaml"
+  wait_for quay-authz "ready (keys fetched)" readyz "$http_port"
+
+  render_upstream "$work/upstream.yaml" "$upstream_port" "$upstream_admin"
+  start_envoy upstream "$work/upstream.yaml" "$upstream_admin" "$aux_cpus"
+
+  local variant url
+  for variant in "${variants[@]}"; do
+    render_variant "$variant" "$work/$variant.yaml" "${listen_port[$variant]}" \
+      "${envoy_admin[$variant]}" "$upstream_port" "$grpc_port" "$issuer" "$work/jwks.json"
+    start_envoy "envoy-$variant" "$work/$variant.yaml" "${envoy_admin[$variant]}" "$envoy_cpus"
+  done
+
+  # Each variant does what it is meant to before anything is timed.
+  local allowed="$work/issuer/allowed.token" denied="$work/issuer/denied.token"
+  for variant in "${variants[@]}"; do
+    url="http://127.0.0.1:${listen_port[$variant]}$bench_path"
+    expect_status "$variant" 200 "$url" "$allowed" "valid token"
+  done
+  url="http://127.0.0.1:${listen_port[jwt_authn]}$bench_path"
+  expect_status jwt_authn 401 "$url" "" "no token"
+  url="http://127.0.0.1:${listen_port[ext_authz]}$bench_path"
+  expect_status ext_authz 401 "$url" "" "no token"
+  expect_status ext_authz 403 "$url" "$denied" "token without a grant"
+
+  say "warm-up: ${warmup}s per variant"
+  for variant in "${variants[@]}"; do
+    run_wrk "$variant" "$warmup" "$work/warmup-$variant.txt"
+  done
+  # The counters of the timed runs only.
+  local before
+  before=$(read_counters)
+
+  local round results=()
+  for ((round = 1; round <= rounds; round++)); do
+    for variant in "${variants[@]}"; do
+      say "round $round/$rounds: $variant, ${duration}s"
+      run_wrk "$variant" "$duration" "$work/wrk-$round-$variant.txt"
+      results+=("$round $variant $(parse_wrk "$work/wrk-$round-$variant.txt")")
+    done
+  done
+  local load_after
+  load_after=$(uptime)
+
+  # `name +N` per counter, for the timed runs.
+  local deltas
+  deltas=$(paste -d ' ' <(printf '%s\n' "${counters[@]}" | awk '{ print $2 }') \
+    <(printf '%s\n' "$before") <(read_counters) |
+    awk '{ printf "%s`%s` +%d", (NR > 1 ? ", " : ""), $1, $3 - $2 }')
+
+  local report
+  report=$(report_markdown "$load_before" "$load_after" "$deltas" "$args" "${results[@]}")
+  printf '%s\n' "$report"
+  if [ "$record" = true ]; then
+    record_run "$report"
+    say "recorded in BENCHMARKS.md"
+  fi
+  # Non-2xx answers or socket errors mean some requests were not what was measured: say so loudly.
+  if printf '%s\n' "${results[@]}" | awk '$7 != 0 || $8 != 0 { bad = 1 } END { exit !bad }'; then
+    keep_work=true
+    say "WARNING: wrk saw non-2xx responses or socket errors (see the table); wrk output kept"
+  fi
+}
+
+# report_markdown LOAD_BEFORE LOAD_AFTER COUNTERS ARGS RESULT...: the run as a Markdown block.
+# A RESULT is `round variant rps p50 p90 p99 non2xx errors`.
+report_markdown() {
+  local load_before=$1 load_after=$2 counters=$3 args=$4
+  shift 4
+  local results=("$@") variant
+  declare -A rps p50 p90 p99 non2xx errors
+  for variant in "${variants[@]}"; do
+    rps[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { print $3 }' | median)
+    p50[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { print $4 }' | median)
+    p90[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { print $5 }' | median)
+    p99[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { print $6 }' | median)
+    non2xx[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { n += $7 } END { print n + 0 }')
+    errors[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { n += $8 } END { print n + 0 }')
+  done
+  local envoy_version wrk_version commit pinning
+  envoy_version=$("$envoy_bin" --version | sed -n 's|.*version: \([^ ]*\).*|\1|p')
+  wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }' || true)
+  commit=$(git rev-parse --short HEAD)
+  if ! git diff --quiet HEAD -- src Cargo.toml Cargo.lock deploy/envoy scripts/bench; then
+    commit="$commit (with uncommitted changes)"
+  fi
+  if [ "$pin" = true ]; then
+    pinning="Envoy under test on CPU $envoy_cpus; wrk, the upstream Envoy, quay-authz and the dev issuer on CPU $aux_cpus (taskset)"
+  else
+    pinning="none (--no-pin)"
+  fi
+  cat <<EOF
+### Run of $(date -u '+%Y-%m-%d %H:%M UTC')
+
+Command: \`scripts/bench/envoy_compare.sh${args:+ $args}\` at commit $commit.
+Envoy $envoy_version (\`--concurrency 1\`), $wrk_version: \`-t$threads -c$connections -d${duration}s --latency\`,
+one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds rounds of
+(none, jwt_authn, ext_authz), interleaved. CPU pinning: $pinning.
+Load before: \`${load_before# }\`; after: \`${load_after# }\`.
+
+| variant | rps (median of $rounds) | p50 | p90 | p99 | non-2xx | socket errors |
+| --- | --- | --- | --- | --- | --- | --- |
+EOF
+  local label
+  for variant in "${variants[@]}"; do
+    case "$variant" in
+      none) label="(a) no auth" ;;
+      jwt_authn) label="(b) \`jwt_authn\`, local JWKS + JWT cache" ;;
+      ext_authz) label="(c) \`ext_authz\` → quay-authz" ;;
+    esac
+    printf '| %s | %s | %.2f ms | %.2f ms | %.2f ms | %s | %s |\n' "$label" "${rps[$variant]}" \
+      "${p50[$variant]}" "${p90[$variant]}" "${p99[$variant]}" "${non2xx[$variant]}" "${errors[$variant]}"
+  done
+  local goal="below the ≥ 0.8 goal"
+  if awk -v r="$(ratio "${rps[ext_authz]}" "${rps[jwt_authn]}")" 'BEGIN { exit !(r >= 0.8) }'; then
+    goal="meets the ≥ 0.8 goal"
+  fi
+  cat <<EOF
+
+Ratios of the median rps: **ext_authz / jwt_authn = $(ratio "${rps[ext_authz]}" "${rps[jwt_authn]}")** ($goal);
+ext_authz / no auth = $(ratio "${rps[ext_authz]}" "${rps[none]}"); jwt_authn / no auth = $(ratio "${rps[jwt_authn]}" "${rps[none]}").
+
+| round | no auth rps | jwt_authn rps | ext_authz rps | ext_authz / jwt_authn | ext_authz / no auth | jwt_authn / no auth |
+| --- | --- | --- | --- | --- | --- | --- |
+EOF
+  local round a b c
+  for ((round = 1; round <= rounds; round++)); do
+    a=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "none" { print $3 }')
+    b=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "jwt_authn" { print $3 }')
+    c=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "ext_authz" { print $3 }')
+    printf '| %d | %s | %s | %s | %s | %s | %s |\n' "$round" "$a" "$b" "$c" \
+      "$(ratio "$c" "$b")" "$(ratio "$c" "$a")" "$(ratio "$b" "$a")"
+  done
+  printf '\nEnvoy counters over the timed runs: %s.\n' "$counters"
+}
+
+# record_run REPORT: puts REPORT first among the runs of the BENCHMARKS.md section (creating the
+# section at the end if it is missing) and keeps the newest $runs_kept runs. Text of the section
+# outside the markers (the discussion) is left as it is.
+record_run() {
+  local file=BENCHMARKS.md report_file="$work/report.md"
+  printf '%s\n' "$1" >"$report_file"
+  if ! grep -qF -- "$runs_begin" "$file"; then
+    printf '\n%s\n\n%s\n%s\n' "$section_heading" "$runs_begin" "$runs_end" >>"$file"
+  fi
+  awk -v begin="$runs_begin" -v end="$runs_end" -v report="$report_file" -v kept="$runs_kept" '
+    $0 == begin {
+      print; print ""
+      while ((getline line < report) > 0) print line
+      print ""
+      inside = 1; runs = 1; next
+    }
+    $0 == end { inside = 0; print; next }
+    inside && /^### Run / { runs++ }
+    inside && runs > kept { next }
+    inside && runs == 1 && /^ *$/ { next } # blank lines before the first old run
+    { print }
+  ' "$file" >"$file.tmp" && mv "$file.tmp" "$file"
+}
+
+case "${1:-}" in
+  render) shift && render_command "$@" ;;
+  -h | --help | help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) bench_command "$@" ;;
+esac
