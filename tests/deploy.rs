@@ -3,10 +3,11 @@
 //! listens on, locked down; the shipped configurations pass `check-config`; the Istio provider
 //! and policy agree with each other and with the Service; the alert rules and the Grafana
 //! dashboard are valid PromQL (checked and unit-tested by a real `promtool`) naming metrics
-//! the service registers; the Dockerfile runs what the manifests expect.
+//! a running quay-authz exports; the Dockerfile runs what the manifests expect.
 //!
-//! What is not checked here: the Helm templates are not rendered (no `helm` binary can be
-//! installed on these machines), and the Dockerfile is not built (no container engine runs).
+//! What is not checked here: the Helm templates are not rendered (no `helm` is available from
+//! the package registries the test machines reach), and the Dockerfile is not built (no
+//! container engine runs on them).
 
 mod common;
 
