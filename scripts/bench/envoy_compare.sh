@@ -474,7 +474,8 @@ report_markdown() {
     errors[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { n += $8 } END { print n + 0 }')
   done
   local envoy_version wrk_version commit pinning
-  envoy_version=$("$envoy_bin" --version | sed -n 's|.*version: \([^ ]*\).*|\1|p')
+  # `envoy --version` prints `… version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`.
+  envoy_version=$("$envoy_bin" --version | sed -n 's|.*version: [0-9a-f]*/\([0-9][0-9.]*\)/.*|\1|p' | head -n 1)
   wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }' || true)
   commit=$(git rev-parse --short HEAD)
   if ! git diff --quiet HEAD -- src Cargo.toml Cargo.lock deploy/envoy scripts/bench; then
@@ -490,8 +491,8 @@ report_markdown() {
 
 Command: \`scripts/bench/envoy_compare.sh${args:+ $args}\` at commit $commit.
 Envoy $envoy_version (\`--concurrency 1\`), $wrk_version: \`-t$threads -c$connections -d${duration}s --latency\`,
-one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds rounds of
-(none, jwt_authn, ext_authz), interleaved. CPU pinning: $pinning.
+one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds round(s) of
+(none, jwt_authn, ext_authz), interleaved. $(nproc) CPUs; pinning: $pinning.
 Load before: \`${load_before# }\`; after: \`${load_after# }\`.
 
 | variant | rps (median of $rounds) | p50 | p90 | p99 | non-2xx | socket errors |
