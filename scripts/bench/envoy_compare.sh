@@ -11,16 +11,17 @@
 #
 # Usage:
 #   scripts/bench/envoy_compare.sh [--record] [--rounds N] [--duration S] [--warmup S]
-#                                  [--connections N] [--threads N] [--no-pin]
+#                                  [--connections N] [--threads N] [--pin]
 #   scripts/bench/envoy_compare.sh render --out DIR --issuer ISS --jwks FILE
 #
 #   --record       also write the run into BENCHMARKS.md ("Through Envoy …", last 3 runs kept)
 #   --rounds N     rounds of a, b, c, interleaved so drifting machine load hits all three (3)
 #   --duration S   seconds of each timed wrk run (15); --warmup S: untimed run per variant first (3)
 #   --connections N, --threads N: wrk's -c (16) and -t (1)
-#   --no-pin       do not pin with taskset (default: Envoy under test alone on CPU 0; wrk, the
-#                  upstream, quay-authz and the issuer on CPU 1; override with ENVOY_CPUS and
-#                  AUX_CPUS, taskset -c lists)
+#   --pin          pin with taskset: the Envoy under test alone on CPU 0; wrk, the upstream,
+#                  quay-authz and the issuer on CPU 1 (ENVOY_CPUS and AUX_CPUS, taskset -c lists,
+#                  override). For a quiet machine: with other load on it, pinned processes cannot
+#                  move to the less busy core, and every figure drops (see BENCHMARKS.md).
 #   render         only write the three Envoy configs and the upstream's config into DIR, with
 #                  placeholder ports (tests/envoy_config.rs validates them with a real Envoy)
 #
@@ -333,7 +334,7 @@ read_counters() {
 
 bench_command() {
   local record=false args="$*"
-  rounds=3 duration=15 warmup=3 connections=16 threads=1 pin=true
+  rounds=3 duration=15 warmup=3 connections=16 threads=1 pin=false
   while [ $# -gt 0 ]; do
     case "$1" in
       --record) record=true && shift ;;
@@ -342,7 +343,7 @@ bench_command() {
       --warmup) warmup=${2:?} && shift 2 ;;
       --connections) connections=${2:?} && shift 2 ;;
       --threads) threads=${2:?} && shift 2 ;;
-      --no-pin) pin=false && shift ;;
+      --pin) pin=true && shift ;;
       *) fail "unknown argument '$1' (see --help)" ;;
     esac
   done
@@ -484,7 +485,7 @@ report_markdown() {
   if [ "$pin" = true ]; then
     pinning="Envoy under test on CPU $envoy_cpus; wrk, the upstream Envoy, quay-authz and the dev issuer on CPU $aux_cpus (taskset)"
   else
-    pinning="none (--no-pin)"
+    pinning="none"
   fi
   cat <<EOF
 ### Run of $(date -u '+%Y-%m-%d %H:%M UTC')
