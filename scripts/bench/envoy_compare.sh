@@ -490,7 +490,7 @@ report_markdown() {
   cat <<EOF
 ### Run of $(date -u '+%Y-%m-%d %H:%M UTC')
 
-Command: \`scripts/bench/envoy_compare.sh${args:+ $args}\` at commit $commit.
+Command: \`${QUAY_AUTHZ_LOG:+QUAY_AUTHZ_LOG=$QUAY_AUTHZ_LOG }scripts/bench/envoy_compare.sh${args:+ $args}\` at commit $commit.
 Envoy $envoy_version (\`--concurrency 1\`), $wrk_version: \`-t$threads -c$connections -d${duration}s --latency\`,
 one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds round(s) of
 (none, jwt_authn, ext_authz), interleaved. $(nproc) CPUs; pinning: $pinning.
@@ -506,7 +506,7 @@ EOF
       jwt_authn) label="(b) \`jwt_authn\`, local JWKS + JWT cache" ;;
       ext_authz) label="(c) \`ext_authz\` → quay-authz" ;;
     esac
-    printf '| %s | %s | %.2f ms | %.2f ms | %.2f ms | %s | %s |\n' "$label" "${rps[$variant]}" \
+    printf '| %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %s | %s |\n' "$label" "${rps[$variant]}" \
       "${p50[$variant]}" "${p90[$variant]}" "${p99[$variant]}" "${non2xx[$variant]}" "${errors[$variant]}"
   done
   local goal="below the ≥ 0.8 goal"
