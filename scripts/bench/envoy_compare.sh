@@ -269,7 +269,7 @@ status_of() {
 expect_status() {
   local variant=$1 want=$2 url=$3 token=$4 what=$5 got
   got=$(status_of "$url" "$token")
-  [ "$got" = "$want" ] || fail "$variant: $what got HTTP $got, expected $want (see $work/envoy-$variant.log)"
+  [ "$got" = "$want" ] || fail "$variant: $what got HTTP $got, expected $want (logs of Envoy and quay-authz in $work)"
   say "$variant: $what → $got"
 }
 
