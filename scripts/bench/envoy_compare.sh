@@ -11,16 +11,17 @@
 #
 # Usage:
 #   scripts/bench/envoy_compare.sh [--record] [--rounds N] [--duration S] [--warmup S]
-#                                  [--connections N] [--threads N] [--no-pin]
+#                                  [--connections N] [--threads N] [--pin]
 #   scripts/bench/envoy_compare.sh render --out DIR --issuer ISS --jwks FILE
 #
 #   --record       also write the run into BENCHMARKS.md ("Through Envoy …", last 3 runs kept)
 #   --rounds N     rounds of a, b, c, interleaved so drifting machine load hits all three (3)
 #   --duration S   seconds of each timed wrk run (15); --warmup S: untimed run per variant first (3)
 #   --connections N, --threads N: wrk's -c (16) and -t (1)
-#   --no-pin       do not pin with taskset (default: Envoy under test alone on CPU 0; wrk, the
-#                  upstream, quay-authz and the issuer on CPU 1; override with ENVOY_CPUS and
-#                  AUX_CPUS, taskset -c lists)
+#   --pin          pin with taskset: the Envoy under test alone on CPU 0; wrk, the upstream,
+#                  quay-authz and the issuer on CPU 1 (ENVOY_CPUS and AUX_CPUS, taskset -c lists,
+#                  override). For a quiet machine: with other load on it, pinned processes cannot
+#                  move to the less busy core, and every figure drops (see BENCHMARKS.md).
 #   render         only write the three Envoy configs and the upstream's config into DIR, with
 #                  placeholder ports (tests/envoy_config.rs validates them with a real Envoy)
 #
@@ -268,7 +269,7 @@ status_of() {
 expect_status() {
   local variant=$1 want=$2 url=$3 token=$4 what=$5 got
   got=$(status_of "$url" "$token")
-  [ "$got" = "$want" ] || fail "$variant: $what got HTTP $got, expected $want (see $work/envoy-$variant.log)"
+  [ "$got" = "$want" ] || fail "$variant: $what got HTTP $got, expected $want (logs of Envoy and quay-authz in $work)"
   say "$variant: $what → $got"
 }
 
@@ -333,7 +334,7 @@ read_counters() {
 
 bench_command() {
   local record=false args="$*"
-  rounds=3 duration=15 warmup=3 connections=16 threads=1 pin=true
+  rounds=3 duration=15 warmup=3 connections=16 threads=1 pin=false
   while [ $# -gt 0 ]; do
     case "$1" in
       --record) record=true && shift ;;
@@ -342,7 +343,7 @@ bench_command() {
       --warmup) warmup=${2:?} && shift 2 ;;
       --connections) connections=${2:?} && shift 2 ;;
       --threads) threads=${2:?} && shift 2 ;;
-      --no-pin) pin=false && shift ;;
+      --pin) pin=true && shift ;;
       *) fail "unknown argument '$1' (see --help)" ;;
     esac
   done
@@ -474,7 +475,8 @@ report_markdown() {
     errors[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { n += $8 } END { print n + 0 }')
   done
   local envoy_version wrk_version commit pinning
-  envoy_version=$("$envoy_bin" --version | sed -n 's|.*version: \([^ ]*\).*|\1|p')
+  # `envoy --version` prints `… version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`.
+  envoy_version=$("$envoy_bin" --version | sed -n 's|.*version: [0-9a-f]*/\([0-9][0-9.]*\)/.*|\1|p' | head -n 1)
   wrk_version=$(wrk -v 2>&1 | head -n 1 | awk '{ print $1, $2 }' || true)
   commit=$(git rev-parse --short HEAD)
   if ! git diff --quiet HEAD -- src Cargo.toml Cargo.lock deploy/envoy scripts/bench; then
@@ -483,15 +485,15 @@ report_markdown() {
   if [ "$pin" = true ]; then
     pinning="Envoy under test on CPU $envoy_cpus; wrk, the upstream Envoy, quay-authz and the dev issuer on CPU $aux_cpus (taskset)"
   else
-    pinning="none (--no-pin)"
+    pinning="none"
   fi
   cat <<EOF
 ### Run of $(date -u '+%Y-%m-%d %H:%M UTC')
 
-Command: \`scripts/bench/envoy_compare.sh${args:+ $args}\` at commit $commit.
+Command: \`${QUAY_AUTHZ_LOG:+QUAY_AUTHZ_LOG=$QUAY_AUTHZ_LOG }scripts/bench/envoy_compare.sh${args:+ $args}\` at commit $commit.
 Envoy $envoy_version (\`--concurrency 1\`), $wrk_version: \`-t$threads -c$connections -d${duration}s --latency\`,
-one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds rounds of
-(none, jwt_authn, ext_authz), interleaved. CPU pinning: $pinning.
+one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds round(s) of
+(none, jwt_authn, ext_authz), interleaved. $(nproc) CPUs; pinning: $pinning.
 Load before: \`${load_before# }\`; after: \`${load_after# }\`.
 
 | variant | rps (median of $rounds) | p50 | p90 | p99 | non-2xx | socket errors |
@@ -504,7 +506,7 @@ EOF
       jwt_authn) label="(b) \`jwt_authn\`, local JWKS + JWT cache" ;;
       ext_authz) label="(c) \`ext_authz\` → quay-authz" ;;
     esac
-    printf '| %s | %s | %.2f ms | %.2f ms | %.2f ms | %s | %s |\n' "$label" "${rps[$variant]}" \
+    printf '| %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %s | %s |\n' "$label" "${rps[$variant]}" \
       "${p50[$variant]}" "${p90[$variant]}" "${p99[$variant]}" "${non2xx[$variant]}" "${errors[$variant]}"
   done
   local goal="below the ≥ 0.8 goal"
