@@ -30,6 +30,9 @@ port_base=${PORT_BASE:-19100}
 write=${WRITE:-1}
 section_title="gRPC load (quay-authz vs no-op server)"
 
+# shellcheck source=scripts/bench/machine_load.sh
+source "$repo_root/scripts/bench/machine_load.sh"
+
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 bin="$target_dir/release"
 
@@ -168,6 +171,8 @@ medians from this run. Each Check is \`GET /v2/acme/app/manifests/latest\` for
 the transport and the load generator allow. The uncached case sets
 \`limits.token_cache_entries: 0\`, so every Check decodes the token and verifies its RS256
 signature.
+
+$(overload_note "${uptime_before#*load average: }")
 
 ${tables}
 Goals: ≥ 0.85× the no-op server's rps, p99 ≤ 1 ms at 64 streams on 2 cores. The machine has 2

@@ -17,6 +17,9 @@ rotation_phase=${ROTATION_PHASE:-4}
 min_refetch_interval=${MIN_REFETCH_INTERVAL:-5}
 write=${WRITE:-1}
 
+# shellcheck source=scripts/bench/machine_load.sh
+source "$repo_root/scripts/bench/machine_load.sh"
+
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 bin="$target_dir/release"
 
@@ -39,6 +42,8 @@ Each scenario starts its own \`quay-authz serve\` process (release build, defaul
 \`jwks.min_refetch_interval_seconds: $min_refetch_interval\`) against a development issuer in the
 bench process, and loads it with 64 Checks in flight over 2 connections (\`GET
 /v2/acme/app/manifests/latest\`). Tokens are minted before the load starts.
+
+$(overload_note "${uptime_before#*load average: }")
 
 $figures
 EOF2

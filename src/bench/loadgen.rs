@@ -451,19 +451,9 @@ impl LoadReport {
             "  latency µs: p50 {:.1}  p99 {:.1}  p999 {:.1}  max {:.1}  mean {:.1}\n",
             l.p50_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
         ));
-        let decisions: Vec<String> = self
-            .decisions
-            .iter()
-            .map(|(decision, count)| format!("{decision} {count}"))
-            .collect();
-        text.push_str(&format!("  decisions: {}\n", decisions.join(", ")));
+        text.push_str(&format!("  decisions: {}\n", join_counts(&self.decisions)));
         if !self.reasons.is_empty() {
-            let reasons: Vec<String> = self
-                .reasons
-                .iter()
-                .map(|(reason, count)| format!("{reason} {count}"))
-                .collect();
-            text.push_str(&format!("  reasons: {}\n", reasons.join(", ")));
+            text.push_str(&format!("  reasons: {}\n", join_counts(&self.reasons)));
         }
         if let Some(error) = &self.first_error {
             text.push_str(&format!("  first error: {error}\n"));
@@ -476,6 +466,17 @@ impl LoadReport {
         self.decisions.get("deny").copied().unwrap_or(0)
             + self.decisions.get("denied").copied().unwrap_or(0)
     }
+}
+
+/// `name count, name count, …`, in the iterator's order.
+pub fn join_counts<K: std::fmt::Display>(
+    counts: impl IntoIterator<Item = (K, impl std::fmt::Display)>,
+) -> String {
+    counts
+        .into_iter()
+        .map(|(name, count)| format!("{name} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! `## Title` section of the document for new text, leaving every other section as it was, so
 //! scripts owned by different people can each rewrite their own section.
 
-use crate::bench::loadgen::LoadReport;
+use crate::bench::loadgen::{LoadReport, join_counts};
 
 /// Median of `values` (mean of the middle two for an even count); 0 for none.
 pub fn median(values: &mut [f64]) -> f64 {
@@ -66,17 +66,13 @@ pub fn comparison_table(reports: &[LoadReport], baseline: &str) -> String {
                 *decisions.entry(decision).or_default() += count;
             }
         }
-        let decisions: Vec<String> = decisions
-            .iter()
-            .map(|(decision, count)| format!("{decision} {count}"))
-            .collect();
         table.push_str(&format!(
             "| {label} | {} | {rps:.0} | {ratio} | {:.0} | {:.0} | {:.0} | {errors} | {} |\n",
             runs.len(),
             median_of(&runs, |r| r.latency.p50_us),
             median_of(&runs, |r| r.latency.p99_us),
             median_of(&runs, |r| r.latency.p999_us),
-            decisions.join(", "),
+            join_counts(&decisions),
         ));
     }
     table

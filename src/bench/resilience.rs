@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::bench::loadgen::{self, LoadReport, LoadSettings, RequestShape, Workload};
-use crate::dev_issuer::{DevIssuer, DevIssuerError, SigningKeyKind};
+use crate::bench::loadgen::{self, LoadReport, LoadSettings, RequestShape, Workload, join_counts};
+use crate::dev_issuer::{DevIssuer, DevIssuerError, SigningKeyKind, quickstart_config};
 
 /// How long a started server may take to answer `/readyz` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,6 +109,7 @@ pub struct MemoryFigures {
     pub loaded_rss_kib: u64,
     pub peak_rss_kib: u64,
     pub cache_entries: u64,
+    pub cache_evictions: u64,
     pub report: LoadReport,
 }
 
@@ -198,20 +199,11 @@ async fn flood(
     )
     .await?;
     let valid_tokens = settings.tokens.div_ceil(FLOOD_VALID_EVERY);
-    let workload = Arc::new(Workload::new(RequestShape::default().requests(&tokens)));
     let metric_before = server.jwks_fetch_metric().await?;
     let issuer_before = issuer.jwks_fetches();
-    let mut report = loadgen::run(
-        &LoadSettings {
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs(3600),
-            max_requests: Some(settings.tokens as u64),
-            ..server.load_settings(settings)
-        },
-        &workload,
-    )
-    .await?;
-    report.label = "random-kid flood".into();
+    let report = server
+        .send_each_once(settings, &tokens, "random-kid flood")
+        .await?;
     let issuer_jwks_fetches = issuer.jwks_fetches() - issuer_before;
     let metric_jwks_fetches = server.jwks_fetch_metric().await? - metric_before;
     let interval = settings.min_refetch_interval_seconds.max(1) as f64;
@@ -247,17 +239,9 @@ async fn memory(
     .await?;
     let baseline_rss_kib = server.status_kib("VmRSS")?;
     let tokens = mint_tokens(&issuer, SigningKeyKind::Ec, settings.tokens, 1, |_| None).await?;
-    let mut report = loadgen::run(
-        &LoadSettings {
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs(3600),
-            max_requests: Some(settings.tokens as u64),
-            ..server.load_settings(settings)
-        },
-        &Arc::new(Workload::new(shape.requests(&tokens))),
-    )
-    .await?;
-    report.label = "distinct cached tokens".into();
+    let report = server
+        .send_each_once(settings, &tokens, "distinct cached tokens")
+        .await?;
     let metrics = server.metrics().await?;
     Ok(MemoryFigures {
         tokens: settings.tokens,
@@ -265,6 +249,7 @@ async fn memory(
         loaded_rss_kib: server.status_kib("VmRSS")?,
         peak_rss_kib: server.status_kib("VmHWM")?,
         cache_entries: metric_sum(&metrics, "quay_authz_token_cache_entries", "") as u64,
+        cache_evictions: metric_sum(&metrics, "quay_authz_token_cache_evictions_total", "") as u64,
         report,
     })
 }
@@ -319,35 +304,15 @@ fn user_claims(issuer: &DevIssuer, user: usize, now: u64) -> Value {
     })
 }
 
-/// A configuration trusting `issuer` on the given loopback ports.
+/// The quickstart's configuration (`quickstart_config`) on the given loopback ports, with
+/// `jwks.min_refetch_interval_seconds` set.
 pub fn server_config(issuer: &DevIssuer, ports: [u16; 3], min_refetch_interval: u64) -> String {
     let [grpc, http, admin] = ports;
-    format!(
-        r#"# Written by quay-authz-bench resilience. FOR LOCAL TESTING ONLY.
-listen:
-  grpc: 127.0.0.1:{grpc}
-  http: 127.0.0.1:{http}
-  admin: 127.0.0.1:{admin}
-quay:
-  service: quay.example.com
-  realm: https://quay.example.com/v2/auth
-unauthenticated: deny
-jwks:
-  min_refetch_interval_seconds: {min_refetch_interval}
-issuers:
-  - name: dev
-    issuer: {iss}
-    allow_insecure_http: true
-    audiences: [quay]
-    algorithms: [RS256, ES256]
-rules:
-  - name: acme-developers
-    issuers: [dev]
-    when: {{groups_any: [acme-developers]}}
-    grant: ["repository:acme/app:pull"]
-"#,
-        iss = issuer.issuer()
-    )
+    let config = quickstart_config(issuer)
+        .replace("127.0.0.1:9191", &format!("127.0.0.1:{grpc}"))
+        .replace("127.0.0.1:9090", &format!("127.0.0.1:{http}"))
+        .replace("127.0.0.1:9192", &format!("127.0.0.1:{admin}"));
+    format!("{config}jwks:\n  min_refetch_interval_seconds: {min_refetch_interval}\n")
 }
 
 /// Sum of every sample of `name` whose labels contain `labels` (empty: all samples), from
@@ -459,6 +424,26 @@ impl ServerProcess {
         }
     }
 
+    /// Sends each token in one Check, in turn, at the settings' concurrency.
+    async fn send_each_once(
+        &self,
+        settings: &ResilienceSettings,
+        tokens: &[String],
+        label: &str,
+    ) -> Result<LoadReport, ResilienceError> {
+        let load_settings = LoadSettings {
+            warmup: Duration::ZERO,
+            // A hang guard; the run ends when every token was sent.
+            duration: Duration::from_secs(3600),
+            max_requests: Some(tokens.len() as u64),
+            ..self.load_settings(settings)
+        };
+        let workload = Arc::new(Workload::new(RequestShape::default().requests(tokens)));
+        let mut report = loadgen::run(&load_settings, &workload).await?;
+        report.label = label.into();
+        Ok(report)
+    }
+
     async fn metrics(&self) -> Result<String, ResilienceError> {
         let url = format!("http://127.0.0.1:{}/metrics", self.http_port);
         Ok(self.http.get(url).send().await?.text().await?)
@@ -531,12 +516,12 @@ impl ResilienceFigures {
             0.0
         };
         let reasons = |report: &LoadReport| {
-            let reasons: Vec<String> = report
-                .reasons
-                .iter()
-                .map(|(reason, count)| format!("`{reason}` {count}"))
-                .collect();
-            reasons.join(", ")
+            join_counts(
+                report
+                    .reasons
+                    .iter()
+                    .map(|(reason, count)| (format!("`{reason}`"), count)),
+            )
         };
         let mut text = String::new();
         text.push_str("| scenario | measured | goal |\n| --- | --- | --- |\n");
@@ -592,9 +577,14 @@ impl ResilienceFigures {
         text.push_str(&format!(
             "- **Memory**: VmRSS of the `quay-authz serve` process from `/proc/PID/status`, \
              baseline after 1 s of load with one token, then {} distinct valid ES256 tokens sent \
-             once each; `quay_authz_token_cache_entries` was {} afterwards. {:.0} rps \
-             (uncached ES256 verification), p99 {:.0} µs.\n",
-            memory.tokens, memory.cache_entries, memory.report.rps, memory.report.latency.p99_us,
+             once each; afterwards `quay_authz_token_cache_entries` was {} and \
+             `quay_authz_token_cache_evictions_total` {}. {:.0} rps (uncached ES256 \
+             verification), p99 {:.0} µs.\n",
+            memory.tokens,
+            memory.cache_entries,
+            memory.cache_evictions,
+            memory.report.rps,
+            memory.report.latency.p99_us,
         ));
         text
     }

@@ -191,10 +191,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
             eprintln!(
-                "no-op ext_authz on {} (answers every Check OK)",
+                "no-op ext_authz on {} (answers every Check OK; stop it with a signal)",
                 listener.local_addr()?
             );
-            noop::serve(listener, shutdown_signal()).await?;
+            // Nothing to drain or flush: SIGINT and SIGTERM end the process as they are.
+            noop::serve(listener, std::future::pending()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Summarize {
@@ -291,19 +292,4 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
         sibling.display()
     );
     Ok(sibling)
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
 }
