@@ -2,6 +2,7 @@
 //! README's troubleshooting table, and the one place they map to gRPC and HTTP statuses.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::identify::Identity;
 use crate::permission::{Grant, Permission};
@@ -135,7 +136,8 @@ impl DenyStatus {
 pub enum Decision {
     /// A verified identity whose grants cover the request.
     Allow {
-        identity: Box<Identity>,
+        /// Shared with the verified-token cache: a cache hit costs no copy.
+        identity: Arc<Identity>,
         grants: Vec<Grant>,
         rules: Vec<String>,
     },

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, IssuerConfig, Preset, SigningAlgorithm, TenantBinding};
 use crate::decision::Reason;
+use crate::jwks::VerificationKey;
 use crate::policy::scalar_text;
 
 /// A verified caller.
@@ -61,6 +62,29 @@ pub struct ParsedToken<'t> {
     pub iss: String,
 }
 
+/// The JOSE header fields we read (RFC 7515 §4.1), borrowed from the decoded bytes; any other
+/// field is skipped without being built.
+/// RFC 7515 §4 lets a parser refuse duplicate members, and serde does.
+#[derive(serde::Deserialize)]
+struct Header<'h> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    alg: Option<Text<'h>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    kid: Option<Text<'h>>,
+    crit: Option<serde::de::IgnoredAny>,
+}
+
+/// A JSON string, borrowed unless it holds escapes.
+#[derive(serde::Deserialize)]
+struct Text<'h>(#[serde(borrow)] std::borrow::Cow<'h, str>);
+
+/// A member that is present must be a string: `null` is refused, not taken as absent.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Text<'de>>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}
+
 /// Splits and decodes a compact JWS. Refuses oversized input before any decoding.
 pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, IdentifyError> {
     if token.len() > max_bytes {
@@ -69,47 +93,43 @@ pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Ide
             format!("token is {} bytes, the limit is {max_bytes}", token.len()),
         ));
     }
-    let parts: Vec<&str> = token.split('.').collect();
-    if parts.len() == 5 {
-        return Err(IdentifyError::new(
-            Reason::TokenEncrypted,
-            "token is an encrypted JWE; an access token for this API must be a signed JWT",
-        ));
+    let mut parts = token.splitn(4, '.');
+    let (Some(header_part), Some(payload_part), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(if token.split('.').count() == 5 {
+            IdentifyError::new(
+                Reason::TokenEncrypted,
+                "token is an encrypted JWE; an access token for this API must be a signed JWT",
+            )
+        } else {
+            not_a_jwt()
+        });
+    };
+    if header_part.is_empty() || payload_part.is_empty() {
+        return Err(not_a_jwt());
     }
-    if parts.len() != 3 || parts.iter().take(2).any(|part| part.is_empty()) {
+    let header_bytes = decode_part(header_part, "header")?;
+    let header: Header<'_> =
+        serde_json::from_slice(&header_bytes).map_err(|_| header_error(&header_bytes))?;
+    let Some(Text(algorithm)) = header.alg else {
         return Err(IdentifyError::new(
             Reason::TokenMalformed,
-            "not a JWT: expected three base64url parts separated by dots",
+            "header has no alg",
         ));
-    }
-    let header = decode_json_part(parts[0], "header")?;
-    let algorithm = match header.get("alg") {
-        Some(Value::String(alg)) => alg.clone(),
-        _ => {
-            return Err(IdentifyError::new(
-                Reason::TokenMalformed,
-                "header has no alg",
-            ));
-        }
     };
-    if header.contains_key("crit") {
+    if header.crit.is_some() {
         // RFC 7515 §4.1.11: we understand no extensions, so a critical one must be refused.
         return Err(IdentifyError::new(
             Reason::TokenMalformed,
             "header lists critical extensions (crit) this service does not understand",
         ));
     }
-    let key_id = match header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.clone()),
-        Some(_) => {
-            return Err(IdentifyError::new(
-                Reason::TokenMalformed,
-                "header kid is not a string",
-            ));
-        }
+    let key_id = header.kid.map(|Text(kid)| kid.into_owned());
+    let claims = match serde_json::from_slice::<Value>(&decode_part(payload_part, "payload")?) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(not_an_object("payload")),
     };
-    let claims = decode_json_part(parts[1], "payload")?;
     let iss = match claims.get("iss") {
         Some(Value::String(iss)) => iss.clone(),
         Some(_) => {
@@ -120,30 +140,52 @@ pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Ide
         }
         None => return Err(IdentifyError::new(Reason::MissingClaim, "token has no iss")),
     };
-    let signing_input_len = parts[0].len() + 1 + parts[1].len();
+    let signing_input_len = header_part.len() + 1 + payload_part.len();
     Ok(ParsedToken {
         signing_input: &token[..signing_input_len],
-        signature: parts[2],
-        algorithm,
+        signature,
+        algorithm: algorithm.into_owned(),
         key_id,
         claims,
         iss,
     })
 }
 
-fn decode_json_part(part: &str, what: &str) -> Result<Map<String, Value>, IdentifyError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part.trim_end_matches('='))
-        .map_err(|_| {
-            IdentifyError::new(Reason::TokenMalformed, format!("{what} is not base64url"))
-        })?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        _ => Err(IdentifyError::new(
+fn not_a_jwt() -> IdentifyError {
+    IdentifyError::new(
+        Reason::TokenMalformed,
+        "not a JWT: expected three base64url parts separated by dots",
+    )
+}
+
+fn not_an_object(what: &str) -> IdentifyError {
+    IdentifyError::new(
+        Reason::TokenMalformed,
+        format!("{what} is not a JSON object"),
+    )
+}
+
+/// Why a header did not decode into `Header`; only on this error path is it decoded loosely,
+/// to name the field at fault.
+fn header_error(bytes: &[u8]) -> IdentifyError {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(header)) if header.get("alg").is_some_and(|alg| !alg.is_string()) => {
+            IdentifyError::new(Reason::TokenMalformed, "header alg is not a string")
+        }
+        Ok(Value::Object(header)) if header.get("kid").is_some_and(|kid| !kid.is_string()) => {
+            IdentifyError::new(Reason::TokenMalformed, "header kid is not a string")
+        }
+        _ => IdentifyError::new(
             Reason::TokenMalformed,
-            format!("{what} is not a JSON object"),
-        )),
+            "header is not a JSON object of unique members",
+        ),
     }
+}
+
+fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, IdentifyError> {
+    URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| IdentifyError::new(Reason::TokenMalformed, format!("{what} is not base64url")))
 }
 
 /// The configured issuer a token's `iss` selects, with the key source and tenant it implies.
@@ -231,34 +273,43 @@ fn truncate(text: &str, max: usize) -> &str {
     }
 }
 
-/// Checks the signature with a public key.
+/// The largest signature we decode: RSA-8192 (1 024 bytes); EC and Ed25519 ones are shorter.
+const MAX_SIGNATURE_BYTES: usize = 1024;
+
+/// Checks the signature with a public key. The signature is decoded on the stack.
 pub fn verify_signature(
     token: &ParsedToken<'_>,
-    key: &jsonwebtoken::DecodingKey,
+    key: &VerificationKey,
     algorithm: SigningAlgorithm,
 ) -> Result<(), IdentifyError> {
-    match jsonwebtoken::crypto::verify(
-        token.signature,
-        token.signing_input.as_bytes(),
-        key,
-        algorithm.to_jsonwebtoken(),
-    ) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(IdentifyError::new(
-            Reason::BadSignature,
-            "signature does not verify",
-        )),
-        Err(_) => Err(IdentifyError::new(
+    let malformed = || {
+        IdentifyError::new(
             Reason::BadSignature,
             "signature is malformed or the key does not fit the algorithm",
-        )),
+        )
+    };
+    // Room for base64's rounded-up length estimate of the largest signature.
+    let mut buffer = [0u8; MAX_SIGNATURE_BYTES + 3];
+    if token.signature.len() > (MAX_SIGNATURE_BYTES * 4).div_ceil(3) {
+        return Err(malformed());
+    }
+    let length = URL_SAFE_NO_PAD
+        .decode_slice(token.signature, &mut buffer)
+        .map_err(|_| malformed())?;
+    if key.verify(algorithm, token.signing_input.as_bytes(), &buffer[..length]) {
+        Ok(())
+    } else {
+        Err(IdentifyError::new(
+            Reason::BadSignature,
+            "signature does not verify",
+        ))
     }
 }
 
 /// Validates the registered and issuer-specific claims (RFC 7519 §4.1) at `now` (Unix
 /// seconds) and builds the identity.
 pub fn check_claims(
-    claims: &Map<String, Value>,
+    claims: Map<String, Value>,
     matched: IssuerMatch<'_>,
     iss: &str,
     now: u64,
@@ -266,7 +317,7 @@ pub fn check_claims(
     let issuer = matched.issuer;
     let leeway = issuer.leeway_seconds;
 
-    let exp = numeric_date(claims, "exp")?
+    let exp = numeric_date(&claims, "exp")?
         .ok_or_else(|| IdentifyError::new(Reason::MissingClaim, "token has no exp"))?;
     if now >= exp.saturating_add(leeway) {
         return Err(IdentifyError::new(
@@ -274,7 +325,7 @@ pub fn check_claims(
             format!("token expired {} s ago", now - exp),
         ));
     }
-    if let Some(nbf) = numeric_date(claims, "nbf")?
+    if let Some(nbf) = numeric_date(&claims, "nbf")?
         && now.saturating_add(leeway) < nbf
     {
         return Err(IdentifyError::new(
@@ -282,7 +333,7 @@ pub fn check_claims(
             format!("token is valid only in {} s (nbf)", nbf - now),
         ));
     }
-    if let Some(iat) = numeric_date(claims, "iat")?
+    if let Some(iat) = numeric_date(&claims, "iat")?
         && now.saturating_add(leeway) < iat
     {
         return Err(IdentifyError::new(
@@ -378,7 +429,7 @@ pub fn check_claims(
         .iter()
         .find_map(|claim| claims.get(*claim).and_then(Value::as_str))
         .map(str::to_string);
-    let mut groups = collect_groups(claims, &issuer.groups_claims);
+    let mut groups = collect_groups(&claims, &issuer.groups_claims);
     if groups.is_empty() {
         groups = issuer.default_groups.clone();
     }
@@ -401,7 +452,7 @@ pub fn check_claims(
         client,
         audiences,
         groups,
-        claims: claims.clone(),
+        claims,
         expires_at: exp,
     })
 }
@@ -517,7 +568,7 @@ issuers:
         let parsed = parse_token(&text, 16384)?;
         let matched = match_issuer(config, &parsed.iss)
             .ok_or_else(|| IdentifyError::new(Reason::IssuerNotConfigured, "x"))?;
-        check_claims(&parsed.claims, matched, &parsed.iss, now)
+        check_claims(parsed.claims, matched, &parsed.iss, now)
     }
 
     fn reason(result: Result<Identity, IdentifyError>) -> Reason {

@@ -3,26 +3,31 @@
 //! Usage: `KeyStore::new(client settings)`, then `store.source(&issuer, &key_source_config)`
 //! returns the shared `KeySource` (one per key URL, so issuers that share keys share a cache).
 //! `KeySource::start` launches its background refresher; Checks call `current()` (a lock-free
-//! read of the published key set) and, for an unknown `kid`, `refresh_for_unknown_kid`.
+//! read of the published key set) and, for an unknown `kid`, `refresh_for_unknown_kid`. After a
+//! reload, `store.prune(&config)` forgets the sources no issuer names any more.
 //!
 //! Like Envoy's `jwks_async_fetcher`: key sets are published by atomic swap so readers never
 //! wait on a fetch; refreshed in the background before they expire (sooner after a failure,
 //! with backoff); an unknown kid triggers at most one fetch in flight per source (waiters share
 //! it) and at most one per minimum interval, so a flood of random kids cannot become a flood
-//! of fetches.
+//! of fetches. Between those fetches an unknown kid is answered at once, without a lock (see
+//! `RefetchGate`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{
+    self as lc, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents, VerificationAlgorithm,
+};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
-use jsonwebtoken::DecodingKey;
 use serde_json::Value;
+use tokio::sync::watch;
 
-use crate::config::{JwksSettings, KeyLocation, KeySourceConfig, SigningAlgorithm};
+use crate::config::{Config, JwksSettings, KeyLocation, KeySourceConfig, SigningAlgorithm};
 use crate::metrics::Metrics;
 
 /// The key type a key can verify, with its curve for EC keys.
@@ -53,13 +58,99 @@ pub struct VerificationKey {
     pub kind: KeyKind,
     /// The JWK's `alg`, when it names one (RFC 7517 §4.4): the key is used only for it.
     pub algorithm: Option<SigningAlgorithm>,
-    pub key: DecodingKey,
+    key: PublicKey,
 }
 
 impl VerificationKey {
     pub fn fits(&self, algorithm: SigningAlgorithm) -> bool {
         self.kind.fits(algorithm) && self.algorithm.is_none_or(|alg| alg == algorithm)
     }
+
+    /// Whether `signature` (raw bytes, RFC 7518 §3) signs `message` with this key under
+    /// `algorithm`. A key that does not fit the algorithm verifies nothing.
+    pub fn verify(&self, algorithm: SigningAlgorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.fits(algorithm)
+            && self
+                .key
+                .parsed(algorithm)
+                .is_some_and(|key| key.verify_sig(message, signature).is_ok())
+    }
+}
+
+/// Key material parsed once for aws-lc-rs, so a verify does no key setup: building an RSA
+/// key from `n` and `e` (and its Montgomery context) costs several microseconds, a good part
+/// of the verify itself.
+enum PublicKey {
+    /// aws-lc-rs binds padding and hash to a parsed RSA key, and a JWK without `alg` may serve
+    /// any of the six RSA algorithms: one parsed key per algorithm, made on first use.
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+        parsed: Box<[OnceLock<Option<ParsedPublicKey>>; 6]>,
+    },
+    /// EC and Ed25519 keys fit exactly one algorithm.
+    Single(ParsedPublicKey),
+}
+
+impl PublicKey {
+    /// `n` and `e` big-endian; leading zero bytes, which some IdPs send, are dropped.
+    fn rsa(n: &[u8], e: &[u8]) -> Option<Self> {
+        let significant = |bytes: &[u8]| {
+            let start = bytes
+                .iter()
+                .position(|byte| *byte != 0)
+                .unwrap_or(bytes.len());
+            bytes[start..].to_vec()
+        };
+        let key = Self::Rsa {
+            n: significant(n),
+            e: significant(e),
+            parsed: Default::default(),
+        };
+        // Parse one now so a malformed key is refused when the JWKS is read, not per token.
+        key.parsed(SigningAlgorithm::RS256)?;
+        Some(key)
+    }
+
+    fn single(algorithm: &'static dyn VerificationAlgorithm, bytes: &[u8]) -> Option<Self> {
+        ParsedPublicKey::new(algorithm, bytes)
+            .ok()
+            .map(Self::Single)
+    }
+
+    fn parsed(&self, algorithm: SigningAlgorithm) -> Option<&ParsedPublicKey> {
+        match self {
+            Self::Single(key) => Some(key),
+            Self::Rsa { n, e, parsed } => {
+                let (slot, parameters) = rsa_parameters(algorithm)?;
+                parsed[slot]
+                    .get_or_init(|| {
+                        RsaPublicKeyComponents {
+                            n: n.as_slice(),
+                            e: e.as_slice(),
+                        }
+                        .to_parsed_public_key(parameters)
+                        .ok()
+                    })
+                    .as_ref()
+            }
+        }
+    }
+}
+
+/// The aws-lc-rs parameters of an RSA algorithm (RFC 7518 §3.3, §3.5), with a slot index.
+/// Keys under 2048 bits are refused by the parameters too.
+fn rsa_parameters(algorithm: SigningAlgorithm) -> Option<(usize, &'static RsaParameters)> {
+    use SigningAlgorithm::*;
+    Some(match algorithm {
+        RS256 => (0, &lc::RSA_PKCS1_2048_8192_SHA256),
+        RS384 => (1, &lc::RSA_PKCS1_2048_8192_SHA384),
+        RS512 => (2, &lc::RSA_PKCS1_2048_8192_SHA512),
+        PS256 => (3, &lc::RSA_PSS_2048_8192_SHA256),
+        PS384 => (4, &lc::RSA_PSS_2048_8192_SHA384),
+        PS512 => (5, &lc::RSA_PSS_2048_8192_SHA512),
+        ES256 | ES384 | EdDSA => return None,
+    })
 }
 
 /// A published key set.
@@ -134,11 +225,6 @@ pub struct SourceStatus {
     pub ttl: Option<Duration>,
 }
 
-#[derive(Default)]
-struct RefetchState {
-    last_attempt: Option<Instant>,
-}
-
 /// The keys behind one URL, shared by every issuer string that names it.
 pub struct KeySource {
     pub issuer_name: String,
@@ -148,7 +234,14 @@ pub struct KeySource {
     metrics: Metrics,
     current: ArcSwapOption<KeySet>,
     generation: AtomicU64,
-    refetch: tokio::sync::Mutex<RefetchState>,
+    /// Held by the one fetch in flight (scheduled or unknown-kid).
+    refetch: tokio::sync::Mutex<()>,
+    gate: RefetchGate,
+    /// Counts finished fetches, bumped once the refetch lock is free again: unknown-kid
+    /// lookups that found a fetch in flight wait here for its keys, not in the lock's queue.
+    fetches_done: watch::Sender<u64>,
+    /// Dropped with the source; its refresher then stops at once, even mid-sleep.
+    alive: watch::Sender<()>,
     status: Mutex<SourceStatus>,
     /// Keys given up front (offline `explain --jwks-file`): never fetched.
     fixed: bool,
@@ -175,7 +268,12 @@ impl KeySource {
     /// Starts the background refresher (first fetch at once). It stops when the source is
     /// dropped.
     pub fn start(self: &Arc<Self>) {
+        self.spawn_refresher();
+    }
+
+    fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<KeySource> = Arc::downgrade(self);
+        let mut dropped = self.alive.subscribe();
         tokio::spawn(async move {
             let mut failures: u32 = 0;
             loop {
@@ -192,14 +290,19 @@ impl KeySource {
                     }
                 };
                 drop(source);
-                tokio::time::sleep(wait).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    // Nothing is ever sent: this ends only when the source is dropped.
+                    _ = dropped.changed() => return,
+                }
             }
-        });
+        })
     }
 
-    /// For a token whose `kid` is not in the set it saw (`seen_generation`): fetch again,
-    /// unless another fetch published since, or one was attempted within the minimum
-    /// interval. Concurrent callers queue on one lock and share the first one's result.
+    /// For a token whose `kid` is not in the set it saw (`seen_generation`): the set to look
+    /// in again. Fetches only when no fetch published since, none is in flight, and no
+    /// unknown-kid fetch was attempted within the minimum interval; a fetch in flight is
+    /// shared. Within the interval the answer is the current set at once, without a lock.
     pub async fn refresh_for_unknown_kid(
         &self,
         seen_generation: Option<u64>,
@@ -207,28 +310,43 @@ impl KeySource {
         if self.fixed {
             return self.current();
         }
-        let mut state = self.refetch.lock().await;
-        let current = self.current();
-        if current.as_ref().map(|set| set.generation) != seen_generation {
-            return current;
+        let interval = self.settings.min_refetch_interval;
+        loop {
+            let current = self.current();
+            if current.as_ref().map(|set| set.generation) != seen_generation
+                || self.gate.settled(Instant::now(), interval)
+            {
+                return current;
+            }
+            let mut done = self.fetches_done.subscribe();
+            let done_before = *done.borrow_and_update();
+            let Ok(guard) = self.refetch.try_lock() else {
+                // Single flight: wait for the fetch in flight, then look again.
+                let _ = done.wait_for(|count| *count != done_before).await;
+                continue;
+            };
+            // A fetch may have finished between the first look and the lock.
+            let current = self.current();
+            if current.as_ref().map(|set| set.generation) != seen_generation
+                || self.gate.attempted_within(Instant::now(), interval)
+            {
+                return current;
+            }
+            // In flight before the attempt is stamped, so no lookup takes the stamp for a
+            // finished fetch.
+            let turn = FetchTurn::new(self, guard);
+            self.gate.record_attempt(Instant::now());
+            let _ = turn.fetch().await;
+            return self.current();
         }
-        if state
-            .last_attempt
-            .is_some_and(|at| at.elapsed() < self.settings.min_refetch_interval)
-        {
-            return current;
-        }
-        state.last_attempt = Some(Instant::now());
-        let _ = self.refresh_locked().await;
-        self.current()
     }
 
     /// One scheduled fetch and publication; returns the lifetime of the new keys. It takes
     /// the refetch lock so it never overlaps an unknown-kid fetch, but does not count against
     /// the unknown-kid interval: a rotation right after a scheduled refresh must still be seen.
     async fn refresh(&self) -> Result<Duration, FetchError> {
-        let _state = self.refetch.lock().await;
-        self.refresh_locked().await
+        let guard = self.refetch.lock().await;
+        FetchTurn::new(self, guard).fetch().await
     }
 
     async fn refresh_locked(&self) -> Result<Duration, FetchError> {
@@ -288,6 +406,91 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(seconds.min(300))
 }
 
+/// One fetch under the refetch lock. However it ends, even when the Check that started it
+/// is cancelled, it clears the in-flight mark, frees the lock, and only then wakes the
+/// lookups waiting for it (so a woken lookup that needs its own fetch can take the lock).
+struct FetchTurn<'s> {
+    source: &'s KeySource,
+    guard: Option<tokio::sync::MutexGuard<'s, ()>>,
+}
+
+impl<'s> FetchTurn<'s> {
+    fn new(source: &'s KeySource, guard: tokio::sync::MutexGuard<'s, ()>) -> Self {
+        source.gate.in_flight.store(true, Ordering::Release);
+        Self {
+            source,
+            guard: Some(guard),
+        }
+    }
+
+    async fn fetch(self) -> Result<Duration, FetchError> {
+        self.source.refresh_locked().await
+    }
+}
+
+impl Drop for FetchTurn<'_> {
+    fn drop(&mut self) {
+        self.source.gate.in_flight.store(false, Ordering::Release);
+        drop(self.guard.take());
+        self.source
+            .fetches_done
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
+// === impl RefetchGate ===
+
+/// When an unknown kid may send a source back to its IdP, decided without a lock.
+///
+/// This is the negative cache of unknown kids. After an unknown-kid fetch, the key set it
+/// left is taken as complete until the minimum interval ends: a kid absent from the current
+/// set is known absent, and the Check answers `unknown_key` at once instead of queueing on
+/// the refetch lock. One timestamp covers every kid, so random kids cannot grow it; and a
+/// kid is always looked up in the current set, so a key published since (by a scheduled
+/// refresh, or the next unknown-kid fetch once the interval ends) is found.
+struct RefetchGate {
+    origin: Instant,
+    /// When the last unknown-kid fetch began, in nanoseconds after `origin` plus one; zero
+    /// when none has.
+    last_attempt: AtomicU64,
+    /// A fetch is in flight: a kid arriving now waits for its keys rather than be refused,
+    /// so the first tokens signed with a newly rotated key are not denied.
+    in_flight: AtomicBool,
+}
+
+impl RefetchGate {
+    fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            last_attempt: AtomicU64::new(0),
+            in_flight: AtomicBool::new(false),
+        }
+    }
+
+    fn record_attempt(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.origin).as_nanos();
+        let stamp = u64::try_from(since).unwrap_or(u64::MAX - 1) + 1;
+        self.last_attempt.store(stamp, Ordering::Release);
+    }
+
+    /// Whether an unknown-kid fetch began less than `interval` before `now`.
+    fn attempted_within(&self, now: Instant, interval: Duration) -> bool {
+        match self.last_attempt.load(Ordering::Acquire) {
+            0 => false,
+            stamp => {
+                let at = self.origin + Duration::from_nanos(stamp - 1);
+                now.saturating_duration_since(at) < interval
+            }
+        }
+    }
+
+    /// Whether an unknown kid is answered from the current set at `now`, with no fetch and no
+    /// wait.
+    fn settled(&self, now: Instant, interval: Duration) -> bool {
+        !self.in_flight.load(Ordering::Acquire) && self.attempted_within(now, interval)
+    }
+}
+
 /// Key sources, one per URL, shared across issuers and across configuration reloads.
 pub struct KeyStore {
     client: reqwest::Client,
@@ -331,6 +534,37 @@ impl KeyStore {
             .clone()
     }
 
+    /// Forgets the sources no issuer of `config` names any more (after a reload), and their
+    /// key-count gauges. A pipeline still answering Checks keeps its sources until it is
+    /// dropped; each source's refresher stops when the source does.
+    pub fn prune(&self, config: &Config) {
+        let referenced: Vec<&KeyLocation> = config
+            .issuers
+            .iter()
+            .flat_map(|issuer| issuer.key_sources.iter().map(|source| &source.location))
+            .collect();
+        self.sources.retain(|location, source| {
+            let keep = referenced.contains(&location);
+            if !keep {
+                tracing::info!(issuer = %source.issuer_name, url = %location.url(), "key source no longer configured; dropped");
+                let _ = self
+                    .metrics
+                    .jwks_keys
+                    .remove_label_values(&[&source.issuer_name, location.url()]);
+            }
+            keep
+        });
+    }
+
+    /// How many key sources the store holds.
+    pub fn len(&self) -> usize {
+        self.sources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty()
+    }
+
     /// Installs a fixed key set for `config` that is never refreshed (offline `explain` with
     /// `--jwks-file`). Returns how many usable keys the document held.
     pub fn preload(
@@ -368,7 +602,10 @@ impl KeyStore {
             metrics: self.metrics.clone(),
             current: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
-            refetch: tokio::sync::Mutex::new(RefetchState::default()),
+            refetch: tokio::sync::Mutex::new(()),
+            gate: RefetchGate::new(Instant::now()),
+            fetches_done: watch::channel(0).0,
+            alive: watch::channel(()).0,
             status: Mutex::new(SourceStatus::default()),
         })
     }
@@ -577,38 +814,46 @@ fn parse_jwk(entry: &Value) -> Result<VerificationKey, &'static str> {
         None => None,
         Some(alg) => Some(SigningAlgorithm::from_name(alg).ok_or("unsupported alg")?),
     };
+    let decode = |name: &str, what: &'static str| {
+        URL_SAFE_NO_PAD
+            .decode(text(name).ok_or(what)?)
+            .map_err(|_| "key component is not base64url")
+    };
     let (kind, key) = match text("kty") {
         Some("RSA") => {
-            let n = text("n").ok_or("RSA key without n")?;
-            let e = text("e").ok_or("RSA key without e")?;
-            let modulus = URL_SAFE_NO_PAD
-                .decode(n)
-                .map_err(|_| "RSA n is not base64url")?;
+            let modulus = decode("n", "RSA key without n")?;
+            let exponent = decode("e", "RSA key without e")?;
             let significant = modulus.iter().skip_while(|byte| **byte == 0).count();
             if significant * 8 < 2048 {
                 return Err("RSA key shorter than 2048 bits");
             }
-            let key = DecodingKey::from_rsa_components(n, e).map_err(|_| "bad RSA key")?;
+            let key = PublicKey::rsa(&modulus, &exponent).ok_or("bad RSA key")?;
             (KeyKind::Rsa, key)
         }
         Some("EC") => {
-            let kind = match text("crv") {
-                Some("P-256") => KeyKind::EcP256,
-                Some("P-384") => KeyKind::EcP384,
-                _ => return Err("unsupported EC curve"),
-            };
-            let x = text("x").ok_or("EC key without x")?;
-            let y = text("y").ok_or("EC key without y")?;
+            let (kind, algorithm, size): (_, &'static dyn VerificationAlgorithm, _) =
+                match text("crv") {
+                    Some("P-256") => (KeyKind::EcP256, &lc::ECDSA_P256_SHA256_FIXED, 32),
+                    Some("P-384") => (KeyKind::EcP384, &lc::ECDSA_P384_SHA384_FIXED, 48),
+                    _ => return Err("unsupported EC curve"),
+                };
+            let x = decode("x", "EC key without x")?;
+            let y = decode("y", "EC key without y")?;
+            if x.len() != size || y.len() != size {
+                return Err("EC coordinates do not fit the curve");
+            }
+            // SEC 1 §2.3.3 uncompressed point: 0x04 || x || y.
+            let point: Vec<u8> = [&[4u8][..], &x, &y].concat();
             (
                 kind,
-                DecodingKey::from_ec_components(x, y).map_err(|_| "bad EC key")?,
+                PublicKey::single(algorithm, &point).ok_or("bad EC key")?,
             )
         }
         Some("OKP") if text("crv") == Some("Ed25519") => {
-            let x = text("x").ok_or("OKP key without x")?;
+            let x = decode("x", "OKP key without x")?;
             (
                 KeyKind::Ed25519,
-                DecodingKey::from_ed_components(x).map_err(|_| "bad Ed25519 key")?,
+                PublicKey::single(&lc::ED25519, &x).ok_or("bad Ed25519 key")?,
             )
         }
         _ => return Err("unsupported key type"),
@@ -721,5 +966,123 @@ mod tests {
             discovered_jwks_uri("u", insecure, &config),
             Err(FetchError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn unknown_kids_are_settled_within_the_interval_after_an_attempt() {
+        let origin = Instant::now();
+        let gate = RefetchGate::new(origin);
+        let interval = Duration::from_secs(30);
+        let at = |seconds: u64| origin + Duration::from_secs(seconds);
+        // Never attempted: the first unknown kid must be allowed to fetch.
+        assert!(!gate.settled(at(100), interval));
+        gate.record_attempt(at(100));
+        assert!(gate.settled(at(100), interval));
+        assert!(gate.settled(at(129), interval));
+        assert!(!gate.settled(at(130), interval), "the interval ended");
+        // A fetch in flight is waited for, not answered from the old set.
+        gate.in_flight.store(true, Ordering::Release);
+        assert!(!gate.settled(at(110), interval));
+        assert!(gate.attempted_within(at(110), interval));
+        gate.in_flight.store(false, Ordering::Release);
+        // An interval of zero never settles: every unknown kid may fetch.
+        assert!(!gate.settled(at(100), Duration::ZERO));
+    }
+
+    /// A configuration whose one issuer takes its keys from `jwks_url`.
+    fn config_with_keys_at(jwks_url: &str) -> Config {
+        let text = format!(
+            "quay: {{service: q, realm: \"https://q/v2/auth\"}}\nissuers:\n  - name: kept\n    issuer: https://kept.example\n    audiences: [q]\n    jwks_uri: {jwks_url}\n    allow_insecure_http: true\n"
+        );
+        Config::parse(&text, "t").expect("config")
+    }
+
+    fn settings() -> JwksSettings {
+        config_with_keys_at("http://127.0.0.1:1/keys").jwks
+    }
+
+    fn jwks_config(url: String) -> KeySourceConfig {
+        KeySourceConfig {
+            location: KeyLocation::Jwks(url),
+            expected_issuers: Vec::new(),
+            allow_insecure_http: true,
+        }
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        // A hang guard only: each condition normally holds within milliseconds.
+        for _ in 0..400 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{what}");
+    }
+
+    async fn dev_issuer() -> crate::dev_issuer::DevIssuer {
+        crate::dev_issuer::DevIssuer::start("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("issuer")
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_lookups_share_one_fetch_and_then_answer_without_the_idp() {
+        let issuer = dev_issuer().await;
+        let store = KeyStore::new(settings(), Metrics::new());
+        let source = store.source("dev", &jwks_config(issuer.jwks_url()));
+        wait_for("first keys", || source.has_keys()).await;
+        let fetches = issuer.jwks_fetches();
+        let seen = source.current().map(|set| set.generation);
+        let lookups: Vec<_> = (0..50)
+            .map(|_| {
+                let source = source.clone();
+                tokio::spawn(async move { source.refresh_for_unknown_kid(seen).await })
+            })
+            .collect();
+        for lookup in lookups {
+            assert!(lookup.await.expect("lookup").is_some());
+        }
+        assert_eq!(issuer.jwks_fetches(), fetches + 1, "one shared fetch");
+        // Within the interval, a lookup in any set is answered without a fetch.
+        let seen = source.current().map(|set| set.generation);
+        for _ in 0..50 {
+            source.refresh_for_unknown_kid(seen).await;
+        }
+        assert_eq!(issuer.jwks_fetches(), fetches + 1);
+        assert!(!source.gate.in_flight.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn pruned_sources_are_dropped_and_their_refreshers_stop() {
+        let issuer = dev_issuer().await;
+        let store = KeyStore::new(settings(), Metrics::new());
+        let kept = jwks_config(issuer.jwks_url());
+        let kept_source = store.source("kept", &kept);
+        let removed = jwks_config(format!("{}?removed", issuer.jwks_url()));
+        let removed_source = store.new_source("removed", &removed, false);
+        let refresher = removed_source.spawn_refresher();
+        store
+            .sources
+            .insert(removed.location.clone(), removed_source.clone());
+        wait_for("first keys", || {
+            kept_source.has_keys() && removed_source.has_keys()
+        })
+        .await;
+        let weak = Arc::downgrade(&removed_source);
+        drop(removed_source);
+
+        store.prune(&config_with_keys_at(&issuer.jwks_url()));
+        assert_eq!(store.len(), 1);
+        assert!(weak.upgrade().is_none(), "the pruned source is dropped");
+        // Its refresher sleeps until the keys' refresh time, 48 min away: it must end now.
+        wait_for("the pruned source's refresher stops", || {
+            refresher.is_finished()
+        })
+        .await;
+        assert!(
+            Arc::ptr_eq(&store.source("kept", &kept), &kept_source),
+            "the kept source is still the store's"
+        );
     }
 }

@@ -91,7 +91,11 @@ impl Pipeline {
     }
 
     /// Verifies a bearer token alone (no route, no policy): for `explain`.
-    pub async fn identify_token(&self, token: &str, now: u64) -> Result<Identity, IdentifyError> {
+    pub async fn identify_token(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Identity>, IdentifyError> {
         self.identify(token, now).await.map_err(|(error, _)| error)
     }
 
@@ -182,7 +186,7 @@ impl Pipeline {
                 Decision::Allow {
                     grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
                     rules,
-                    identity: Box::new(identity),
+                    identity,
                 }
             }
             Err(missing) => Decision::Deny {
@@ -212,15 +216,15 @@ impl Pipeline {
         &self,
         token: &str,
         now: u64,
-    ) -> Result<Identity, (IdentifyError, Option<String>)> {
+    ) -> Result<Arc<Identity>, (IdentifyError, Option<String>)> {
         if let Some(identity) = self.token_cache.get(token, now) {
-            return Ok(Identity::clone(&identity));
+            return Ok(identity);
         }
         let (identity, key, valid_until) = self.verify(token, now).await?;
         let identity = Arc::new(identity);
         self.token_cache
             .insert(token, identity.clone(), &key, valid_until);
-        Ok(Arc::unwrap_or_clone(identity))
+        Ok(identity)
     }
 
     /// Full verification; also returns the key that verified the token and until when the
@@ -242,8 +246,7 @@ impl Pipeline {
                 None,
             ));
         };
-        let issuer_name = Some(matched.issuer.name.clone());
-        let fail = |error: IdentifyError| (error, issuer_name.clone());
+        let fail = |error: IdentifyError| (error, Some(matched.issuer.name.clone()));
         let algorithm =
             identify::allowed_algorithm(matched.issuer, &parsed.algorithm).map_err(fail)?;
 
@@ -292,9 +295,9 @@ impl Pipeline {
                 ),
             }));
         };
-        identify::verify_signature(&parsed, &key.key, algorithm).map_err(fail)?;
+        identify::verify_signature(&parsed, &key, algorithm).map_err(fail)?;
         let identity =
-            identify::check_claims(&parsed.claims, matched, &parsed.iss, now).map_err(fail)?;
+            identify::check_claims(parsed.claims, matched, &parsed.iss, now).map_err(fail)?;
         let valid_until = identity
             .expires_at
             .saturating_add(matched.issuer.leeway_seconds);

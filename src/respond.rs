@@ -359,7 +359,7 @@ mod tests {
             expires_at: 0,
         };
         let decision = Decision::Allow {
-            identity: Box::new(identity),
+            identity: std::sync::Arc::new(identity),
             grants: Grant::parse("repository:acme/app:pull,push").expect("grant"),
             rules: vec!["ci".into()],
         };

@@ -67,6 +67,7 @@ impl Service {
         }
         let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone());
         self.pipeline.store(Arc::new(pipeline));
+        self.key_store.prune(&self.pipeline.load().config);
         self.metrics
             .config_reloads
             .with_label_values(&["applied"])

@@ -161,3 +161,36 @@ async fn cache_control_max_age_is_honoured_within_bounds_and_discovery_is_cached
         );
     }
 }
+
+#[tokio::test]
+async fn a_kid_refused_before_its_key_was_published_is_found_after_the_next_fetch() {
+    let issuer = start_issuer().await;
+    let config = config_for(&issuer, "jwks: {min_refetch_interval_seconds: 1}");
+    let service = TestService::start(&config, true).await;
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    let (token, kid) = issuer
+        .mint_with_unpublished_key(SigningKeyKind::Rsa, &claims)
+        .expect("mint");
+    let before = issuer.jwks_fetches();
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &token).await).1,
+        "unknown_key"
+    );
+    assert!(
+        issuer.jwks_fetches() > before,
+        "the refusal followed a fetch"
+    );
+
+    // The IdP rotates the key in. The refusal is remembered only until the interval ends:
+    // the next unknown-kid fetch finds the key.
+    issuer.publish(&kid);
+    let mut outcome = String::new();
+    for _ in 0..150 {
+        outcome = decision(&service.check_bearer("GET", REPO, &token).await).0;
+        if outcome == "allow" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(outcome, "allow", "the published key was never found");
+}

@@ -60,6 +60,37 @@ impl TestService {
             .await
     }
 
+    /// Sends one Check per token, all at once, and gives each one's reason code in order.
+    pub async fn check_bearers_concurrently(
+        &self,
+        method: &str,
+        path: &str,
+        tokens: Vec<String>,
+    ) -> Vec<String> {
+        let checks: Vec<_> = tokens
+            .into_iter()
+            .map(|token| {
+                let mut client = self.client.clone();
+                let request = check_request(
+                    method,
+                    path,
+                    &[("authorization", &format!("Bearer {token}"))],
+                );
+                tokio::spawn(async move {
+                    client
+                        .check(request)
+                        .await
+                        .map(|response| decision(response.get_ref()).1)
+                })
+            })
+            .collect();
+        let mut reasons = Vec::new();
+        for check in checks {
+            reasons.push(check.await.expect("task").expect("Check answers"));
+        }
+        reasons
+    }
+
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         let response = reqwest::get(format!("http://{}{path}", self.running.http_addr))
             .await
