@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::env_overrides::{self, AppliedOverride};
 use crate::policy::{CompiledRule, compile_rules};
 
 /// The issuer string GitHub Actions puts in its OIDC tokens.
@@ -69,8 +70,10 @@ impl fmt::Display for ConfigError {
 /// The configuration exactly as written. Field names here are the user-facing contract.
 pub mod raw {
     use super::*;
+    use schemars::JsonSchema;
+    use serde::Serialize;
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Document {
         #[serde(default)]
@@ -89,9 +92,36 @@ pub mod raw {
         pub issuers: Vec<Issuer>,
         #[serde(default)]
         pub rules: Vec<Rule>,
+        #[serde(default)]
+        pub audit: Audit,
+        /// On SIGTERM or SIGINT, how long Checks in flight may take to finish before the
+        /// process exits anyway.
+        #[serde(default = "default_shutdown_grace_seconds")]
+        pub shutdown_grace_seconds: u64,
     }
 
-    #[derive(Debug, Deserialize)]
+    fn default_shutdown_grace_seconds() -> u64 {
+        10
+    }
+
+    /// The audit log: one event per decision (target `audit`).
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct Audit {
+        /// Fraction of allow events written, from 0 to 1. Denies are always written. The choice
+        /// follows a hash of Envoy's `x-request-id`, so every replica picks the same requests.
+        pub allow_sample_rate: f64,
+    }
+
+    impl Default for Audit {
+        fn default() -> Self {
+            Self {
+                allow_sample_rate: 1.0,
+            }
+        }
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields, default)]
     pub struct Listen {
         pub grpc: String,
@@ -116,7 +146,7 @@ pub mod raw {
     /// The gRPC listener's certificate, key and optional client CA, as PEM files. Their
     /// contents are re-read every few seconds: a rotated certificate serves new connections
     /// without a restart, and files that cannot be used keep the previous one serving.
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct GrpcTls {
         /// PEM certificate chain, the server's own certificate first (a Kubernetes TLS
@@ -131,7 +161,7 @@ pub mod raw {
         pub client_ca_file: Option<String>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Quay {
         /// `service` in Docker challenges and registry tokens (Quay's SERVER_HOSTNAME).
@@ -140,7 +170,7 @@ pub mod raw {
         pub realm: String,
     }
 
-    #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+    #[derive(Debug, Deserialize, JsonSchema, Serialize, Clone, Copy, PartialEq, Eq, Default)]
     #[serde(rename_all = "lowercase")]
     pub enum Unauthenticated {
         /// Requests with no bearer JWT from a configured issuer go on to Quay, which applies
@@ -150,10 +180,12 @@ pub mod raw {
         Deny,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields, default)]
     pub struct Headers {
+        /// Prefix of the identity headers set on allow (and always stripped from requests).
         pub prefix: String,
+        /// Strip `Authorization` before the request reaches Quay.
         pub remove_authorization: bool,
     }
 
@@ -166,7 +198,7 @@ pub mod raw {
         }
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields, default)]
     pub struct Limits {
         /// Longest bearer token inspected; longer ones are refused unread.
@@ -184,17 +216,22 @@ pub mod raw {
         }
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields, default)]
     pub struct Jwks {
         /// Key-set lifetime when the IdP sends no `Cache-Control: max-age`.
         pub default_ttl_seconds: u64,
+        /// `Cache-Control: max-age` is clamped to at least this.
         pub min_ttl_seconds: u64,
+        /// `Cache-Control: max-age` is clamped to at most this.
         pub max_ttl_seconds: u64,
         /// An unknown `kid` refetches a key set at most once per this interval.
         pub min_refetch_interval_seconds: u64,
+        /// Per discovery or JWKS fetch.
         pub fetch_timeout_seconds: u64,
+        /// Larger discovery or JWKS documents are refused.
         pub max_response_bytes: usize,
+        /// Keys kept per JWKS.
         pub max_keys: usize,
         /// How long keys keep serving after refreshes start failing.
         pub stale_limit_seconds: u64,
@@ -233,7 +270,7 @@ pub mod raw {
         }
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields, default)]
     pub struct Paths {
         /// What happens to paths outside `/api/` and `/v2/` (UI, static files, `/oauth`).
@@ -248,14 +285,14 @@ pub mod raw {
         }
     }
 
-    #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+    #[derive(Debug, Deserialize, JsonSchema, Serialize, Clone, Copy, PartialEq, Eq)]
     #[serde(rename_all = "lowercase")]
     pub enum NonApi {
         Passthrough,
         Deny,
     }
 
-    #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+    #[derive(Debug, Deserialize, JsonSchema, Serialize, Clone, Copy, PartialEq, Eq, Default)]
     #[serde(rename_all = "kebab-case")]
     pub enum Preset {
         #[default]
@@ -265,14 +302,14 @@ pub mod raw {
     }
 
     /// `tenants: [a, b]` or `tenants: any`.
-    #[derive(Debug, Deserialize, Clone)]
+    #[derive(Debug, Deserialize, JsonSchema, Clone)]
     #[serde(untagged)]
     pub enum Tenants {
         List(Vec<String>),
         Keyword(String),
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Issuer {
         pub name: String,
@@ -297,7 +334,7 @@ pub mod raw {
         pub allow_insecure_http: bool,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct Rule {
         pub name: String,
@@ -310,7 +347,7 @@ pub mod raw {
         pub grant_from_groups: Option<GroupGrant>,
     }
 
-    #[derive(Debug, Deserialize, Default)]
+    #[derive(Debug, Deserialize, JsonSchema, Default)]
     #[serde(deny_unknown_fields)]
     pub struct When {
         #[serde(default)]
@@ -328,7 +365,7 @@ pub mod raw {
         pub clients: Vec<String>,
     }
 
-    #[derive(Debug, Deserialize)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
     pub struct GroupGrant {
         pub pattern: String,
@@ -354,6 +391,10 @@ pub struct Config {
     pub non_api: NonApi,
     pub issuers: Vec<IssuerConfig>,
     pub rules: Vec<CompiledRule>,
+    pub audit: AuditSettings,
+    pub shutdown_grace: Duration,
+    /// `QUAY_AUTHZ_…` environment variables that replaced values of the file.
+    pub overrides: Vec<AppliedOverride>,
     /// Warnings worth an operator's eye that do not stop the configuration from serving.
     pub warnings: Vec<String>,
 }
@@ -365,6 +406,12 @@ pub struct Listen {
     pub admin: SocketAddr,
     /// The gRPC listener's TLS identity, already read and checked; None serves plaintext.
     pub grpc_tls: Option<crate::tls::ServerTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// Fraction of allow events written to the audit log, in [0, 1].
+    pub allow_sample_rate: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -543,7 +590,8 @@ pub struct IssuerString {
 // === Loading ===
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, with the process's `QUAY_AUTHZ_…` environment
+    /// overrides applied (on every reload too, so a reload never drops them).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
@@ -554,10 +602,11 @@ impl Config {
                 message: format!("cannot read the file: {error}"),
             }],
         })?;
-        Self::parse(&text, &origin)
+        Self::parse_with_env(&text, &origin, env_overrides::process_vars())
     }
 
-    /// Parses and validates configuration text; `origin` names it in errors.
+    /// Parses and validates configuration text; `origin` names it in errors. The environment
+    /// is not read.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let document: raw::Document = serde_yaml::from_str(text).map_err(|error| {
             let (field, message) = split_serde_message(&error.to_string());
@@ -571,6 +620,63 @@ impl Config {
             }
         })?;
         build(document, text, origin)
+    }
+
+    /// Like `parse`, with `QUAY_AUTHZ_…` overrides from `vars` written into the YAML before
+    /// the typed build, so they meet the same checks as the file. An issue with an overridden
+    /// setting names its variable instead of a line of the file.
+    pub fn parse_with_env<I>(text: &str, origin: &str, vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let vars = env_overrides::relevant(vars);
+        if vars.is_empty() {
+            return Self::parse(text, origin);
+        }
+        let fail = |issues: Vec<ConfigIssue>| ConfigError {
+            origin: origin.to_string(),
+            issues,
+        };
+        let mut yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|error| {
+            fail(vec![ConfigIssue {
+                line: error.location().map(|location| location.line()),
+                field: String::new(),
+                message: split_serde_message(&error.to_string()).1,
+            }])
+        })?;
+        let outcome = env_overrides::apply(&mut yaml, &vars);
+        if !outcome.issues.is_empty() {
+            return Err(fail(outcome.issues));
+        }
+        let name_variable = |mut issue: ConfigIssue| {
+            let overridden = outcome.applied.iter().find(|applied| {
+                issue.field == applied.field
+                    || issue.field.starts_with(&format!("{}.", applied.field))
+            });
+            if let Some(applied) = overridden {
+                issue.line = None;
+                issue.field = format!("{} (env {})", issue.field, applied.variable);
+            }
+            issue
+        };
+        // Re-serialised so serde_yaml reports field paths as it does for the file; lines are
+        // then looked up in the file itself.
+        let merged = serde_yaml::to_string(&yaml).unwrap_or_default();
+        let document: raw::Document = serde_yaml::from_str(&merged).map_err(|error| {
+            let (field, message) = split_serde_message(&error.to_string());
+            fail(vec![name_variable(ConfigIssue {
+                line: (!field.is_empty())
+                    .then(|| locate_field(text, &field))
+                    .flatten(),
+                field,
+                message,
+            })])
+        })?;
+        let mut config = build(document, text, origin)
+            .map_err(|error| fail(error.issues.into_iter().map(name_variable).collect()))?;
+        config.warnings.extend(outcome.warnings);
+        config.overrides = outcome.applied;
+        Ok(config)
     }
 
     /// The issuer named `name`.
@@ -653,6 +759,13 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
         issues.push("limits.max_token_bytes", "must be at least 256");
     }
     let jwks = build_jwks(&document.jwks, &mut issues);
+    let rate = document.audit.allow_sample_rate;
+    if !(0.0..=1.0).contains(&rate) {
+        issues.push(
+            "audit.allow_sample_rate",
+            format!("must be between 0 and 1, got {rate}"),
+        );
+    }
 
     let mut issuers: Vec<IssuerConfig> = Vec::new();
     if document.issuers.is_empty() {
@@ -703,6 +816,11 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
         non_api: document.paths.non_api,
         issuers,
         rules,
+        audit: AuditSettings {
+            allow_sample_rate: rate,
+        },
+        shutdown_grace: Duration::from_secs(document.shutdown_grace_seconds),
+        overrides: Vec::new(),
         warnings,
     })
 }

@@ -140,6 +140,8 @@ pub enum Decision {
         identity: Arc<Identity>,
         grants: Vec<Grant>,
         rules: Vec<String>,
+        /// What the route required (empty: any valid identity), for the audit log.
+        required: Vec<Permission>,
     },
     /// Not ours to judge (no bearer JWT from a configured issuer, or a path outside the API):
     /// Quay authenticates it itself. Identity headers are still stripped.

@@ -7,11 +7,13 @@
 //! order; `server` wires gRPC and HTTP; `config` compiles the YAML once.
 
 pub mod admin;
+pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod decision;
 pub mod dev_issuer;
 pub mod dev_upstream;
+pub mod env_overrides;
 pub mod explain;
 pub mod extract;
 pub mod identify;

@@ -88,6 +88,13 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the JSON Schema of the configuration (`deploy/config.schema.json`), or with
+    /// --env-table the README's table of `QUAY_AUTHZ_…` overrides.
+    #[command(hide = true)]
+    ConfigSchema {
+        #[arg(long)]
+        env_table: bool,
+    },
     /// FOR LOCAL TESTING ONLY: an upstream that echoes each request as JSON.
     DevUpstream {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -139,8 +146,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             ));
             shutdown_signal().await;
             watcher.abort();
-            tracing::info!("shutting down: NOT_SERVING, finishing in-flight Checks");
-            running.shutdown().await;
+            // The grace of the configuration serving now (a reload may have changed it).
+            let grace = running.service.pipeline.load().config.shutdown_grace;
+            tracing::info!(
+                grace_seconds = grace.as_secs(),
+                "shutting down: NOT_SERVING, finishing in-flight Checks"
+            );
+            if running.shutdown_within(grace).await {
+                tracing::info!("shut down cleanly");
+            } else {
+                tracing::warn!(
+                    grace_seconds = grace.as_secs(),
+                    "Checks still in flight at the end of shutdown_grace_seconds were dropped"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => match Config::load(&file) {
@@ -201,6 +220,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 out.display()
             );
             shutdown_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ConfigSchema { env_table } => {
+            if env_table {
+                print!("{}", quay_authz::env_overrides::markdown_table());
+            } else {
+                print!("{}", quay_authz::env_overrides::schema_text());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::DevUpstream { listen } => {
@@ -315,9 +342,47 @@ fn write_quickstart_files(issuer: &DevIssuer, out: &Path) -> anyhow::Result<()> 
 fn summarize(config: &Config) -> String {
     let mut text = format!("{}: OK\n", config.origin);
     text.push_str(&format!(
-        "listen: grpc {}, http {}, admin {}\nunauthenticated: {:?}\n",
-        config.listen.grpc, config.listen.http, config.listen.admin, config.unauthenticated
+        "listen: grpc {}, http {}, admin {}\nquay: service {}, realm {}\n\
+         unauthenticated: {:?}\nheaders: prefix {}, remove_authorization {}\n\
+         paths: non_api {:?}\n",
+        config.listen.grpc,
+        config.listen.http,
+        config.listen.admin,
+        config.quay.service,
+        config.quay.realm,
+        config.unauthenticated,
+        config.headers.prefix,
+        config.headers.remove_authorization,
+        config.non_api,
     ));
+    let jwks = &config.jwks;
+    text.push_str(&format!(
+        "limits: max_token_bytes {}, token_cache_entries {}\n\
+         jwks: ttl {}s (clamped to {}s..{}s), min_refetch_interval {}s, fetch_timeout {}s, \
+         max_response_bytes {}, max_keys {}, stale_limit {}s\n\
+         audit: allow_sample_rate {}\nshutdown_grace_seconds: {}\n",
+        config.max_token_bytes,
+        config.token_cache_entries,
+        jwks.default_ttl.as_secs(),
+        jwks.min_ttl.as_secs(),
+        jwks.max_ttl.as_secs(),
+        jwks.min_refetch_interval.as_secs(),
+        jwks.fetch_timeout.as_secs(),
+        jwks.max_response_bytes,
+        jwks.max_keys,
+        jwks.stale_limit.as_secs(),
+        config.audit.allow_sample_rate,
+        config.shutdown_grace.as_secs(),
+    ));
+    if !config.overrides.is_empty() {
+        text.push_str("environment overrides:\n");
+        for applied in &config.overrides {
+            text.push_str(&format!(
+                "  {} = {} (from {})\n",
+                applied.field, applied.value, applied.variable
+            ));
+        }
+    }
     text.push_str("issuers:\n");
     for issuer in &config.issuers {
         text.push_str(&format!(

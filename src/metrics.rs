@@ -1,9 +1,28 @@
 //! Prometheus metrics. Labels are bounded: decision, reason code, configured issuer name and
 //! fetch result — never a subject, a path or a token.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+/// The git revision this binary was built from (`build.rs`: `QUAY_AUTHZ_GIT_REVISION` at build
+/// time, else the checkout's `HEAD`, else `unknown`).
+pub const GIT_REVISION: &str = env!("QUAY_AUTHZ_GIT_REVISION");
+
+/// Name of the key-set age gauge; alert rules in `deploy/` are written against it.
+pub const KEY_SET_AGE: &str = "quay_authz_jwks_key_set_age_seconds";
+
+/// The age of one published key set, computed when `/metrics` is scraped.
+#[derive(Debug, Clone)]
+pub struct KeySetAge<'a> {
+    pub issuer: &'a str,
+    /// The key source's URL, as in `quay_authz_jwks_keys`.
+    pub source: &'a str,
+    pub age: Duration,
+}
 
 /// Every metric of one service instance, on its own registry (so tests can run several).
 #[derive(Clone)]
@@ -88,12 +107,15 @@ impl Metrics {
         )
         .expect("static metric definition");
         let build_info = IntGaugeVec::new(
-            Opts::new("quay_authz_build_info", "Build information"),
-            &["version"],
+            Opts::new(
+                "quay_authz_build_info",
+                "Build information: version and git revision (always 1)",
+            ),
+            &["version", "revision"],
         )
         .expect("static metric definition");
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), GIT_REVISION])
             .set(1);
         for collector in [
             Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
@@ -125,9 +147,38 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.render_with_key_sets(std::iter::empty())
+    }
+
+    /// The exposition plus `quay_authz_jwks_key_set_age_seconds` for the key sets published at
+    /// scrape time. The gauge is built per scrape rather than registered: a key source dropped
+    /// by a reload disappears from it, and concurrent scrapes cannot see each other's values.
+    pub fn render_with_key_sets<'a>(
+        &self,
+        key_sets: impl IntoIterator<Item = KeySetAge<'a>>,
+    ) -> String {
+        let mut families = self.registry.gather();
+        let ages = GaugeVec::new(
+            Opts::new(
+                KEY_SET_AGE,
+                "Seconds since the published key set of each issuer key source was fetched",
+            ),
+            &["issuer", "source"],
+        )
+        .expect("static metric definition");
+        let mut any = false;
+        for key_set in key_sets {
+            any = true;
+            ages.with_label_values(&[key_set.issuer, key_set.source])
+                .set(key_set.age.as_secs_f64());
+        }
+        if any {
+            families.extend(prometheus::core::Collector::collect(&ages));
+            families.sort_by(|a, b| a.name().cmp(b.name()));
+        }
         let mut buffer = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        let _ = TextEncoder::new().encode(&families, &mut buffer);
         String::from_utf8_lossy(&buffer).into_owned()
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
+use crate::audit::AllowSampler;
 use crate::config::{Config, NonApi, Unauthenticated};
 use crate::decision::{Decision, Reason};
 use crate::extract::{Credential, RequestFacts};
@@ -30,6 +31,7 @@ pub struct Pipeline {
     responses: ResponseSettings,
     metrics: Metrics,
     token_cache: TokenCache,
+    audit_sampler: AllowSampler,
 }
 
 impl Pipeline {
@@ -55,6 +57,7 @@ impl Pipeline {
             key_sources,
             responses,
             token_cache: TokenCache::new(config.token_cache_entries, metrics.clone()),
+            audit_sampler: AllowSampler::new(config.audit.allow_sample_rate),
             config,
             metrics,
         }
@@ -184,6 +187,7 @@ impl Pipeline {
             Ok(rules) => {
                 let rules = rules.into_iter().map(str::to_string).collect();
                 Decision::Allow {
+                    required,
                     grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
                     rules,
                     identity,
@@ -324,8 +328,11 @@ impl Pipeline {
         let latency_us = elapsed.as_micros() as u64;
         match decision {
             Decision::Allow {
-                identity, rules, ..
-            } => tracing::info!(
+                identity,
+                rules,
+                required,
+                ..
+            } if self.audit_sampler.keeps(&facts.request_id) => tracing::info!(
                 target: "audit",
                 decision = "allow",
                 reason = "allowed",
@@ -335,10 +342,12 @@ impl Pipeline {
                 client = identity.client.as_deref().unwrap_or(""),
                 method = %facts.method,
                 path = %facts.path_without_query(),
+                required = %DisplayList(required),
                 rule = %rules.join(","),
                 latency_us,
                 request_id = %facts.request_id,
             ),
+            Decision::Allow { .. } => {}
             Decision::Passthrough { reason } => tracing::debug!(
                 target: "audit",
                 decision = "passthrough",
@@ -366,6 +375,21 @@ impl Pipeline {
                 request_id = %facts.request_id,
             ),
         }
+    }
+}
+
+/// Permissions joined by `, ` for a log field, formatted only if the event is written.
+struct DisplayList<'a>(&'a [Permission]);
+
+impl std::fmt::Display for DisplayList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, permission) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{permission}")?;
+        }
+        Ok(())
     }
 }
 

@@ -362,6 +362,7 @@ mod tests {
             identity: std::sync::Arc::new(identity),
             grants: Grant::parse("repository:acme/app:pull,push").expect("grant"),
             rules: vec!["ci".into()],
+            required: Vec::new(),
         };
         let response = build_response(&decision, &settings(), false);
         let (set, removed, status) = headers(&response);

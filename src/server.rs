@@ -164,12 +164,18 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Graceful stop: report NOT_SERVING, stop accepting, let in-flight requests finish.
+    /// Graceful stop: report NOT_SERVING, stop accepting, let in-flight requests finish
+    /// within 10 s.
     pub async fn shutdown(self) {
+        self.shutdown_within(Duration::from_secs(10)).await;
+    }
+
+    /// Graceful stop with a deadline for the requests in flight (`shutdown_grace_seconds`).
+    /// Returns false if some had not finished by then.
+    pub async fn shutdown_within(self, grace: Duration) -> bool {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
+        let all = futures::future::join_all(self.tasks);
+        tokio::time::timeout(grace, all).await.is_ok()
     }
 
     /// Waits until the servers stop by themselves (they don't, unless a listener fails).
@@ -341,9 +347,18 @@ where
 async fn metrics_handler(
     State(service): State<Arc<Service>>,
 ) -> ([(&'static str, &'static str); 1], String) {
+    let pipeline = service.pipeline.load();
+    let key_sets = pipeline.key_sources().filter_map(|(issuer, source)| {
+        let key_set = source.current()?;
+        Some(crate::metrics::KeySetAge {
+            issuer,
+            source: source.config.location.url(),
+            age: key_set.fetched_at.elapsed(),
+        })
+    });
     (
         [("content-type", "text/plain; version=0.0.4")],
-        service.metrics.render(),
+        service.metrics.render_with_key_sets(key_sets),
     )
 }
 
