@@ -5,6 +5,8 @@
 //! with `OVERWRITE_IF_EXISTS_OR_ADD`, and identity headers are always overwritten or removed so
 //! a client can never inject them.
 
+use std::borrow::Cow;
+
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -255,9 +257,14 @@ fn quote(value: &str) -> String {
     quoted
 }
 
-/// Header values from claims must not smuggle line breaks or other controls.
-fn sanitize_header_value(value: &str) -> String {
-    value.chars().filter(|c| !c.is_control()).collect()
+/// Header values from claims must not smuggle line breaks or other controls. A clean value
+/// (nearly all) is borrowed, not copied.
+fn sanitize_header_value(value: &str) -> Cow<'_, str> {
+    if value.chars().any(char::is_control) {
+        Cow::Owned(value.chars().filter(|c| !c.is_control()).collect())
+    } else {
+        Cow::Borrowed(value)
+    }
 }
 
 fn header(name: &str, value: &str) -> HeaderValueOption {

@@ -89,3 +89,55 @@ async fn reload_under_load_rejects_bad_and_applies_good_configs() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn reload_drops_the_key_sources_of_removed_issuers() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let store = &service.running.service.key_store;
+    assert_eq!(
+        store.len(),
+        2,
+        "entra's JWKS and the dev issuer's discovery"
+    );
+    let (_, metrics) = service.http_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"quay_authz_jwks_keys{issuer="entra""#),
+        "{metrics}"
+    );
+
+    // The same file without the entra issuer (and its rule).
+    let text = config_for(&issuer, "");
+    let without_entra = text
+        .split("  - name: entra\n")
+        .next()
+        .map(|head| {
+            let rest = &text[text.find("  - name: dev\n").expect("dev issuer")..];
+            let rest = rest.replace(
+                "  - name: team-roles\n    issuers: [entra]\n    grant_from_groups:\n      pattern: '^Quay\\.(?P<ns>[a-z0-9_]+)\\.(?P<role>read|write|admin)$'\n      grant: [\"repo:{role} on {ns}/*\"]\n",
+                "",
+            );
+            format!("listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:0}}\n{head}{rest}")
+        })
+        .expect("config");
+    let config = quay_authz::config::Config::parse(&without_entra, "reload").expect("config");
+    service.running.service.apply(config);
+    assert_eq!(store.len(), 1, "the entra key source was dropped");
+    let (_, metrics) = service.http_get("/metrics").await;
+    assert!(
+        !metrics.contains(r#"quay_authz_jwks_keys{issuer="entra""#),
+        "{metrics}"
+    );
+    let token = issuer
+        .mint(SigningKeyKind::Rsa, &dev_claims(&issuer, &["readers"]))
+        .expect("mint");
+    assert_eq!(
+        decision(
+            &service
+                .check_bearer("GET", "/v2/acme/app/manifests/latest", &token)
+                .await
+        )
+        .0,
+        "allow"
+    );
+}
