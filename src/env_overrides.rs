@@ -139,8 +139,19 @@ fn collect(
     }
 }
 
-/// Follows a local `$ref` (`#/$defs/Jwks`).
+/// Follows a local `$ref` (`#/$defs/Jwks`), also through an optional section
+/// (`anyOf: [{$ref}, {type: null}]`, what schemars makes of `Option<Section>`).
 fn resolve<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
+    if let Some(alternatives) = node.get("anyOf").and_then(Value::as_array) {
+        let mut not_null = alternatives
+            .iter()
+            .filter(|alternative| alternative.get("type").and_then(Value::as_str) != Some("null"));
+        if let (Some(only), None) = (not_null.next(), not_null.next())
+            && only.get("$ref").is_some()
+        {
+            return resolve(root, only);
+        }
+    }
     match node.get("$ref").and_then(Value::as_str) {
         Some(reference) => reference
             .strip_prefix("#/")
@@ -558,6 +569,18 @@ mod tests {
         assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
         assert!(outcome.warnings[0].contains("QUAY_AUTHZ_NO_SUCH_THING"));
         assert!(!outcome.warnings[0].contains("secret-value"));
+    }
+
+    #[test]
+    fn optional_sections_are_walked_too() {
+        let schema = serde_json::json!({
+            "properties": {"listen": {"anyOf": [{"$ref": "#/$defs/Tls"}, {"type": "null"}]}},
+            "$defs": {"Tls": {"properties": {"cert": {"type": ["string", "null"]}}}}
+        });
+        let mut found = Vec::new();
+        collect(&schema, &schema, true, &mut Vec::new(), &mut found);
+        assert_eq!(found[0].variable, "QUAY_AUTHZ_LISTEN_CERT");
+        assert_eq!(found[0].kind, ValueKind::String);
     }
 
     #[test]
