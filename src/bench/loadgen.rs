@@ -256,8 +256,8 @@ impl Tally {
     fn record(&mut self, latency: Duration, outcome: Result<CheckResponse, tonic::Status>) {
         match outcome {
             Ok(response) => {
-                self.histogram
-                    .saturating_record(latency.as_nanos().min(u128::from(MAX_TRACKED_NANOS)) as u64);
+                let nanos = latency.as_nanos().min(u128::from(MAX_TRACKED_NANOS));
+                self.histogram.saturating_record(nanos as u64);
                 let (decision, reason) = classify(&response);
                 if let Some(reason) = reason {
                     *self
@@ -439,8 +439,13 @@ impl LoadReport {
             text.push_str(&format!("{}\n", self.label));
         }
         text.push_str(&format!(
-            "target {}: {} in flight over {} connection(s), {:.1} s measured after {:.1} s warm-up\n",
-            self.target, self.concurrency, self.connections, self.elapsed_seconds, self.warmup_seconds
+            "target {}: {} in flight over {} connection(s), \
+             {:.1} s measured after {:.1} s warm-up\n",
+            self.target,
+            self.concurrency,
+            self.connections,
+            self.elapsed_seconds,
+            self.warmup_seconds
         ));
         text.push_str(&format!(
             "  {:.0} rps, {} answered, {} errors\n",

@@ -225,20 +225,20 @@ async fn memory(
     issuer: Arc<DevIssuer>,
 ) -> Result<MemoryFigures, ResilienceError> {
     let server = ServerProcess::start(settings, &issuer).await?;
-    let shape = RequestShape::default();
-    // Warm the code paths, connections and runtime with one token before the baseline.
-    let one = mint_tokens(&issuer, SigningKeyKind::Ec, 1, 0, |_| None).await?;
+    let tokens = mint_tokens(&issuer, SigningKeyKind::Ec, settings.tokens, 0, |_| None).await?;
+    // Warm the code paths, connections and runtime with the first token before the baseline;
+    // it is one of the tokens counted, so the cache ends with exactly `tokens` entries.
+    let first = &tokens[..tokens.len().min(1)];
     loadgen::run(
         &LoadSettings {
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
             ..server.load_settings(settings)
         },
-        &Arc::new(Workload::new(shape.requests(&one))),
+        &Arc::new(Workload::new(RequestShape::default().requests(first))),
     )
     .await?;
     let baseline_rss_kib = server.status_kib("VmRSS")?;
-    let tokens = mint_tokens(&issuer, SigningKeyKind::Ec, settings.tokens, 1, |_| None).await?;
     let report = server
         .send_each_once(settings, &tokens, "distinct cached tokens")
         .await?;
@@ -576,9 +576,9 @@ impl ResilienceFigures {
         ));
         text.push_str(&format!(
             "- **Memory**: VmRSS of the `quay-authz serve` process from `/proc/PID/status`, \
-             baseline after 1 s of load with one token, then {} distinct valid ES256 tokens sent \
-             once each; afterwards `quay_authz_token_cache_entries` was {} and \
-             `quay_authz_token_cache_evictions_total` {}. {:.0} rps (uncached ES256 \
+             baseline after 1 s of load with the first token, then {} distinct valid ES256 \
+             tokens (the first included) sent once each; afterwards \
+             `quay_authz_token_cache_entries` was {} and `quay_authz_token_cache_evictions_total` {}. {:.0} rps (uncached ES256 \
              verification), p99 {:.0} µs.\n",
             memory.tokens,
             memory.cache_entries,
