@@ -54,8 +54,7 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# No Debian packages are needed yet. Later tests add theirs here, e.g.:
-# apt_install wrk skopeo docker-registry
+# wrk loads Envoy in scripts/bench/envoy_compare.sh (the three-way comparison in BENCHMARKS.md).
 apt_install wrk
 
 # promtool, from Debian's prometheus package (its server is never used), checks and unit-tests
