@@ -18,8 +18,10 @@ WORKDIR /src
 # recompiles only quay-authz itself. build.rs and proto/ are real: the admin API is compiled here.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
-RUN mkdir -p src benches \
+# Every target Cargo.toml names needs a stub file, or cargo refuses the manifest.
+RUN mkdir -p src/bin benches \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > src/bin/quay-authz-bench.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/check.rs \
     && cargo build --release --locked \
@@ -33,8 +35,9 @@ COPY src ./src
 COPY benches ./benches
 # COPY keeps the files' modification times, which can be older than the stub build's outputs;
 # touching them makes cargo rebuild the crate from the real sources.
+# Only the service: the image does not ship the benchmark binary.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --bin quay-authz \
     && install -D -m 0755 target/release/quay-authz /out/quay-authz
 
 # --- runtime -------------------------------------------------------------------------------------

@@ -1031,3 +1031,35 @@ fn dockerfile_builds_and_runs_what_the_manifests_expect() {
         );
     }
 }
+
+/// The dependency layer builds against stub sources: every target Cargo.toml names (binaries,
+/// benches) must get a stub, or `cargo build` refuses the manifest and the image never builds.
+#[test]
+fn dockerfile_stubs_every_cargo_target() {
+    let dockerfile = read("Dockerfile");
+    let cargo_toml = read("Cargo.toml");
+    let mut section = "";
+    let mut targets = Vec::new();
+    for line in cargo_toml.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if let Some(path) = line.strip_prefix("path = ") {
+            targets.push(path.trim_matches('"').to_string());
+        } else if section == "[[bench]]"
+            && let Some(name) = line.strip_prefix("name = ")
+        {
+            targets.push(format!("benches/{}.rs", name.trim_matches('"')));
+        }
+    }
+    assert!(
+        targets.len() >= 4,
+        "expected the lib, two binaries and a bench in Cargo.toml: {targets:?}"
+    );
+    for target in &targets {
+        assert!(
+            dockerfile.contains(&format!("> {target}"))
+                || dockerfile.contains(&format!("touch {target}")),
+            "the Dockerfile's dependency stage does not stub {target}"
+        );
+    }
+}
