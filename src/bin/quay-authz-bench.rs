@@ -273,8 +273,8 @@ fn read_reports(file: &Path) -> anyhow::Result<Vec<LoadReport>> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     text.lines()
-        .filter(|line| !line.trim().is_empty())
         .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
             serde_json::from_str(line).with_context(|| {
                 format!("{} line {}: not a load report", file.display(), index + 1)
