@@ -48,6 +48,9 @@ runs_begin='<!-- envoy_compare.sh: runs, newest first (the script keeps the last
 runs_end='<!-- envoy_compare.sh: end of runs -->'
 runs_kept=3
 
+# shellcheck source=scripts/bench/machine_load.sh
+source "$repo_root/scripts/bench/machine_load.sh"
+
 say() { printf 'envoy_compare: %s\n' "$*" >&2; }
 fail() {
   printf 'envoy_compare: error: %s\n' "$*" >&2
@@ -495,6 +498,7 @@ Envoy $envoy_version (\`--concurrency 1\`), $wrk_version: \`-t$threads -c$connec
 one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds round(s) of
 (none, jwt_authn, ext_authz), interleaved. $(nproc) CPUs; pinning: $pinning.
 Load before: \`${load_before# }\`; after: \`${load_after# }\`.
+$(overload_note "${load_before#*load average: }")
 
 | variant | rps (median of $rounds) | p50 | p90 | p99 | non-2xx | socket errors |
 | --- | --- | --- | --- | --- | --- | --- |

@@ -41,14 +41,19 @@ cargo build --release --bins --quiet
 
 work=$(mktemp -d -t quay-authz-grpc-load-XXXXXX)
 pids=()
-cleanup() {
+cleanup() { # keeps $work (the servers' logs) when the run failed
+    local status=$?
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$work"
+    if [[ $status == 0 ]]; then
+        rm -rf "$work"
+    else
+        echo "logs and configs kept in $work" >&2
+    fi
 }
 trap cleanup EXIT
 

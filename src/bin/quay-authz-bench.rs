@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         .context("starting the runtime")
         .and_then(|runtime| runtime.block_on(run(cli.command)));
     match result {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -147,7 +147,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Load {
             target,
@@ -184,7 +184,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", report.to_text());
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Command::Noop { listen } => {
             let listener = tokio::net::TcpListener::bind(listen)
@@ -196,7 +196,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             // Nothing to drain or flush: SIGINT and SIGTERM end the process as they are.
             noop::serve(listener, std::future::pending()).await?;
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Command::Summarize {
             baseline,
@@ -219,7 +219,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     goal_lines(&reports, &baseline, goal_ratio, goal_p99_us)
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Command::Section { file, title } => {
             let mut body = String::new();
@@ -229,7 +229,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading {}", file.display()))?;
             std::fs::write(&file, replace_section(&document, &title, &body))
                 .with_context(|| format!("writing {}", file.display()))?;
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
         Command::Resilience {
             server_bin,
@@ -259,7 +259,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             } else {
                 print!("{}", figures.to_markdown());
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(())
         }
     }
 }
@@ -273,8 +273,8 @@ fn read_reports(file: &Path) -> anyhow::Result<Vec<LoadReport>> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     text.lines()
-        .filter(|line| !line.trim().is_empty())
         .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
             serde_json::from_str(line).with_context(|| {
                 format!("{} line {}: not a load report", file.display(), index + 1)
