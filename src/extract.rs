@@ -21,7 +21,8 @@ pub struct RequestFacts {
     /// Envoy's `:path`, query included.
     pub path: String,
     pub host: String,
-    /// Lowercase header names (as Envoy sends them).
+    /// The request headers the pipeline reads (only `authorization`), by lowercase name as Envoy
+    /// sends them: the rest are not copied on each Check.
     pub headers: HashMap<String, String>,
     /// Present when Envoy is configured `with_request_body`.
     pub body: Option<String>,
@@ -50,7 +51,12 @@ impl RequestFacts {
             method: http.method.clone(),
             path: http.path.clone(),
             host: http.host.clone(),
-            headers: http.headers.clone(),
+            headers: http
+                .headers
+                .get_key_value("authorization")
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .into_iter()
+                .collect(),
             body,
             request_id: http
                 .headers
@@ -150,5 +156,37 @@ mod tests {
             "/v2/acme/app/manifests/latest"
         );
         assert!(facts(None).is_registry());
+    }
+
+    #[test]
+    fn from_check_request_keeps_only_what_is_read() {
+        use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+        use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+        let headers = [
+            ("authorization", "Bearer abc"),
+            ("x-request-id", "req-1"),
+            ("cookie", "session=secret"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+        let request = CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(Request {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: "/v2/".into(),
+                        headers,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let facts = RequestFacts::from_check_request(&request);
+        assert_eq!(facts.credential(), Credential::Bearer("abc"));
+        assert_eq!(facts.request_id, "req-1");
+        assert_eq!(facts.headers.len(), 1);
     }
 }

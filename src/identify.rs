@@ -192,6 +192,8 @@ fn decode_part(part: &str, what: &str) -> Result<Vec<u8>, IdentifyError> {
 #[derive(Debug, Clone, Copy)]
 pub struct IssuerMatch<'c> {
     pub issuer: &'c IssuerConfig,
+    /// `issuer`'s index in `config.issuers` (and so in the pipeline's key sources).
+    pub issuer_index: usize,
     pub key_source: usize,
     pub tenant: Option<&'c str>,
 }
@@ -199,10 +201,11 @@ pub struct IssuerMatch<'c> {
 /// Looks `iss` up among configured issuers only (exact match; Entra `tenants: any` matches the
 /// two Entra issuer forms with a tenant id).
 pub fn match_issuer<'c>(config: &'c Config, iss: &'c str) -> Option<IssuerMatch<'c>> {
-    for issuer in &config.issuers {
+    for (issuer_index, issuer) in config.issuers.iter().enumerate() {
         if let Some(string) = issuer.issuer_strings.iter().find(|s| s.iss == iss) {
             return Some(IssuerMatch {
                 issuer,
+                issuer_index,
                 key_source: string.key_source,
                 tenant: string.tenant.as_deref(),
             });
@@ -211,10 +214,12 @@ pub fn match_issuer<'c>(config: &'c Config, iss: &'c str) -> Option<IssuerMatch<
     config
         .issuers
         .iter()
-        .find(|issuer| issuer.tenants == TenantBinding::Any)
-        .and_then(|issuer| {
+        .enumerate()
+        .find(|(_, issuer)| issuer.tenants == TenantBinding::Any)
+        .and_then(|(issuer_index, issuer)| {
             entra_tenant_of(iss).map(|tenant| IssuerMatch {
                 issuer,
+                issuer_index,
                 key_source: 0,
                 tenant: Some(tenant),
             })

@@ -254,15 +254,9 @@ impl Pipeline {
         let algorithm =
             identify::allowed_algorithm(matched.issuer, &parsed.algorithm).map_err(fail)?;
 
-        let issuer_index = self
-            .config
-            .issuers
-            .iter()
-            .position(|issuer| std::ptr::eq(issuer, matched.issuer))
-            .unwrap_or_default();
         let Some(source) = self
             .key_sources
-            .get(issuer_index)
+            .get(matched.issuer_index)
             .and_then(|sources| sources.get(matched.key_source))
         else {
             return Err(fail(IdentifyError::new(

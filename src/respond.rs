@@ -186,17 +186,13 @@ fn api_denial(
         ),
         DenyStatus::Forbidden => (
             "insufficient_scope",
-            Some(match required_scope {
-                Some(scope) => format!(
-                    "Bearer realm={realm}, error=\"insufficient_scope\", scope={}, error_description={}",
-                    quote(scope),
-                    quote(&format!("{}: {detail}", reason.code()))
-                ),
-                None => format!(
-                    "Bearer realm={realm}, error=\"insufficient_scope\", error_description={}",
-                    quote(&format!("{}: {detail}", reason.code()))
-                ),
-            }),
+            Some(format!(
+                "Bearer realm={realm}, error=\"insufficient_scope\"{}, error_description={}",
+                required_scope
+                    .map(|scope| format!(", scope={}", quote(scope)))
+                    .unwrap_or_default(),
+                quote(&format!("{}: {detail}", reason.code()))
+            )),
         ),
         DenyStatus::BadRequest => ("invalid_request", None),
         DenyStatus::Unavailable => ("temporarily_unavailable", None),
@@ -452,6 +448,16 @@ mod tests {
         assert!(
             challenge.contains(r#"error="insufficient_scope", scope="repo:write on acme/app""#),
             "{challenge}"
+        );
+        assert_eq!(
+            header_value(
+                &deny(Reason::InsufficientScope, None, false),
+                "www-authenticate"
+            )
+            .as_deref(),
+            Some(
+                r#"Bearer realm="quay.example.com", error="insufficient_scope", error_description="insufficient_scope: why \"quoted\"""#
+            )
         );
         let Some(HttpResponse::DeniedResponse(denied)) = &scope.http_response else {
             panic!()
