@@ -2,23 +2,16 @@
 
 mod common;
 
-use std::process::Command;
-
+use common::cli::quay_authz;
 use common::issuer::*;
 use common::service::TestService;
 use quay_authz::dev_issuer::SigningKeyKind;
 
 fn explain(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_quay-authz"))
-        .arg("explain")
-        .args(args)
-        .output()
-        .expect("run quay-authz explain");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    let args: Vec<&str> = std::iter::once("explain")
+        .chain(args.iter().copied())
+        .collect();
+    quay_authz(&args, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::cli::quay_authz;
 use common::issuer::*;
 use common::service::*;
 use quay_authz::audit::AllowSampler;
@@ -431,20 +432,6 @@ async fn allow_sampling_follows_the_request_id_and_denies_are_always_logged() {
 }
 
 // === Environment overrides and the JSON Schema ===
-
-fn quay_authz(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_quay-authz"))
-        .args(args)
-        .env_clear()
-        .envs(env.iter().copied())
-        .output()
-        .expect("run quay-authz");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/config.yaml");
 
