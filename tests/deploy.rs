@@ -15,10 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use quay_authz::config::Config;
-use quay_authz::dev_issuer::SigningKeyKind;
 use serde_yaml::Value;
 
-use common::issuer::{TENANT, config_for, entra_claims, start_issuer};
+use common::issuer::{config_for, entra_token, start_issuer};
 use common::service::TestService;
 use common::tools::{require_tool, run_tool};
 
@@ -811,12 +810,7 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
 async fn exported_metric_names() -> BTreeSet<String> {
     let issuer = start_issuer().await;
     let service = TestService::start(&config_for(&issuer, ""), true).await;
-    let token = issuer
-        .mint(
-            SigningKeyKind::Rsa,
-            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
-        )
-        .expect("mint a token");
+    let token = entra_token(&issuer, &["Quay.acme.read"]);
     for (method, path) in [
         ("GET", "/api/v1/repository/acme/app"),
         ("DELETE", "/api/v1/repository/acme/app"),

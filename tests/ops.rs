@@ -24,12 +24,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 /// A token of the Entra tenant with the app role `Quay.acme.read`.
 fn acme_reader(issuer: &DevIssuer) -> String {
-    issuer
-        .mint(
-            SigningKeyKind::Rsa,
-            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
-        )
-        .expect("mint")
+    entra_token(issuer, &["Quay.acme.read"])
 }
 
 /// A Check with a bearer token and Envoy's `x-request-id`.
