@@ -508,9 +508,11 @@ fn helm_chart_matches_its_values() {
     // Templates name only values that exist, and produce the objects deploy/kubernetes has.
     let templates = files_under(&format!("{CHART}/templates"));
     let mut kinds = BTreeSet::new();
+    let mut used = 0;
     for path in &templates {
         let template = read(path);
         for value_path in values_paths(&template) {
+            used += 1;
             let keys: Vec<&str> = value_path.split('.').collect();
             assert!(
                 values.get(keys[0]).is_some() && (keys.len() == 1 || !at(&values, &keys).is_null()),
@@ -523,6 +525,10 @@ fn helm_chart_matches_its_values() {
             }
         }
     }
+    assert!(
+        used > 0,
+        "no .Values found in the templates: the check above saw nothing"
+    );
     let expected: BTreeSet<String> = Manifests::load().objects.keys().cloned().collect();
     assert_eq!(kinds, expected, "the chart's kinds vs deploy/kubernetes");
 
