@@ -317,12 +317,7 @@ async fn unauthenticated_deny_gives_challenges_for_api_and_registry() {
 async fn unknown_api_route_is_denied_for_valid_tokens() {
     let issuer = start_issuer().await;
     let service = TestService::start(&config_for(&issuer, ""), true).await;
-    let token = issuer
-        .mint(
-            SigningKeyKind::Rsa,
-            &entra_claims(2, TENANT, TENANT, &["Quay.acme.admin"]),
-        )
-        .expect("mint");
+    let token = entra_token(&issuer, &["Quay.acme.admin"]);
     let response = service
         .check_bearer("GET", "/api/v1/not/a/route", &token)
         .await;
@@ -368,12 +363,7 @@ issuers:
 async fn metrics_count_decisions_by_reason_and_issuer() {
     let issuer = start_issuer().await;
     let service = TestService::start(&config_for(&issuer, ""), true).await;
-    let token = issuer
-        .mint(
-            SigningKeyKind::Rsa,
-            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
-        )
-        .expect("mint");
+    let token = entra_token(&issuer, &["Quay.acme.read"]);
     for _ in 0..3 {
         service.check_bearer("GET", REPO, &token).await;
     }

@@ -1,23 +1,13 @@
 //! The binary's command line: `check-config` on good and bad files.
 
-use std::process::Command;
+mod common;
 
-fn quay_authz(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_quay-authz"))
-        .args(args)
-        .output()
-        .expect("run quay-authz");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use common::cli::quay_authz;
 
 #[test]
 fn check_config_summarizes_the_shipped_example() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/config.yaml");
-    let (code, stdout, stderr) = quay_authz(&["check-config", path]);
+    let (code, stdout, stderr) = quay_authz(&["check-config", path], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("iss https://sts.windows.net/11111111-2222-3333-4444-555555555555/"),
@@ -40,7 +30,7 @@ fn check_config_reports_errors_with_file_line_and_field() {
     )
     .expect("write");
     let path = path.to_string_lossy().into_owned();
-    let (code, _, stderr) = quay_authz(&["check-config", &path]);
+    let (code, _, stderr) = quay_authz(&["check-config", &path], &[]);
     assert_eq!(code, 2);
     assert!(
         stderr.contains(&format!("{path}:6: issuers[0].algorithms:")),
@@ -50,7 +40,7 @@ fn check_config_reports_errors_with_file_line_and_field() {
         stderr.contains(&format!("{path}:4: issuers[0].issuer: must be https")),
         "{stderr}"
     );
-    let (code, _, stderr) = quay_authz(&["check-config", "/nonexistent/config.yaml"]);
+    let (code, _, stderr) = quay_authz(&["check-config", "/nonexistent/config.yaml"], &[]);
     assert_eq!(code, 2);
     assert!(stderr.contains("cannot read the file"), "{stderr}");
 }

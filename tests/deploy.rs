@@ -15,10 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use quay_authz::config::Config;
-use quay_authz::dev_issuer::SigningKeyKind;
 use serde_yaml::Value;
 
-use common::issuer::{TENANT, config_for, entra_claims, start_issuer};
+use common::issuer::{config_for, entra_token, start_issuer};
 use common::service::TestService;
 use common::tools::{require_tool, run_tool};
 
@@ -509,9 +508,11 @@ fn helm_chart_matches_its_values() {
     // Templates name only values that exist, and produce the objects deploy/kubernetes has.
     let templates = files_under(&format!("{CHART}/templates"));
     let mut kinds = BTreeSet::new();
+    let mut used = 0;
     for path in &templates {
         let template = read(path);
         for value_path in values_paths(&template) {
+            used += 1;
             let keys: Vec<&str> = value_path.split('.').collect();
             assert!(
                 values.get(keys[0]).is_some() && (keys.len() == 1 || !at(&values, &keys).is_null()),
@@ -524,6 +525,10 @@ fn helm_chart_matches_its_values() {
             }
         }
     }
+    assert!(
+        used > 0,
+        "no .Values found in the templates: the check above saw nothing"
+    );
     let expected: BTreeSet<String> = Manifests::load().objects.keys().cloned().collect();
     assert_eq!(kinds, expected, "the chart's kinds vs deploy/kubernetes");
 
@@ -811,12 +816,7 @@ fn metric_names_in(expr: &str) -> BTreeSet<String> {
 async fn exported_metric_names() -> BTreeSet<String> {
     let issuer = start_issuer().await;
     let service = TestService::start(&config_for(&issuer, ""), true).await;
-    let token = issuer
-        .mint(
-            SigningKeyKind::Rsa,
-            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
-        )
-        .expect("mint a token");
+    let token = entra_token(&issuer, &["Quay.acme.read"]);
     for (method, path) in [
         ("GET", "/api/v1/repository/acme/app"),
         ("DELETE", "/api/v1/repository/acme/app"),

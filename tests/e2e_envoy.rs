@@ -17,12 +17,7 @@ async fn envoy_enforces_quay_authz_decisions() {
     let upstream = RecordingUpstream::start().await;
     let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), upstream.port).await;
     let http = reqwest::Client::new();
-    let token = issuer
-        .mint(
-            SigningKeyKind::Rsa,
-            &entra_claims(2, TENANT, TENANT, &["Quay.acme.write"]),
-        )
-        .expect("mint");
+    let token = entra_token(&issuer, &["Quay.acme.write"]);
 
     // Allowed: reaches Quay with our identity headers, and a forged one does not survive.
     let response = http

@@ -3,6 +3,10 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
 use common::issuer::*;
 use common::service::*;
 use quay_authz::dev_issuer::SigningKeyKind;
@@ -21,14 +25,18 @@ async fn reload_under_load_rejects_bad_and_applies_good_configs() {
         "insufficient_scope"
     );
 
-    // Load: pulls that every configuration in this test allows.
+    // Load: pulls that every configuration in this test allows, sent until both reloads are
+    // done, and started before the first one.
+    let checked = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..4 {
         let mut client = service.client.clone();
         let authorization = format!("Bearer {token}");
+        let (checked, stop) = (checked.clone(), stop.clone());
         load.push(tokio::spawn(async move {
             let mut failures = 0;
-            for _ in 0..150 {
+            while !stop.load(Ordering::Relaxed) {
                 let request = check_request(
                     "GET",
                     "/v2/acme/app/manifests/latest",
@@ -38,10 +46,22 @@ async fn reload_under_load_rejects_bad_and_applies_good_configs() {
                     Ok(response) if decision(response.get_ref()).0 == "allow" => {}
                     _ => failures += 1,
                 }
+                checked.fetch_add(1, Ordering::Relaxed);
             }
             failures
         }));
     }
+    // A hang guard of 10 s, never a performance expectation.
+    for _ in 0..400 {
+        if checked.load(Ordering::Relaxed) >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        checked.load(Ordering::Relaxed) >= 4,
+        "the load did not start"
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.yaml");
@@ -68,6 +88,7 @@ async fn reload_under_load_rejects_bad_and_applies_good_configs() {
         .reload(&path)
         .expect("good config applied");
 
+    stop.store(true, Ordering::Relaxed);
     for task in load {
         assert_eq!(
             task.await.expect("load task"),

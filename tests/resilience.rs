@@ -140,6 +140,7 @@ async fn cache_control_max_age_is_honoured_within_bounds_and_discovery_is_cached
         // The dev issuer uses discovery: refetches reuse the discovered jwks_uri.
         let claims = dev_claims(&issuer, &["readers"]);
         let discovery_before = issuer.discovery_fetches();
+        let jwks_before = issuer.jwks_fetches();
         for kid in ["x1", "x2"] {
             let unknown = issuer
                 .mint_with_kid(SigningKeyKind::Rsa, &claims, kid)
@@ -154,6 +155,10 @@ async fn cache_control_max_age_is_honoured_within_bounds_and_discovery_is_cached
                 "unknown_key"
             );
         }
+        assert!(
+            issuer.jwks_fetches() >= jwks_before + 2,
+            "each unknown kid refetched the JWKS"
+        );
         assert_eq!(
             issuer.discovery_fetches(),
             discovery_before,

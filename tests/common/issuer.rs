@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! A real OIDC issuer on loopback (quay-authz's development issuer) and claim builders.
 
-use quay_authz::dev_issuer::DevIssuer;
+use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind};
 use serde_json::{Value, json};
 
 pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
@@ -42,6 +42,13 @@ pub fn entra_claims(version: u8, tenant_in_iss: &str, tid: &str, roles: &[&str])
     });
     claims[client_claim] = json!("backstage-client");
     claims
+}
+
+/// An RS256 Entra v2 access token for the home tenant carrying `roles`.
+pub fn entra_token(issuer: &DevIssuer, roles: &[&str]) -> String {
+    issuer
+        .mint(SigningKeyKind::Rsa, &entra_claims(2, TENANT, TENANT, roles))
+        .expect("mint an Entra token")
 }
 
 /// Configuration with an Entra entry whose keys come from the loopback issuer while tokens

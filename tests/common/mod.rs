@@ -3,6 +3,7 @@
 //! Each integration test crate declares `mod common;` and uses what it needs; the modules carry
 //! `#![allow(dead_code)]` because no single test uses every fixture.
 
+pub mod cli;
 pub mod envoy;
 pub mod issuer;
 pub mod pki;
