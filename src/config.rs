@@ -506,21 +506,6 @@ impl SigningAlgorithm {
             Self::EdDSA => "EdDSA",
         }
     }
-
-    pub fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        use jsonwebtoken::Algorithm as A;
-        match self {
-            Self::RS256 => A::RS256,
-            Self::RS384 => A::RS384,
-            Self::RS512 => A::RS512,
-            Self::PS256 => A::PS256,
-            Self::PS384 => A::PS384,
-            Self::PS512 => A::PS512,
-            Self::ES256 => A::ES256,
-            Self::ES384 => A::ES384,
-            Self::EdDSA => A::EdDSA,
-        }
-    }
 }
 
 /// How the tenant of an Entra token is bound.
