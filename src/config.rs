@@ -420,7 +420,7 @@ pub struct HeaderSettings {
     pub remove_authorization: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwksSettings {
     pub default_ttl: Duration,
     pub min_ttl: Duration,
