@@ -420,7 +420,7 @@ pub struct HeaderSettings {
     pub remove_authorization: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwksSettings {
     pub default_ttl: Duration,
     pub min_ttl: Duration,
@@ -504,21 +504,6 @@ impl SigningAlgorithm {
             Self::ES256 => "ES256",
             Self::ES384 => "ES384",
             Self::EdDSA => "EdDSA",
-        }
-    }
-
-    pub fn to_jsonwebtoken(self) -> jsonwebtoken::Algorithm {
-        use jsonwebtoken::Algorithm as A;
-        match self {
-            Self::RS256 => A::RS256,
-            Self::RS384 => A::RS384,
-            Self::RS512 => A::RS512,
-            Self::PS256 => A::PS256,
-            Self::PS384 => A::PS384,
-            Self::PS512 => A::PS512,
-            Self::ES256 => A::ES256,
-            Self::ES384 => A::ES384,
-            Self::EdDSA => A::EdDSA,
         }
     }
 }
@@ -850,16 +835,16 @@ fn build_listen(raw: &raw::Listen, issues: &mut Issues<'_>) -> Option<Listen> {
     };
     let grpc = parse("grpc", &raw.grpc);
     let http = parse("http", &raw.http);
-    let admin = parse("admin", &raw.admin);
-    if let Some(admin) = admin
-        && !admin.ip().is_loopback()
-    {
-        issues.push(
-            "listen.admin",
-            "the admin API explains decisions and must listen on a loopback address",
-        );
-        return None;
-    }
+    let admin = parse("admin", &raw.admin).filter(|admin| {
+        let loopback = admin.ip().is_loopback();
+        if !loopback {
+            issues.push(
+                "listen.admin",
+                "the admin API explains decisions and must listen on a loopback address",
+            );
+        }
+        loopback
+    });
     let grpc_tls = raw
         .grpc_tls
         .as_ref()
@@ -1633,7 +1618,7 @@ issuers:
     #[test]
     fn duplicate_issuers_and_bad_listen_rejected() {
         let text = format!(
-            "listen:\n  grpc: nowhere\n  admin: 0.0.0.0:9192\n{}",
+            "listen:\n  grpc: nowhere\n  admin: 0.0.0.0:9192\n  grpc_tls: {{cert_file: /nonexistent/tls.crt, key_file: /nonexistent/tls.key}}\n{}",
             MINIMAL.replace("name: keycloak", "name: entra")
         );
         let message = errors(&text);
@@ -1642,6 +1627,7 @@ issuers:
             "{message}"
         );
         assert!(message.contains("listen.admin: the admin API"), "{message}");
+        assert!(message.contains("listen.grpc_tls.cert_file"), "{message}");
         assert!(
             message.contains("issuer name \"entra\" is used twice"),
             "{message}"

@@ -213,7 +213,7 @@ pub struct AppliedOverride {
     pub variable: String,
     /// `jwks.max_keys`.
     pub field: String,
-    /// The value as given in the environment.
+    /// The value as given in the environment, unless the setting may hold a secret.
     pub value: String,
 }
 
@@ -285,12 +285,24 @@ pub fn apply(document: &mut serde_yaml::Value, vars: &[(String, String)]) -> Out
             Ok(()) => outcome.applied.push(AppliedOverride {
                 variable: variable.clone(),
                 field: setting.dotted(),
-                value: text.clone(),
+                value: shown_value(setting, text),
             }),
             Err(message) => outcome.issues.push(issue(message)),
         }
     }
     outcome
+}
+
+/// Settings whose value may hold a secret (`http://user:password@proxy:3128`).
+const SECRET_SETTINGS: [&str; 1] = ["jwks.proxy"];
+
+/// The value as `check-config` and the start-up log may show it.
+fn shown_value(setting: &Setting, text: &str) -> String {
+    if SECRET_SETTINGS.contains(&setting.dotted().as_str()) {
+        "<set, not shown: may hold credentials>".to_string()
+    } else {
+        text.to_string()
+    }
 }
 
 /// The YAML value of `text` for a setting of `kind`, or what is wrong with it.
@@ -592,5 +604,16 @@ mod tests {
             outcome.issues[0].message,
             "jwks in the file is not a mapping"
         );
+    }
+
+    #[test]
+    fn a_proxy_url_with_credentials_is_applied_but_not_shown() {
+        let mut document: serde_yaml::Value = serde_yaml::from_str("{}").expect("yaml");
+        let url = "http://user:hunter2@proxy:3128";
+        let vars = vec![("QUAY_AUTHZ_JWKS_PROXY".to_string(), url.to_string())];
+        let outcome = apply(&mut document, &vars);
+        assert_eq!(document["jwks"]["proxy"].as_str(), Some(url));
+        assert_eq!(outcome.applied[0].field, "jwks.proxy");
+        assert!(!outcome.applied[0].value.contains("hunter2"));
     }
 }

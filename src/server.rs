@@ -65,6 +65,13 @@ impl Service {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
+        let kept = needs_restart(&self.pipeline.load().config, &config);
+        if !kept.is_empty() {
+            tracing::warn!(
+                "changed settings that only take effect at a restart, the running values stay: {}",
+                kept.join(", ")
+            );
+        }
         let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone());
         self.pipeline.store(Arc::new(pipeline));
         self.key_store.prune(&self.pipeline.load().config);
@@ -93,6 +100,22 @@ impl Service {
             }
         }
     }
+}
+
+/// The settings read once at startup (listeners bound, TLS file paths watched, the JWKS
+/// client built) that differ between `old` and `new`: a reload cannot apply them.
+fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let tls_files = |config: &Config| config.listen.grpc_tls.as_ref().map(|tls| tls.files.clone());
+    [
+        ("listen.grpc", old.listen.grpc != new.listen.grpc),
+        ("listen.http", old.listen.http != new.listen.http),
+        ("listen.admin", old.listen.admin != new.listen.admin),
+        ("listen.grpc_tls", tls_files(old) != tls_files(new)),
+        ("jwks", old.jwks != new.jwks),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 /// Reloads on SIGHUP and when the file's modification time or size changes (polled, so it
@@ -382,4 +405,28 @@ async fn readyz_handler(State(service): State<Arc<Service>>) -> (StatusCode, Str
         }
     }
     (StatusCode::SERVICE_UNAVAILABLE, waiting)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Config {
+        let text = format!(
+            "quay: {{service: q, realm: \"https://q/v2/auth\"}}\n\
+             issuers: [{{name: k, issuer: \"https://idp\", audiences: [quay]}}]\n{extra}"
+        );
+        Config::parse(&text, "test").expect("config")
+    }
+
+    #[test]
+    fn needs_restart_names_the_startup_settings_that_changed() {
+        let old = parse("");
+        assert!(needs_restart(&old, &parse("")).is_empty());
+        let new = parse(
+            "listen:\n  grpc: 127.0.0.1:1\n  http: 0.0.0.0:9090\n  admin: 127.0.0.1:9192\n\
+             jwks:\n  fetch_timeout_seconds: 1\n",
+        );
+        assert_eq!(needs_restart(&old, &new), ["listen.grpc", "jwks"]);
+    }
 }
