@@ -11,7 +11,7 @@
 //! is current when it starts, so new connections see rotated certificates without a restart
 //! while established ones keep theirs.
 //!
-//! Crypto is aws-lc-rs, passed explicitly, the provider jsonwebtoken and reqwest already use.
+//! Crypto is aws-lc-rs, passed explicitly, the provider reqwest already uses.
 
 use std::collections::hash_map::DefaultHasher;
 use std::convert::Infallible;
