@@ -114,9 +114,10 @@ impl RequestFacts {
         }
     }
 
+    /// Whether the request reaches Quay's registry, judged as Quay's router will see the path
+    /// (`//v2/…` is the registry too), so a denial speaks Docker's dialect there.
     pub fn is_registry(&self) -> bool {
-        let path = self.path_without_query();
-        path == "/v2" || path.starts_with("/v2/")
+        crate::route::area(&self.path) == crate::route::Area::Registry
     }
 }
 

@@ -9,6 +9,9 @@ import json, re, pathlib
 
 root = pathlib.Path(__file__).resolve().parents[2]
 routes = json.loads((root / "tests/data/quay-api-routes.json").read_text())["routes"]
+# Paths Quay registers only when a feature is on (@show_if): when it is off, the path falls
+# through to another rule, so quay-authz demands both.
+gated = json.loads((root / "tests/data/quay-api-features.json").read_text())["feature_gated"]
 
 # Quay names no scope for these; what a bearer-token caller needs here, and why.
 SUPER = ("Scope(QuayScope::SuperUser)", "superuser-only operation; Quay checks it inside the handler")
@@ -51,7 +54,7 @@ for r in routes:
     n, why = need(r)
     quay = f'Some("{r["scope"]}")' if r["scope"] else "None"
     why = f'Some("{why}")' if why else "None"
-    out.append(f'    ApiRoute {{ method: "{r["method"]}", path: "{r["path"]}", quay_scope: {quay}, need: {n}, why: {why} }},')
+    out.append(f'    ApiRoute {{ method: "{r["method"]}", path: "{r["path"]}", quay_scope: {quay}, need: {n}, why: {why}, feature_gated: {"true" if r["path"] in gated else "false"} }},')
 out.append("];")
 (root / "src/route/api_table.rs").write_text("\n".join(out) + "\n")
 print(f"{len(routes)} routes written")

@@ -12,6 +12,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -19,6 +20,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -26,6 +28,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -33,6 +36,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -42,6 +46,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -49,6 +54,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -56,6 +62,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -63,6 +70,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -70,6 +78,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -77,6 +86,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -84,6 +94,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -91,6 +102,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -98,6 +110,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -105,6 +118,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -112,6 +126,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -119,6 +134,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -126,6 +142,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -133,6 +150,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -140,6 +158,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -147,6 +166,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -154,6 +174,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -161,6 +182,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -168,6 +190,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -175,6 +198,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -182,6 +206,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -189,6 +214,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -196,6 +222,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -203,6 +230,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -212,6 +240,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -219,6 +248,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: Repository(QuayScope::RepoRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -226,6 +256,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:write"),
         need: Repository(QuayScope::RepoWrite),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -233,6 +264,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: Repository(QuayScope::RepoRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -240,6 +272,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -247,6 +280,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: Repository(QuayScope::RepoRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -254,6 +288,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: Repository(QuayScope::RepoRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -263,6 +298,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -272,6 +308,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -281,6 +318,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -290,6 +328,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -299,6 +338,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -306,6 +346,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -313,6 +354,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -320,6 +362,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -327,6 +370,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -334,6 +378,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -341,6 +386,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -348,6 +394,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -355,6 +402,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -362,6 +410,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -369,6 +418,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -376,6 +426,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -383,6 +434,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -390,6 +442,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -397,6 +450,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -404,6 +458,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -411,6 +466,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -418,6 +474,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -425,6 +482,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -432,6 +490,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -439,6 +498,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -446,6 +506,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -453,6 +514,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -460,6 +522,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -467,6 +530,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -474,6 +538,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -481,6 +546,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -490,6 +556,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -497,6 +564,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -504,6 +572,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -511,6 +580,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -518,6 +588,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -525,6 +596,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -532,6 +604,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -539,6 +612,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -546,6 +620,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -553,6 +628,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -560,6 +636,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -567,6 +644,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -574,6 +652,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -583,6 +662,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -590,6 +670,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -599,6 +680,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -606,6 +688,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -613,6 +696,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -622,6 +706,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -629,6 +714,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -638,6 +724,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -645,6 +732,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -652,6 +740,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -659,6 +748,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -666,6 +756,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -673,6 +764,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -680,6 +772,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -687,6 +780,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -694,6 +788,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -701,6 +796,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -708,6 +804,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -715,6 +812,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -722,6 +820,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -729,6 +828,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -736,6 +836,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -743,6 +844,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -752,6 +854,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -759,6 +862,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -766,6 +870,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -773,6 +878,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -780,6 +886,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -787,6 +894,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -794,6 +902,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -801,6 +910,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -810,6 +920,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -817,6 +928,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -824,6 +936,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -831,6 +944,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -838,6 +952,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -845,6 +960,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -852,6 +968,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -859,6 +976,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -866,6 +984,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -873,6 +992,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -880,6 +1000,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Namespace(QuayScope::OrgAdmin),
         why: Some("changes organization settings; Quay checks org admin inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -887,6 +1008,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -894,6 +1016,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -901,6 +1024,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -908,6 +1032,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -915,6 +1040,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -922,6 +1048,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -929,6 +1056,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -936,6 +1064,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -943,6 +1072,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -950,6 +1080,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -957,6 +1088,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -964,6 +1096,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -971,6 +1104,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -978,6 +1112,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -985,6 +1120,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -992,6 +1128,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -999,6 +1136,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1006,6 +1144,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1013,6 +1152,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1020,6 +1160,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -1027,6 +1168,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1034,6 +1176,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1041,6 +1184,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1048,6 +1192,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1055,6 +1200,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -1062,6 +1208,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1069,6 +1216,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1076,6 +1224,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1083,6 +1232,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1090,6 +1240,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1097,6 +1248,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1104,6 +1256,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1111,6 +1264,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1118,6 +1272,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:create"),
         need: CreateRepository,
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1125,6 +1280,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: AnyResource(QuayScope::RepoRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1132,6 +1288,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: Repository(QuayScope::RepoRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1139,6 +1296,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:write"),
         need: Repository(QuayScope::RepoWrite),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1146,6 +1304,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1153,6 +1312,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1160,6 +1320,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1167,6 +1328,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1174,6 +1336,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1181,6 +1344,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1188,6 +1352,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1195,6 +1360,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1202,6 +1368,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1209,6 +1376,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1216,6 +1384,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1223,6 +1392,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1230,6 +1400,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1237,6 +1408,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1244,6 +1416,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1251,6 +1424,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1258,6 +1432,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1265,6 +1440,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1272,6 +1448,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1279,6 +1456,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1286,6 +1464,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1293,6 +1472,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1300,6 +1480,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1307,6 +1488,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1314,6 +1496,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1321,6 +1504,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1328,6 +1512,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1335,6 +1520,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1342,6 +1528,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1349,6 +1536,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1356,6 +1544,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1363,6 +1552,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1370,6 +1560,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1379,6 +1570,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1388,6 +1580,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1395,6 +1588,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: AnyResource(QuayScope::RepoRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1404,6 +1598,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1411,6 +1606,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: Repository(QuayScope::RepoRead),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1420,6 +1616,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1427,6 +1624,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Scope(QuayScope::SuperUser),
         why: Some("superuser-only operation; Quay checks it inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1434,6 +1632,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Scope(QuayScope::SuperUser),
         why: Some("superuser-only operation; Quay checks it inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1441,6 +1640,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1448,6 +1648,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1455,6 +1656,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1462,6 +1664,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1469,6 +1672,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1476,6 +1680,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1483,6 +1688,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1490,6 +1696,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1497,6 +1704,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -1504,6 +1712,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -1511,6 +1720,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1518,6 +1728,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1525,6 +1736,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1532,6 +1744,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1539,6 +1752,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1546,6 +1760,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1553,6 +1768,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1560,6 +1776,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -1567,6 +1784,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1574,6 +1792,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1581,6 +1800,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -1588,6 +1808,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1595,6 +1816,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1602,6 +1824,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1609,6 +1832,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -1616,6 +1840,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1623,6 +1848,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1630,6 +1856,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1637,6 +1864,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1644,6 +1872,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1651,6 +1880,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1658,6 +1888,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1665,6 +1896,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1672,6 +1904,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1679,6 +1912,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: None,
         need: Scope(QuayScope::SuperUser),
         why: Some("superuser-only operation; Quay checks it inside the handler"),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1686,6 +1920,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: Repository(QuayScope::RepoRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1693,6 +1928,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:write"),
         need: Repository(QuayScope::RepoWrite),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1700,6 +1936,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:write"),
         need: Repository(QuayScope::RepoWrite),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1707,6 +1944,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:write"),
         need: Repository(QuayScope::RepoWrite),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1714,6 +1952,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:write"),
         need: Repository(QuayScope::RepoWrite),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1721,6 +1960,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:read"),
         need: Repository(QuayScope::RepoRead),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "PUT",
@@ -1728,6 +1968,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1735,6 +1976,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1742,6 +1984,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1749,6 +1992,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("super:user"),
         need: Scope(QuayScope::SuperUser),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1756,6 +2000,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1763,6 +2008,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1770,6 +2016,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1777,6 +2024,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1784,6 +2032,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("org:admin"),
         need: Namespace(QuayScope::OrgAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1793,6 +2042,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1800,6 +2050,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -1807,6 +2058,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1814,6 +2066,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1821,6 +2074,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1828,6 +2082,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1835,6 +2090,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1842,6 +2098,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1849,6 +2106,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1856,6 +2114,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1863,6 +2122,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1870,6 +2130,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1877,6 +2138,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1884,6 +2146,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1891,6 +2154,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("repo:admin"),
         need: Repository(QuayScope::RepoAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1898,6 +2162,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:read"),
         need: Scope(QuayScope::UserRead),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -1905,6 +2170,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1914,6 +2180,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -1921,6 +2188,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -1928,6 +2196,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1935,6 +2204,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1942,6 +2212,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1951,6 +2222,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1958,6 +2230,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1967,6 +2240,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1976,6 +2250,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -1983,6 +2258,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "POST",
@@ -1992,6 +2268,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -1999,6 +2276,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -2006,6 +2284,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "PUT",
@@ -2013,6 +2292,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -2020,6 +2300,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -2027,6 +2308,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -2034,6 +2316,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -2041,6 +2324,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "DELETE",
@@ -2048,6 +2332,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: true,
     },
     ApiRoute {
         method: "GET",
@@ -2055,6 +2340,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "POST",
@@ -2062,6 +2348,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Scope(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "DELETE",
@@ -2069,6 +2356,7 @@ pub const API_ROUTES: &[ApiRoute] = &[
         quay_scope: Some("user:admin"),
         need: Repository(QuayScope::UserAdmin),
         why: None,
+        feature_gated: false,
     },
     ApiRoute {
         method: "GET",
@@ -2078,5 +2366,72 @@ pub const API_ROUTES: &[ApiRoute] = &[
         why: Some(
             "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
         ),
+        feature_gated: false,
+    },
+    ApiRoute {
+        method: "GET",
+        path: "/api/v1/repository/<apirepopath:repository>/manifest/<manifestref>",
+        quay_scope: Some("repo:read"),
+        need: Repository(QuayScope::RepoRead),
+        why: None,
+        feature_gated: false,
+    },
+    ApiRoute {
+        method: "GET",
+        path: "/api/v1/repository/<apirepopath:repository>/manifest/<manifestref>/labels",
+        quay_scope: Some("repo:read"),
+        need: Repository(QuayScope::RepoRead),
+        why: None,
+        feature_gated: false,
+    },
+    ApiRoute {
+        method: "POST",
+        path: "/api/v1/repository/<apirepopath:repository>/manifest/<manifestref>/labels",
+        quay_scope: Some("repo:write"),
+        need: Repository(QuayScope::RepoWrite),
+        why: None,
+        feature_gated: false,
+    },
+    ApiRoute {
+        method: "GET",
+        path: "/api/v1/repository/<apirepopath:repository>/manifest/<manifestref>/labels/<labelid>",
+        quay_scope: Some("repo:read"),
+        need: Repository(QuayScope::RepoRead),
+        why: None,
+        feature_gated: false,
+    },
+    ApiRoute {
+        method: "DELETE",
+        path: "/api/v1/repository/<apirepopath:repository>/manifest/<manifestref>/labels/<labelid>",
+        quay_scope: Some("repo:write"),
+        need: Repository(QuayScope::RepoWrite),
+        why: None,
+        feature_gated: false,
+    },
+    ApiRoute {
+        method: "GET",
+        path: "/api/v1/repository/<apirepopath:repository>/manifest/<manifestref>/pull_statistics",
+        quay_scope: Some("repo:read"),
+        need: Repository(QuayScope::RepoRead),
+        why: None,
+        feature_gated: true,
+    },
+    ApiRoute {
+        method: "GET",
+        path: "/api/v1/repository/<apirepopath:repository>/manifest/<manifestref>/security",
+        quay_scope: Some("repo:read"),
+        need: Repository(QuayScope::RepoRead),
+        why: None,
+        feature_gated: true,
+    },
+    ApiRoute {
+        method: "POST",
+        path: "/api/v1/user/initialize",
+        quay_scope: None,
+        need: Authenticated,
+        why: Some(
+            "public or self-service endpoint; Quay decides inside the handler, a bearer token only has to be valid",
+        ),
+        feature_gated: false,
     },
 ];

@@ -8,6 +8,7 @@
 //! a path is refused (`path_ambiguous`), never guessed at. Quay's names never need any of them.
 
 mod api_table;
+mod werkzeug;
 
 use std::collections::HashMap;
 
@@ -43,6 +44,9 @@ pub struct ApiRoute {
     pub need: ApiNeed,
     /// For routes where Quay names no scope: why we require what we require.
     pub why: Option<&'static str>,
+    /// Quay registers the path only when a feature is on (`@show_if`); when it is off, the
+    /// request falls through to the next rule Werkzeug finds.
+    pub feature_gated: bool,
 }
 
 /// The result of classifying one request.
@@ -58,26 +62,21 @@ pub enum RouteOutcome {
     Ambiguous(&'static str),
 }
 
-#[derive(Debug, Clone)]
-enum Segment {
-    Literal(&'static str),
-    Param(&'static str),
-    /// `<apirepopath:repository>`: two segments, namespace and repository.
-    RepositoryPath,
-}
-
-#[derive(Debug, Clone)]
-struct CompiledApiRoute {
-    segments: Vec<Segment>,
-    literal_count: usize,
-    route: &'static ApiRoute,
-}
-
-/// Quay's routes compiled for matching: API routes indexed by method and segment count.
-#[derive(Debug, Clone)]
+/// Quay's API routes compiled for matching: Werkzeug's state machine over the rules (one per
+/// Flask path, with its methods), and each (rule, method)'s row of the table.
+#[derive(Debug)]
 pub struct RouteTable {
-    api: HashMap<(&'static str, usize), Vec<CompiledApiRoute>>,
+    matcher: werkzeug::RuleMatcher,
+    routes: HashMap<(usize, &'static str), &'static ApiRoute>,
 }
+
+/// Quay's converters that the route facts do not spell out: `<manifestref>` is
+/// `<regex(digest_tools.DIGEST_PATTERN):manifestref>` (`endpoints/api/manifest.py`), so a
+/// non-digest there falls through to other rules, as it does in Quay.
+const CONVERTER_SPELLINGS: &[(&str, &str)] = &[(
+    "<manifestref>",
+    r#"<regex("([A-Za-z0-9_+.-]+):([A-Fa-f0-9]+)"):manifestref>"#,
+)];
 
 impl Default for RouteTable {
     fn default() -> Self {
@@ -87,71 +86,92 @@ impl Default for RouteTable {
 
 impl RouteTable {
     pub fn new() -> Self {
-        let mut api: HashMap<(&'static str, usize), Vec<CompiledApiRoute>> = HashMap::new();
+        let mut paths: Vec<&'static str> = Vec::new();
+        let mut methods: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
         for route in API_ROUTES {
-            let segments: Vec<Segment> = route
-                .path
-                .trim_matches('/')
-                .split('/')
-                .map(
-                    |segment| match segment.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
-                        Some("apirepopath:repository") => Segment::RepositoryPath,
-                        Some(param) => Segment::Param(param.rsplit(':').next().unwrap_or(param)),
-                        None => Segment::Literal(segment),
-                    },
-                )
-                .collect();
-            let width = segments
-                .iter()
-                .map(|segment| match segment {
-                    Segment::RepositoryPath => 2,
-                    _ => 1,
-                })
-                .sum();
-            let literal_count = segments
-                .iter()
-                .filter(|segment| matches!(segment, Segment::Literal(_)))
-                .count();
-            api.entry((route.method, width))
-                .or_default()
-                .push(CompiledApiRoute {
-                    segments,
-                    literal_count,
-                    route,
-                });
+            if !methods.contains_key(route.path) {
+                paths.push(route.path);
+            }
+            methods.entry(route.path).or_default().push(route.method);
         }
-        Self { api }
+        let rules = paths
+            .iter()
+            .map(|path| {
+                let mut spelled = (*path).to_string();
+                for (plain, converter) in CONVERTER_SPELLINGS {
+                    spelled = spelled.replace(plain, converter);
+                }
+                werkzeug::Rule {
+                    path: spelled,
+                    methods: methods.get(path).cloned().unwrap_or_default(),
+                }
+            })
+            .collect();
+        let matcher = werkzeug::RuleMatcher::new(rules);
+        let index: HashMap<&'static str, usize> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| (*path, i))
+            .collect();
+        let routes = API_ROUTES
+            .iter()
+            .filter_map(|route| Some(((*index.get(route.path)?, route.method), route)))
+            .collect();
+        Self { matcher, routes }
     }
 
     /// Classifies a request. `path` is Envoy's `:path` (query included); `body` is the request
     /// body when Envoy sends it (`with_request_body`).
+    ///
+    /// Every decision is taken on the path Quay's router will see ([`RouterPath`]), never on
+    /// the raw prefix: `//api/…` is the API to Werkzeug, so it is the API here.
     pub fn classify(&self, method: &str, path: &str, body: Option<&str>) -> RouteOutcome {
-        let (path_only, query) = match path.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (path, None),
+        let target = match RouterPath::parse(path) {
+            Ok(target) => target,
+            Err(why) => return RouteOutcome::Ambiguous(why),
         };
-        let is_api = path_only == "/api" || path_only.starts_with("/api/");
-        let is_registry = path_only == "/v2" || path_only.starts_with("/v2/");
-        if !is_api && !is_registry {
+        // OPTIONS is a CORS preflight: Flask answers it from the rule's methods
+        // (`provide_automatic_options`) and runs no view, so it carries no scope to check.
+        if method == "OPTIONS" {
             return RouteOutcome::NotProtected;
         }
-        if let Err(why) = check_path_spelling(path_only) {
-            return RouteOutcome::Ambiguous(why);
-        }
-        if is_registry {
-            classify_registry(method, path_only, query)
-        } else {
-            self.classify_api(method, path_only, body)
+        match target.area {
+            Area::Other => RouteOutcome::NotProtected,
+            Area::Registry => classify_registry(method, target.path, target.query),
+            Area::Api => self.classify_api(method, target.path, body),
         }
     }
 
     fn classify_api(&self, method: &str, path: &str, body: Option<&str>) -> RouteOutcome {
-        let Some((route, params)) = self.match_api(method, path) else {
-            return RouteOutcome::Unclassified;
-        };
-        match need_permissions(route.need, &params, body) {
-            Some(permissions) => RouteOutcome::Requires(permissions),
-            None => RouteOutcome::Unclassified,
+        // Werkzeug's pick; when that rule exists only with a Quay feature on, also what the
+        // path resolves to with the feature off, and so on: Quay serves one of them, so the
+        // request needs all of them.
+        let mut excluded = Vec::new();
+        let mut required: Vec<Permission> = Vec::new();
+        while let Some((rule, route, params)) = self.match_api_excluding(method, path, &excluded) {
+            let Some(permissions) = need_permissions(route.need, &params, body) else {
+                if excluded.is_empty() {
+                    return RouteOutcome::Unclassified;
+                }
+                // A fall-through whose name is outside Quay's grammar names no resource
+                // Quay can hold (its view answers 404).
+                return RouteOutcome::Requires(required);
+            };
+            for permission in permissions {
+                if !required.contains(&permission) {
+                    required.push(permission);
+                }
+            }
+            if !route.feature_gated {
+                return RouteOutcome::Requires(required);
+            }
+            excluded.push(rule);
+        }
+        if excluded.is_empty() {
+            RouteOutcome::Unclassified
+        } else {
+            // With the feature off nothing matches: Quay answers 404.
+            RouteOutcome::Requires(required)
         }
     }
 
@@ -160,83 +180,55 @@ impl RouteTable {
         self.match_api(method, path).map(|(route, _)| route)
     }
 
-    fn match_api<'p>(
+    /// The route Quay's router picks for `method` on `path` (as the router sees it), with the
+    /// values its converters took.
+    fn match_api(&self, method: &str, path: &str) -> Option<(&'static ApiRoute, ApiParams)> {
+        self.match_api_excluding(method, path, &[])
+            .map(|(_, route, params)| (route, params))
+    }
+
+    fn match_api_excluding(
         &self,
         method: &str,
-        path: &'p str,
-    ) -> Option<(&'static ApiRoute, ApiParams<'p>)> {
-        // Flask answers `/api/v1/user` and `/api/v1/user/` alike, so trailing slashes don't count.
-        let segments: Vec<&str> = path
-            .trim_end_matches('/')
-            .trim_start_matches('/')
-            .split('/')
-            .collect();
+        path: &str,
+        excluded: &[usize],
+    ) -> Option<(usize, &'static ApiRoute, ApiParams)> {
+        let found = self.matcher.find_excluding(method, path, excluded)?;
         // HEAD is served by Flask's GET view.
         let method = if method == "HEAD" { "GET" } else { method };
-        let candidates = self.api.get(&(method, segments.len()))?;
-        // The most specific match wins: `/repository/mirror/health` over `/repository/<repo>`.
-        candidates
-            .iter()
-            .filter_map(|candidate| {
-                match_api(candidate, &segments).map(|params| (candidate, params))
-            })
-            .max_by_key(|(candidate, _)| candidate.literal_count)
-            .map(|(candidate, params)| (candidate.route, params))
+        let route = *self.routes.get(&(found.rule, method))?;
+        let params = ApiParams {
+            repository: found.value("repository").map(str::to_string),
+            namespace: found.value("orgname").map(str::to_string),
+        };
+        Some((found.rule, route, params))
     }
 }
 
 /// Parameters a matched API route took from the path.
 #[derive(Debug, Default)]
-struct ApiParams<'p> {
-    repository: Option<(&'p str, &'p str)>,
-    namespace: Option<&'p str>,
-}
-
-fn match_api<'p>(candidate: &CompiledApiRoute, segments: &[&'p str]) -> Option<ApiParams<'p>> {
-    let mut params = ApiParams::default();
-    let mut index = 0;
-    for segment in &candidate.segments {
-        match segment {
-            Segment::Literal(literal) => {
-                if segments[index] != *literal {
-                    return None;
-                }
-                index += 1;
-            }
-            Segment::Param(name) => {
-                if segments[index].is_empty() {
-                    return None;
-                }
-                if *name == "orgname" {
-                    params.namespace = Some(segments[index]);
-                }
-                index += 1;
-            }
-            Segment::RepositoryPath => {
-                params.repository = Some((segments[index], segments[index + 1]));
-                index += 2;
-            }
-        }
-    }
-    Some(params)
+struct ApiParams {
+    /// `<apirepopath:repository>`: `namespace/name`, the name possibly nested.
+    repository: Option<String>,
+    namespace: Option<String>,
 }
 
 fn need_permissions(
     need: ApiNeed,
-    params: &ApiParams<'_>,
+    params: &ApiParams,
     body: Option<&str>,
 ) -> Option<Vec<Permission>> {
     Some(match need {
         ApiNeed::Authenticated => Vec::new(),
         ApiNeed::Repository(scope) => {
-            let (namespace, name) = params.repository?;
+            let (namespace, name) = params.repository.as_deref()?.split_once('/')?;
             if !is_namespace_name(namespace) || !is_repository_path(name) {
                 return None;
             }
             vec![Permission::repository(scope, namespace, name)]
         }
         ApiNeed::Namespace(scope) => {
-            let namespace = params.namespace?;
+            let namespace = params.namespace.as_deref()?;
             if !is_namespace_name(namespace) {
                 return None;
             }
@@ -265,6 +257,162 @@ fn create_repository_permission(body: Option<&str>) -> Permission {
     }
 }
 
+/// Which part of Quay a request reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Area {
+    /// `/api/…`: Quay's API v1.
+    Api,
+    /// `/v2/…`: the registry (OCI distribution API).
+    Registry,
+    /// Everything else: the UI, static files, `/oauth`, health.
+    Other,
+}
+
+/// A request target as Quay's router will see it: the one normalisation every later step
+/// (classification, the challenge's flavour, body reading) uses.
+///
+/// Gunicorn puts the percent-decoded path into `PATH_INFO` and keeps repeated slashes;
+/// Werkzeug's `MapAdapter.match` then strips every leading slash (`path_info.lstrip("/")`)
+/// before matching. So `///api/v1/user` is the API, and `/%61pi/v1/user` is too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterPath<'p> {
+    pub area: Area,
+    /// The path with its leading slashes collapsed to one, as Werkzeug matches it.
+    pub path: &'p str,
+    /// The raw query string, if any.
+    pub query: Option<&'p str>,
+}
+
+impl<'p> RouterPath<'p> {
+    /// Splits Envoy's `:path` and decides the area on what Quay's router sees. A path whose
+    /// percent-decoded form would reach the API or the registry is ambiguous: Quay's names
+    /// never need an escape there, and two decoders may disagree on it.
+    pub fn parse(target: &'p str) -> Result<Self, &'static str> {
+        let (raw_path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        };
+        let path = collapse_leading_slashes(raw_path);
+        if raw_path.contains('%') {
+            let decoded = percent_decode(raw_path.as_bytes(), false);
+            let decoded = String::from_utf8_lossy(&decoded);
+            if area_of(collapse_leading_slashes(&decoded)) != Area::Other {
+                return Err(
+                    "percent-encoded characters are not used by Quay's API or registry paths",
+                );
+            }
+            return Ok(Self {
+                area: Area::Other,
+                path,
+                query,
+            });
+        }
+        let area = area_of(path);
+        if area != Area::Other {
+            check_path_spelling(path)?;
+        }
+        Ok(Self { area, path, query })
+    }
+}
+
+/// The area of a request target (path and query), as [`RouterPath::parse`] decides it; an
+/// ambiguous spelling counts by what it decodes to, so its denial speaks the right dialect.
+pub fn area(target: &str) -> Area {
+    match RouterPath::parse(target) {
+        Ok(target) => target.area,
+        Err(_) => {
+            let path = target.split('?').next().unwrap_or_default();
+            let decoded = percent_decode(path.as_bytes(), false);
+            area_of(collapse_leading_slashes(&String::from_utf8_lossy(&decoded)))
+        }
+    }
+}
+
+fn area_of(path: &str) -> Area {
+    if path == "/api" || path.starts_with("/api/") {
+        Area::Api
+    } else if path == "/v2" || path.starts_with("/v2/") {
+        Area::Registry
+    } else {
+        Area::Other
+    }
+}
+
+/// `//x` → `/x`: Werkzeug matches `"/" + path_info.lstrip("/")`.
+fn collapse_leading_slashes(path: &str) -> &str {
+    let slashes = path.len() - path.trim_start_matches('/').len();
+    &path[slashes.saturating_sub(1)..]
+}
+
+/// Percent-decoding as Python's `urllib.parse.unquote` does it (an invalid escape stays as
+/// it is); with `plus_is_space`, `+` is a space first, as in form and query decoding.
+fn percent_decode(input: &[u8], plus_is_space: bool) -> Vec<u8> {
+    let hex = |byte: u8| (byte as char).to_digit(16).map(|digit| digit as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut index = 0;
+    while index < input.len() {
+        match input[index] {
+            b'%' if index + 2 < input.len() => {
+                match (hex(input[index + 1]), hex(input[index + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push(high << 4 | low);
+                        index += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' if plus_is_space => out.push(b' '),
+            byte => out.push(byte),
+        }
+        index += 1;
+    }
+    out
+}
+
+/// The query parameters of a blob-upload POST that decide what it needs: Werkzeug decodes
+/// `request.args` once (`parse_qsl`: split on `&`, `+` is a space, percent-escapes decoded
+/// in keys and values) and Quay reads `mount` and `from` with `args.get`, the first value.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MountParams<'q> {
+    from: Option<&'q str>,
+}
+
+impl<'q> MountParams<'q> {
+    /// Reads `from` (the mount source). A key that only decodes to `from` or `mount`, a repeated
+    /// one, or a value that needs decoding is ambiguous: the raw text we would check and the
+    /// decoded text Quay acts on could name different repositories.
+    fn parse(query: Option<&'q str>) -> Result<Self, &'static str> {
+        const MATTERS: [&str; 2] = ["from", "mount"];
+        let mut params = Self::default();
+        let mut seen = [false; MATTERS.len()];
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+        {
+            let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(raw_key.as_bytes(), true);
+            let Some(which) = MATTERS.iter().position(|name| name.as_bytes() == key) else {
+                continue;
+            };
+            if raw_key != MATTERS[which] {
+                return Err("encoded query key that decodes to mount or from");
+            }
+            if std::mem::replace(&mut seen[which], true) {
+                return Err("repeated mount or from query parameter");
+            }
+            if raw_value.contains(['%', '+']) {
+                return Err("encoded mount or from query value");
+            }
+            if MATTERS[which] == "from" {
+                params.from = Some(raw_value);
+            }
+        }
+        Ok(params)
+    }
+}
+
 /// Refuses spellings that different parsers resolve differently.
 fn check_path_spelling(path: &str) -> Result<(), &'static str> {
     if path.contains('%') {
@@ -272,6 +420,9 @@ fn check_path_spelling(path: &str) -> Result<(), &'static str> {
     }
     if path.contains('\\') {
         return Err("backslash in path");
+    }
+    if path.contains('#') {
+        return Err("fragment (#) in path");
     }
     if path
         .chars()
@@ -345,12 +496,11 @@ fn classify_registry(method: &str, path: &str, query: Option<&str>) -> RouteOutc
     let mut required = vec![Permission::repository(scope, namespace, &name)];
     // Cross-repository blob mount: pull on the source as well as push on the target.
     if taken == 3 && method == "POST" {
-        let from = query
-            .into_iter()
-            .flat_map(|query| query.split('&'))
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(key, _)| *key == "from")
-            .map(|(_, value)| value);
+        let params = match MountParams::parse(query) {
+            Ok(params) => params,
+            Err(why) => return RouteOutcome::Ambiguous(why),
+        };
+        let from = params.from;
         if let Some(from) = from {
             match from.split_once('/') {
                 Some((from_namespace, from_name))
@@ -438,7 +588,8 @@ mod tests {
             (
                 "GET",
                 "/api/v1/repository/mirror/health",
-                RouteOutcome::Requires(vec![]),
+                // Gated by REPO_MIRROR: without it, the repository `mirror/health`.
+                repo(RepoRead, "mirror", "health"),
             ),
             ("GET", "/api/v1/nothing/here", RouteOutcome::Unclassified),
             (
@@ -600,5 +751,149 @@ mod tests {
             classify("POST", "/v2/acme/app/blobs/uploads/?mount=x&from=../x"),
             RouteOutcome::Ambiguous(_)
         ));
+    }
+
+    #[test]
+    fn router_path_is_what_werkzeug_matches() {
+        let parsed = |target| RouterPath::parse(target).map(|t| (t.area, t.path, t.query));
+        assert_eq!(
+            parsed("///api/v1/user/?x=1"),
+            Ok((Area::Api, "/api/v1/user/", Some("x=1")))
+        );
+        assert_eq!(parsed("//v2/"), Ok((Area::Registry, "/v2/", None)));
+        assert_eq!(
+            parsed("//oauth/authorize"),
+            Ok((Area::Other, "/oauth/authorize", None))
+        );
+        assert_eq!(parsed(""), Ok((Area::Other, "", None)));
+        assert!(parsed("/%61pi/v1/user").is_err());
+        assert!(parsed("/%2F%2Fv2/").is_err());
+        assert!(parsed("/api/v1/user#frag").is_err());
+        assert_eq!(
+            parsed("/static/a%20b"),
+            Ok((Area::Other, "/static/a%20b", None))
+        );
+        assert_eq!(area("/%76%32/x"), Area::Registry);
+        assert_eq!(area("//api/v1/user"), Area::Api);
+    }
+
+    #[test]
+    fn percent_decoding_matches_python_unquote() {
+        let decode = |s: &str, plus| {
+            String::from_utf8_lossy(&percent_decode(s.as_bytes(), plus)).into_owned()
+        };
+        assert_eq!(decode("fr%6Fm", false), "from");
+        assert_eq!(decode("a+b%2", true), "a b%2");
+        assert_eq!(decode("%zz%", false), "%zz%");
+        assert_eq!(decode("%41%4a", false), "AJ");
+    }
+
+    #[test]
+    fn mount_params_are_read_as_werkzeug_decodes_them() {
+        assert_eq!(
+            MountParams::parse(Some("mount=sha256:a&from=acme/base&digest=x%20y")),
+            Ok(MountParams {
+                from: Some("acme/base")
+            })
+        );
+        assert_eq!(MountParams::parse(None), Ok(MountParams::default()));
+        for query in [
+            "fr%6Fm=x/y",
+            "from=a/b&from=c/d",
+            "mount=a&mount=b",
+            "from=a%2Fb",
+            "%66rom=a/b",
+        ] {
+            assert!(MountParams::parse(Some(query)).is_err(), "{query}");
+        }
+    }
+
+    /// Item 12: nested names and names ending in a route word resolve as Werkzeug resolves
+    /// them (greedy `apirepopath`, more static parts first, methods checked at the leaf).
+    #[test]
+    fn api_repository_names_resolve_as_quays_router_does() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let cases = [
+            (
+                "GET",
+                "/api/v1/repository/acme/team/app".to_string(),
+                repo(RepoRead, "acme", "team/app"),
+            ),
+            (
+                "GET",
+                "/api/v1/repository/acme/team/app/tag/".into(),
+                repo(RepoRead, "acme", "team/app"),
+            ),
+            (
+                "GET",
+                "/api/v1/repository/acme/app/build/tokens/".into(),
+                repo(RepoAdmin, "acme", "app/build"),
+            ),
+            (
+                "PUT",
+                "/api/v1/repository/acme/app/tag/changestate".into(),
+                // Gated by REPO_MIRROR: without it, the tag view of `acme/app`.
+                RouteOutcome::Requires(vec![
+                    Permission::repository(RepoAdmin, "acme", "app/tag"),
+                    Permission::repository(RepoWrite, "acme", "app"),
+                ]),
+            ),
+            (
+                "GET",
+                "/api/v1/repository/acme/app/build/logs".into(),
+                repo(RepoRead, "acme", "app"),
+            ),
+            (
+                "GET",
+                "/api/v1/repository/acme/app/build/b-1/logs".into(),
+                repo(RepoRead, "acme", "app"),
+            ),
+            (
+                "DELETE",
+                "/api/v1/repository/acme/app/tag/".into(),
+                RouteOutcome::Unclassified,
+            ),
+            (
+                "DELETE",
+                "/api/v1/repository/acme/app/tag".into(),
+                repo(RepoAdmin, "acme", "app/tag"),
+            ),
+            (
+                "GET",
+                format!("/api/v1/repository/acme/app/manifest/{digest}"),
+                repo(RepoRead, "acme", "app"),
+            ),
+            (
+                "GET",
+                "/api/v1/repository/acme/app/manifest/latest".into(),
+                repo(RepoRead, "acme", "app/manifest/latest"),
+            ),
+            (
+                "GET",
+                "/api/v1/repository/acme/app/".into(),
+                RouteOutcome::Unclassified,
+            ),
+            (
+                "HEAD",
+                "/api/v1/repository/acme/app".into(),
+                repo(RepoRead, "acme", "app"),
+            ),
+            (
+                "GET",
+                "/api/v1/repository/acme/app/autoprunepolicy/p-1".into(),
+                RouteOutcome::Requires(vec![
+                    Permission::repository(RepoAdmin, "acme", "app"),
+                    Permission::repository(RepoRead, "acme", "app/autoprunepolicy/p-1"),
+                ]),
+            ),
+            (
+                "OPTIONS",
+                "/api/v1/repository/acme/app".into(),
+                RouteOutcome::NotProtected,
+            ),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(classify(method, &path), expected, "{method} {path}");
+        }
     }
 }

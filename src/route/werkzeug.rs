@@ -1,0 +1,439 @@
+//! Werkzeug's URL matcher, for Quay's API rules: which rule Quay's router picks for a path.
+//!
+//! Usage: `RuleMatcher::new(rules)` once, with each rule's Flask path and methods; then
+//! `matcher.find_excluding(method, path, &[])` → the rule and its converter values, as Werkzeug 3's
+//! `StateMachineMatcher.match` would return them.
+//!
+//! Quay's repository converter (`apirepopath`, regex `[^/]+(/[^/]+)+`) matches slashes, so a
+//! rule that uses it is one "final" regex over the rest of the path, and a repository may be
+//! nested or end in a route word: `…/acme/app/build/tokens/` is the tokens view of
+//! `acme/app/build`, not the build view of `acme/app`. Guessing by counting segments picks the
+//! wrong view and the wrong repository; this port of the matcher (static transitions first, then
+//! dynamic ones in Werkzeug's weight order, depth first, methods checked at the leaf) picks the
+//! one Quay serves.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+use regex::Regex;
+
+/// Werkzeug's `Weighting` (number of statics, their (position, -length), number of
+/// arguments, converter weights), compared as Python compares the tuple.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Weighting {
+    statics: i64,
+    static_weights: Vec<(i64, i64)>,
+    arguments: i64,
+    argument_weights: Vec<u32>,
+}
+
+impl Ord for Weighting {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (
+            self.statics,
+            &self.static_weights,
+            self.arguments,
+            &self.argument_weights,
+        )
+            .cmp(&(
+                other.statics,
+                &other.static_weights,
+                other.arguments,
+                &other.argument_weights,
+            ))
+    }
+}
+
+impl PartialOrd for Weighting {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// One transition of the state machine: a static segment, or a regex over one segment (or,
+/// when `final`, over the rest of the path).
+#[derive(Debug, Clone)]
+struct RulePart {
+    /// The static text, or the regex source (compared for sharing states, as Werkzeug does).
+    content: String,
+    regex: Option<Regex>,
+    is_final: bool,
+    is_static: bool,
+    /// A final part that ended in `/`: its regex captures the optional trailing slash last.
+    suffixed: bool,
+    weight: Weighting,
+    /// Converter names in order of their groups.
+    variables: Vec<String>,
+}
+
+impl PartialEq for RulePart {
+    fn eq(&self, other: &Self) -> bool {
+        self.content == other.content
+            && self.is_final == other.is_final
+            && self.is_static == other.is_static
+            && self.suffixed == other.suffixed
+            && self.weight == other.weight
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    dynamic: Vec<(RulePart, usize)>,
+    /// Rule indices that end here.
+    rules: Vec<usize>,
+    statics: HashMap<String, usize>,
+}
+
+/// A rule as Werkzeug holds it: its path and methods (HEAD implied by GET).
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub path: String,
+    pub methods: Vec<&'static str>,
+}
+
+impl Rule {
+    fn allows(&self, method: &str) -> bool {
+        self.methods.contains(&method) || (method == "HEAD" && self.methods.contains(&"GET"))
+    }
+}
+
+/// What a path resolves to: the rule and the converter values by variable name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub rule: usize,
+    pub values: Vec<(String, String)>,
+}
+
+impl Found {
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(variable, _)| variable == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// The converters Quay's API rules use: (regex, weight, matches slashes).
+fn converter(name: &str, arguments: &str) -> (String, u32, bool) {
+    match name {
+        // path_converters.APIRepositoryPathConverter.
+        "apirepopath" => (r"([^/]+(/[^/]+)+)".into(), 200, true),
+        // RegexConverter(url_map, regex): part isolating unless the regex has a slash.
+        "regex" => {
+            let regex = arguments
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .to_string();
+            let slashes = regex.contains('/');
+            (regex, 100, slashes)
+        }
+        "int" => (r"\d+".into(), 50, false),
+        "path" => (r"[^/].*?".into(), 200, true),
+        // UnicodeConverter, the default.
+        _ => ("[^/]+".into(), 100, false),
+    }
+}
+
+/// A token of a rule string, as Werkzeug's `_part_re` splits it.
+enum Token<'r> {
+    Slash,
+    Static(&'r str),
+    Variable {
+        converter: &'r str,
+        arguments: &'r str,
+        name: &'r str,
+    },
+}
+
+fn tokens(rule: &str) -> Vec<Token<'_>> {
+    let mut out = Vec::new();
+    let mut rest = rule;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('/') {
+            out.push(Token::Slash);
+            rest = after;
+        } else if rest.starts_with('<') {
+            let end = rest.find('>').unwrap_or(rest.len() - 1);
+            let inner = &rest[1..end];
+            let (spec, name) = inner.rsplit_once(':').unwrap_or(("", inner));
+            let (converter, arguments) = match spec.split_once('(') {
+                Some((converter, arguments)) => {
+                    (converter, arguments.strip_suffix(')').unwrap_or(arguments))
+                }
+                None => (spec, ""),
+            };
+            out.push(Token::Variable {
+                converter,
+                arguments,
+                name,
+            });
+            rest = &rest[end + 1..];
+        } else {
+            let end = rest.find(['/', '<']).unwrap_or(rest.len());
+            out.push(Token::Static(&rest[..end]));
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// Werkzeug's `Rule._parse_rule`: the rule's parts, one per segment until a converter that
+/// matches slashes makes the rest one final part.
+fn parse_rule(rule: &str) -> Vec<RulePart> {
+    struct Pending {
+        content: String,
+        is_static: bool,
+        is_final: bool,
+        static_weights: Vec<(i64, i64)>,
+        argument_weights: Vec<u32>,
+        variables: Vec<String>,
+    }
+    impl Pending {
+        fn new() -> Self {
+            Self {
+                content: String::new(),
+                is_static: true,
+                is_final: false,
+                static_weights: Vec::new(),
+                argument_weights: Vec::new(),
+                variables: Vec::new(),
+            }
+        }
+        fn finish(self, suffixed: bool) -> RulePart {
+            let weight = Weighting {
+                statics: -(self.static_weights.len() as i64),
+                static_weights: self.static_weights,
+                arguments: -(self.argument_weights.len() as i64),
+                argument_weights: self.argument_weights,
+            };
+            let regex = (!self.is_static)
+                .then(|| Regex::new(&format!(r"\A(?:{})\z", self.content)).ok())
+                .flatten();
+            RulePart {
+                content: self.content,
+                regex,
+                is_final: self.is_final,
+                is_static: self.is_static,
+                suffixed,
+                weight,
+                variables: self.variables,
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    let mut pending = Pending::new();
+    for token in tokens(rule) {
+        match token {
+            Token::Static(text) => {
+                let position = pending.static_weights.len() as i64;
+                pending
+                    .static_weights
+                    .push((position, -(text.len() as i64)));
+                if pending.is_static {
+                    pending.content.push_str(text);
+                } else {
+                    pending.content.push_str(&regex::escape(text));
+                }
+            }
+            Token::Variable {
+                converter: name,
+                arguments,
+                name: variable,
+            } => {
+                if pending.is_static {
+                    pending.content = regex::escape(&pending.content);
+                }
+                pending.is_static = false;
+                let (regex, weight, matches_slashes) = converter(name, arguments);
+                pending.is_final |= matches_slashes;
+                let group = pending.variables.len();
+                pending.content.push_str(&format!("(?P<w{group}>{regex})"));
+                pending.argument_weights.push(weight);
+                pending.variables.push(variable.to_string());
+            }
+            Token::Slash => {
+                if pending.is_final {
+                    pending.content.push('/');
+                } else {
+                    parts.push(std::mem::replace(&mut pending, Pending::new()).finish(false));
+                }
+            }
+        }
+    }
+    // A final part that ends in a slash takes the slash as an optional last group, so the
+    // matcher can tell "matched with the slash" from "slash missing" (Werkzeug's
+    // `(?<!/)(/?)`; the look-behind always holds here: what precedes is never a slash).
+    let suffixed = pending.is_final && pending.content.ends_with('/');
+    if suffixed {
+        pending.content.pop();
+        pending.content.push_str("(/?)");
+    }
+    parts.push(pending.finish(suffixed));
+    if suffixed {
+        parts.push(RulePart {
+            content: String::new(),
+            regex: None,
+            is_final: false,
+            is_static: true,
+            suffixed: false,
+            weight: Weighting {
+                statics: 0,
+                static_weights: Vec::new(),
+                arguments: 0,
+                argument_weights: Vec::new(),
+            },
+            variables: Vec::new(),
+        });
+    }
+    parts
+}
+
+/// The state machine over a set of rules.
+#[derive(Debug)]
+pub struct RuleMatcher {
+    states: Vec<State>,
+    rules: Vec<Rule>,
+}
+
+/// A depth-first search's outcome below one state.
+enum Search {
+    Found(usize, Vec<(String, String)>),
+    /// Werkzeug's `SlashRequired`: the rule exists with a trailing slash; Quay redirects there.
+    SlashRequired(usize, Vec<(String, String)>),
+    None,
+}
+
+impl RuleMatcher {
+    pub fn new(rules: Vec<Rule>) -> Self {
+        let mut matcher = Self {
+            states: vec![State::default()],
+            rules: Vec::new(),
+        };
+        for rule in rules {
+            let index = matcher.rules.len();
+            let mut state = 0;
+            for part in parse_rule(&rule.path) {
+                state = if part.is_static {
+                    match matcher.states[state].statics.get(&part.content) {
+                        Some(&next) => next,
+                        None => {
+                            let next = matcher.new_state();
+                            matcher.states[state].statics.insert(part.content, next);
+                            next
+                        }
+                    }
+                } else {
+                    let existing = matcher.states[state]
+                        .dynamic
+                        .iter()
+                        .find(|(test, _)| *test == part)
+                        .map(|(_, next)| *next);
+                    match existing {
+                        Some(next) => next,
+                        None => {
+                            let next = matcher.new_state();
+                            matcher.states[state].dynamic.push((part, next));
+                            next
+                        }
+                    }
+                };
+            }
+            matcher.states[state].rules.push(index);
+            matcher.rules.push(rule);
+        }
+        // `StateMachineMatcher.update`: dynamic transitions by weight (a stable sort, so equal
+        // weights keep the order the rules were added in).
+        for state in &mut matcher.states {
+            state.dynamic.sort_by(|a, b| a.0.weight.cmp(&b.0.weight));
+        }
+        matcher
+    }
+
+    fn new_state(&mut self) -> usize {
+        self.states.push(State::default());
+        self.states.len() - 1
+    }
+
+    /// The rule Werkzeug picks for `method` on `path` (already as the router sees it: one
+    /// leading slash, no query). A path that only matches with a slash added counts as that
+    /// rule (Quay answers with a redirect to it, which comes back through the proxy).
+    /// With `excluded`, as if those rules were not registered: a Quay feature that is off
+    /// drops its rules, and Werkzeug then finds the next one.
+    pub fn find_excluding(&self, method: &str, path: &str, excluded: &[usize]) -> Option<Found> {
+        let parts: Vec<&str> = path.split('/').collect();
+        let search = Searcher {
+            matcher: self,
+            method,
+            excluded,
+        };
+        match search.run(0, &parts, Vec::new()) {
+            Search::Found(rule, values) | Search::SlashRequired(rule, values) => {
+                Some(Found { rule, values })
+            }
+            Search::None => None,
+        }
+    }
+}
+
+/// One depth-first search: the method asked for and the rules to act as if absent.
+struct Searcher<'m> {
+    matcher: &'m RuleMatcher,
+    method: &'m str,
+    excluded: &'m [usize],
+}
+
+impl Searcher<'_> {
+    fn allows(&self, rule: usize) -> bool {
+        !self.excluded.contains(&rule) && self.matcher.rules[rule].allows(self.method)
+    }
+
+    fn run(&self, state: usize, parts: &[&str], values: Vec<(String, String)>) -> Search {
+        let here = &self.matcher.states[state];
+        let Some((part, remaining)) = parts.split_first() else {
+            if let Some(&rule) = here.rules.iter().find(|&&rule| self.allows(rule)) {
+                return Search::Found(rule, values);
+            }
+            if let Some(&rule) = here.statics.get("").and_then(|&slash| {
+                self.matcher.states[slash]
+                    .rules
+                    .iter()
+                    .find(|&&rule| self.allows(rule))
+            }) {
+                // Every Flask rule is strict about slashes.
+                return Search::SlashRequired(rule, values);
+            }
+            return Search::None;
+        };
+        if let Some(&next) = here.statics.get(*part) {
+            match self.run(next, remaining, values.clone()) {
+                Search::None => {}
+                found => return found,
+            }
+        }
+        for (test, next) in &here.dynamic {
+            let Some(regex) = &test.regex else { continue };
+            let (target, mut rest): (String, &[&str]) = if test.is_final {
+                (parts.join("/"), &[])
+            } else {
+                ((*part).to_string(), remaining)
+            };
+            let Some(captures) = regex.captures(&target) else {
+                continue;
+            };
+            let mut found_values = values.clone();
+            for (group, variable) in test.variables.iter().enumerate() {
+                if let Some(capture) = captures.name(&format!("w{group}")) {
+                    found_values.push((variable.clone(), capture.as_str().to_string()));
+                }
+            }
+            if test.suffixed && captures.get(captures.len() - 1).map(|m| m.as_str()) == Some("/") {
+                rest = &[""];
+            }
+            match self.run(*next, rest, found_values) {
+                Search::None => {}
+                found => return found,
+            }
+        }
+        Search::None
+    }
+}
