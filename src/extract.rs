@@ -28,10 +28,16 @@ pub struct RequestFacts {
     pub body: Option<String>,
     /// Envoy's `x-request-id`, for the audit log.
     pub request_id: String,
+    /// Incoming header names that a WSGI server would read as one of our identity headers
+    /// (lower-cased, `_` as `-`, starting with the prefix): `x_quay_authz_user` reaches Quay as
+    /// `HTTP_X_QUAY_AUTHZ_USER` when the proxy lets underscores through, so each actual
+    /// spelling is removed. Only these names are copied, not the headers.
+    pub identity_header_spellings: Vec<String>,
 }
 
 impl RequestFacts {
-    pub fn from_check_request(request: &CheckRequest) -> Self {
+    /// `identity_prefix` is the configured identity header prefix (`x-quay-authz-`).
+    pub fn from_check_request(request: &CheckRequest, identity_prefix: &str) -> Self {
         let Some(http) = request
             .attributes
             .as_ref()
@@ -58,6 +64,12 @@ impl RequestFacts {
                 .into_iter()
                 .collect(),
             body,
+            identity_header_spellings: http
+                .headers
+                .keys()
+                .filter(|name| folds_to_prefix(name, identity_prefix))
+                .cloned()
+                .collect(),
             request_id: http
                 .headers
                 .get("x-request-id")
@@ -119,6 +131,20 @@ impl RequestFacts {
     pub fn is_registry(&self) -> bool {
         crate::route::area(&self.path) == crate::route::Area::Registry
     }
+}
+
+/// Whether `name`, lower-cased with `_` read as `-` (as WSGI folds them), starts with `prefix`.
+/// Compared byte by byte, so no folded copy is made for the many headers that do not match.
+fn folds_to_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.bytes().zip(prefix.bytes()).all(|(n, p)| {
+            let n = if n == b'_' {
+                b'-'
+            } else {
+                n.to_ascii_lowercase()
+            };
+            n == p.to_ascii_lowercase()
+        })
 }
 
 #[cfg(test)]
@@ -185,7 +211,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let facts = RequestFacts::from_check_request(&request);
+        let facts = RequestFacts::from_check_request(&request, "x-quay-authz-");
         assert_eq!(facts.credential(), Credential::Bearer("abc"));
         assert_eq!(facts.request_id, "req-1");
         assert_eq!(facts.headers.len(), 1);

@@ -71,7 +71,16 @@ struct Header<'h> {
     alg: Option<Text<'h>>,
     #[serde(borrow, default, deserialize_with = "present")]
     kid: Option<Text<'h>>,
+    /// Any value counts as present: `null` must not read as absent (RFC 7515 §4.1.11).
+    #[serde(default, deserialize_with = "present_any")]
     crit: Option<serde::de::IgnoredAny>,
+}
+
+/// A member that is present, of any value (`null` included), is `Some`.
+fn present_any<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde::de::IgnoredAny>, D::Error> {
+    serde::Deserialize::deserialize(deserializer).map(Some)
 }
 
 /// A JSON string, borrowed unless it holds escapes.
@@ -700,6 +709,12 @@ issuers:
         );
         assert_eq!(
             parse_token(&crit, 1000).expect_err("crit").reason,
+            Reason::TokenMalformed
+        );
+        // RFC 7515 §4.1.11: a present crit is refused whatever its value, null included.
+        let crit_null = token(json!({"alg": "RS256", "crit": null}), json!({"iss": "x"}));
+        assert_eq!(
+            parse_token(&crit_null, 1000).expect_err("crit null").reason,
             Reason::TokenMalformed
         );
         let no_iss = token(json!({"alg": "RS256"}), json!({"sub": "x"}));

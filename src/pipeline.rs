@@ -18,7 +18,7 @@ use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::permission::Permission;
 use crate::policy;
-use crate::respond::{ResponseSettings, build_response};
+use crate::respond::{ResponseSettings, build_response, remove_also};
 use crate::route::{RouteOutcome, RouteTable};
 use crate::token_cache::TokenCache;
 
@@ -105,9 +105,12 @@ impl Pipeline {
     /// Answers one Check, recording metrics and the audit event.
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
         let started = Instant::now();
-        let facts = RequestFacts::from_check_request(request);
+        let facts = RequestFacts::from_check_request(request, &self.config.headers.prefix);
         let decision = self.decide(&facts, unix_now()).await;
-        let response = build_response(&decision, &self.responses, facts.is_registry());
+        let mut response = build_response(&decision, &self.responses, facts.is_registry());
+        // Other spellings of our identity headers (`x_quay_authz_user`) go too: Quay's WSGI
+        // server reads them as the real ones.
+        remove_also(&mut response, &facts.identity_header_spellings);
         let elapsed = started.elapsed();
         self.record(&facts, &decision, elapsed);
         response

@@ -143,6 +143,18 @@ pub fn build_response(
     }
 }
 
+/// Adds incoming header names to an OK response's `headers_to_remove` (a deny forwards
+/// nothing, so it is left alone); names already listed are not repeated.
+pub fn remove_also(response: &mut CheckResponse, names: &[String]) {
+    if let Some(HttpResponse::OkResponse(ok)) = response.http_response.as_mut() {
+        for name in names {
+            if !ok.headers_to_remove.contains(name) {
+                ok.headers_to_remove.push(name.clone());
+            }
+        }
+    }
+}
+
 fn ok_response(
     headers: Vec<HeaderValueOption>,
     headers_to_remove: Vec<String>,

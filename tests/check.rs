@@ -478,3 +478,42 @@ async fn verified_token_cache_hits_and_never_outlives_its_key() {
         "unknown_key"
     );
 }
+
+/// Envoy with `headers_with_underscores_action: ALLOW` forwards `x_quay_authz_user`, and a
+/// WSGI server folds `_` and `-` together: every spelling must be removed, allowed or not.
+#[tokio::test]
+async fn underscore_spellings_of_identity_headers_are_removed_on_allow_and_passthrough() {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let token = issuer
+        .mint(
+            SigningKeyKind::Rsa,
+            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
+        )
+        .expect("mint");
+    let bearer = format!("Bearer {token}");
+    let spoofed = [
+        ("x_quay_authz_user", "admin"),
+        ("X_Quay_Authz_Groups", "admins"),
+        ("x-quay_authz-extra", "1"),
+    ];
+    for (expected, authorization) in [("allow", Some(bearer.as_str())), ("passthrough", None)] {
+        let mut headers = spoofed.to_vec();
+        if let Some(authorization) = authorization {
+            headers.push(("authorization", authorization));
+        }
+        let response = service.check("GET", REPO, &headers).await;
+        assert_eq!(decision(&response).0, expected);
+        let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+            panic!("not OK")
+        };
+        for (name, _) in spoofed {
+            assert!(
+                ok.headers_to_remove.iter().any(|removed| removed == name),
+                "{expected}: {name} not removed: {:?}",
+                ok.headers_to_remove
+            );
+        }
+    }
+}
