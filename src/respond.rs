@@ -144,11 +144,19 @@ pub fn build_response(
 }
 
 /// Adds incoming header names to an OK response's `headers_to_remove` (a deny forwards
-/// nothing, so it is left alone); names already listed are not repeated.
+/// nothing, so it is left alone); names already listed are not repeated. A name the response
+/// sets itself is skipped: Envoy applies removals after additions, so removing it would drop
+/// the value we set (which already overwrites the client's).
 pub fn remove_also(response: &mut CheckResponse, names: &[String]) {
     if let Some(HttpResponse::OkResponse(ok)) = response.http_response.as_mut() {
         for name in names {
-            if !ok.headers_to_remove.contains(name) {
+            let set_here = ok.headers.iter().any(|option| {
+                option
+                    .header
+                    .as_ref()
+                    .is_some_and(|header| header.key.eq_ignore_ascii_case(name))
+            });
+            if !set_here && !ok.headers_to_remove.contains(name) {
                 ok.headers_to_remove.push(name.clone());
             }
         }
