@@ -961,7 +961,7 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 /// A tenant id as Entra prints it: a GUID (lowercase hex with dashes).
-fn is_tenant_id(value: &str) -> bool {
+pub(crate) fn is_tenant_id(value: &str) -> bool {
     let groups: Vec<&str> = value.split('-').collect();
     let lengths = [8, 4, 4, 4, 12];
     groups.len() == 5

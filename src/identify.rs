@@ -244,10 +244,10 @@ fn entra_tenant_of(iss: &str) -> Option<&str> {
             iss.strip_prefix("https://login.microsoftonline.com/")
                 .and_then(|rest| rest.strip_suffix("/v2.0"))
         })?;
-    let valid = tenant.len() == 36
-        && tenant
-            .chars()
-            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase() || c == '-');
+    // A tenant id is a UUID, 8-4-4-4-12 lower-case hex as Entra writes it: a looser check let
+    // `tenants: any` take 36 dashes for a tenant.
+    let valid =
+        crate::config::is_tenant_id(tenant) && !tenant.contains(|c: char| c.is_ascii_uppercase());
     valid.then_some(tenant)
 }
 
@@ -761,5 +761,32 @@ issuers:
         assert!(match_issuer(&config, &format!("https://sts.windows.net/{OTHER}/")).is_some());
         assert!(match_issuer(&config, "https://sts.windows.net/common/").is_none());
         assert!(match_issuer(&config, "https://evil.example/").is_none());
+    }
+
+    #[test]
+    fn entra_tenant_in_iss_must_be_a_uuid() {
+        let tenant = "11111111-2222-3333-4444-555555555555";
+        assert_eq!(
+            entra_tenant_of(&format!("https://login.microsoftonline.com/{tenant}/v2.0")),
+            Some(tenant)
+        );
+        assert_eq!(
+            entra_tenant_of(&format!("https://sts.windows.net/{tenant}/")),
+            Some(tenant)
+        );
+        for bad in [
+            "-".repeat(36),
+            "1111111122223333444455555555555555555".into(),
+            "11111111-2222-3333-4444-55555555555-".into(),
+            "1111111-22222-3333-4444-555555555555".into(),
+            "11111111-2222-3333-4444-55555555555G".into(),
+            "11111111-2222-3333-4444-55555555555A".into(),
+        ] {
+            assert_eq!(
+                entra_tenant_of(&format!("https://login.microsoftonline.com/{bad}/v2.0")),
+                None,
+                "{bad}"
+            );
+        }
     }
 }
