@@ -499,21 +499,21 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
     }
 }
 
+/// A required claim holds when some value of the claim (an array's items, or the value) equals
+/// some expected value, as JSON values: the string `"1"` is not the number `1`, nor `"true"`
+/// the boolean `true` (comparing as text let a token satisfy a rule with the wrong type).
 fn required_claim_holds(actual: Option<&Value>, expected: &Value) -> bool {
     let Some(actual) = actual else {
         return false;
     };
-    let actual_values: Vec<String> = match actual {
-        Value::Array(items) => items.iter().filter_map(scalar_text).collect(),
-        other => scalar_text(other).into_iter().collect(),
-    };
-    let expected_values: Vec<String> = match expected {
-        Value::Array(items) => items.iter().filter_map(scalar_text).collect(),
-        other => scalar_text(other).into_iter().collect(),
-    };
-    actual_values
-        .iter()
-        .any(|value| expected_values.contains(value))
+    fn values(value: &Value) -> &[Value] {
+        match value {
+            Value::Array(items) => items,
+            other => std::slice::from_ref(other),
+        }
+    }
+    let expected = values(expected);
+    values(actual).iter().any(|value| expected.contains(value))
 }
 
 /// Groups from the configured claims: arrays as they are, strings split on spaces (Entra's
@@ -788,5 +788,21 @@ issuers:
                 "{bad}"
             );
         }
+    }
+
+    /// `required_claims` compares JSON values: the string `"1"` is not the number `1`.
+    #[test]
+    fn required_claims_compare_json_values_not_text() {
+        assert!(!required_claim_holds(Some(&json!("1")), &json!(1)));
+        assert!(!required_claim_holds(Some(&json!(1)), &json!("1")));
+        assert!(!required_claim_holds(Some(&json!("true")), &json!(true)));
+        assert!(required_claim_holds(Some(&json!(1)), &json!(1)));
+        assert!(required_claim_holds(Some(&json!("app")), &json!("app")));
+        assert!(required_claim_holds(
+            Some(&json!("2.0")),
+            &json!(["1.0", "2.0"])
+        ));
+        assert!(required_claim_holds(Some(&json!(["a", "b"])), &json!("b")));
+        assert!(!required_claim_holds(None, &json!("app")));
     }
 }
