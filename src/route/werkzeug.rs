@@ -62,8 +62,8 @@ struct RulePart {
     /// A final part that ended in `/`: its regex captures the optional trailing slash last.
     suffixed: bool,
     weight: Weighting,
-    /// Converter names in order of their groups.
-    variables: Vec<String>,
+    /// Converter names with the regex group that captures each (resolved once, at load).
+    variables: Vec<(String, usize)>,
 }
 
 impl PartialEq for RulePart {
@@ -206,9 +206,28 @@ fn parse_rule(rule: &str) -> Vec<RulePart> {
                 arguments: -(self.argument_weights.len() as i64),
                 argument_weights: self.argument_weights,
             };
+            // Our own table's converters: a regex that does not compile leaves the part
+            // without one, and `RuleMatcher::uncompiled` (checked by a test) counts it.
             let regex = (!self.is_static)
                 .then(|| Regex::new(&format!(r"\A(?:{})\z", self.content)).ok())
                 .flatten();
+            let variables = self
+                .variables
+                .into_iter()
+                .enumerate()
+                .map(|(index, name)| {
+                    let group = regex
+                        .as_ref()
+                        .and_then(|regex| {
+                            let wanted = format!("w{index}");
+                            regex
+                                .capture_names()
+                                .position(|group| group == Some(wanted.as_str()))
+                        })
+                        .unwrap_or(0);
+                    (name, group)
+                })
+                .collect();
             RulePart {
                 content: self.content,
                 regex,
@@ -216,7 +235,7 @@ fn parse_rule(rule: &str) -> Vec<RulePart> {
                 is_static: self.is_static,
                 suffixed,
                 weight,
-                variables: self.variables,
+                variables,
             }
         }
     }
@@ -349,6 +368,16 @@ impl RuleMatcher {
         matcher
     }
 
+    /// Dynamic parts whose regex did not compile (they can never match): must be zero.
+    #[cfg(test)]
+    pub fn uncompiled(&self) -> usize {
+        self.states
+            .iter()
+            .flat_map(|state| &state.dynamic)
+            .filter(|(part, _)| part.regex.is_none())
+            .count()
+    }
+
     fn new_state(&mut self) -> usize {
         self.states.push(State::default());
         self.states.len() - 1
@@ -410,19 +439,21 @@ impl Searcher<'_> {
                 found => return found,
             }
         }
+        // A final part matches the rest of the path at once: join it once per state.
+        let mut rest_of_path: Option<String> = None;
         for (test, next) in &here.dynamic {
             let Some(regex) = &test.regex else { continue };
-            let (target, mut rest): (String, &[&str]) = if test.is_final {
-                (parts.join("/"), &[])
+            let (target, mut rest): (&str, &[&str]) = if test.is_final {
+                (rest_of_path.get_or_insert_with(|| parts.join("/")), &[])
             } else {
-                ((*part).to_string(), remaining)
+                (part, remaining)
             };
-            let Some(captures) = regex.captures(&target) else {
+            let Some(captures) = regex.captures(target) else {
                 continue;
             };
             let mut found_values = values.clone();
-            for (group, variable) in test.variables.iter().enumerate() {
-                if let Some(capture) = captures.name(&format!("w{group}")) {
+            for (variable, group) in &test.variables {
+                if let Some(capture) = captures.get(*group) {
                     found_values.push((variable.clone(), capture.as_str().to_string()));
                 }
             }
