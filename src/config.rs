@@ -332,6 +332,10 @@ pub mod raw {
         pub jwks_uri: Option<String>,
         #[serde(default)]
         pub allow_insecure_http: bool,
+        /// Accept tokens that say they are not access tokens (an ID token's `nonce`, a `typ`
+        /// other than JWT/at+jwt). Only for an IdP that marks its access tokens so.
+        #[serde(default)]
+        pub accept_id_tokens: bool,
     }
 
     #[derive(Debug, Deserialize, JsonSchema)]
@@ -563,6 +567,8 @@ pub struct IssuerConfig {
     pub default_groups: Vec<String>,
     pub required_claims: BTreeMap<String, serde_json::Value>,
     pub required: bool,
+    /// Tokens whose `typ` or `nonce` mark them as ID tokens are accepted (opt-in, warned).
+    pub accept_id_tokens: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1231,6 +1237,14 @@ fn build_issuer(
         }
     }
 
+    if raw.accept_id_tokens {
+        warnings.push(format!(
+            "issuer {:?} accepts ID tokens as access tokens (accept_id_tokens: true): an ID \
+             token any client of this IdP obtained for the same audience is then a credential",
+            raw.name
+        ));
+    }
+
     if issues.found.len() > before {
         return None;
     }
@@ -1248,6 +1262,7 @@ fn build_issuer(
         default_groups: raw.default_groups.clone(),
         required_claims: raw.required_claims.clone(),
         required: raw.required.unwrap_or(true),
+        accept_id_tokens: raw.accept_id_tokens,
     })
 }
 

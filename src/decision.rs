@@ -28,6 +28,7 @@ pub enum Reason {
     AudienceMismatch,
     TenantMismatch,
     RequiredClaimMismatch,
+    NotAnAccessToken,
     // --- the request
     PathAmbiguous,
     RouteNotClassified,
@@ -37,7 +38,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::Allowed,
         Reason::NoCredentials,
         Reason::NotProtected,
@@ -54,6 +55,7 @@ impl Reason {
         Reason::AudienceMismatch,
         Reason::TenantMismatch,
         Reason::RequiredClaimMismatch,
+        Reason::NotAnAccessToken,
         Reason::PathAmbiguous,
         Reason::RouteNotClassified,
         Reason::InsufficientScope,
@@ -78,6 +80,7 @@ impl Reason {
             Self::AudienceMismatch => "audience_mismatch",
             Self::TenantMismatch => "tenant_mismatch",
             Self::RequiredClaimMismatch => "required_claim_mismatch",
+            Self::NotAnAccessToken => "not_an_access_token",
             Self::PathAmbiguous => "path_ambiguous",
             Self::RouteNotClassified => "route_not_classified",
             Self::InsufficientScope => "insufficient_scope",

@@ -220,6 +220,18 @@ impl DevIssuer {
         sign_token(&key, claims, None)
     }
 
+    /// Signs with the newest key of `kind` and the JOSE header `typ` given (None: no `typ`), as
+    /// an IdP marks its ID tokens (`JWT`), RFC 9068 access tokens (`at+jwt`) or other tokens.
+    pub fn mint_with_typ(
+        &self,
+        kind: SigningKeyKind,
+        claims: &Value,
+        typ: Option<&str>,
+    ) -> Result<String, DevIssuerError> {
+        let key = self.newest_key(kind)?;
+        sign_token_typed(&key, claims, None, typ)
+    }
+
     /// Signs with the newest key of `kind` but writes `kid` into the header.
     pub fn mint_with_kid(
         &self,
@@ -324,11 +336,24 @@ fn sign_token(
     claims: &Value,
     kid_override: Option<&str>,
 ) -> Result<String, DevIssuerError> {
+    sign_token_typed(key, claims, kid_override, Some("JWT"))
+}
+
+/// Signs with the given header `typ` (None: no typ member).
+fn sign_token_typed(
+    key: &SigningKey,
+    claims: &Value,
+    kid_override: Option<&str>,
+    typ: Option<&str>,
+) -> Result<String, DevIssuerError> {
     let alg = match key.kind() {
         SigningKeyKind::Rsa => "RS256",
         SigningKeyKind::Ec => "ES256",
     };
-    let header = json!({"alg": alg, "typ": "JWT", "kid": kid_override.unwrap_or(&key.kid)});
+    let mut header = json!({"alg": alg, "kid": kid_override.unwrap_or(&key.kid)});
+    if let Some(typ) = typ {
+        header["typ"] = json!(typ);
+    }
     let signing_input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),

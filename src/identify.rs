@@ -58,6 +58,8 @@ pub struct ParsedToken<'t> {
     pub signature: &'t str,
     pub algorithm: String,
     pub key_id: Option<String>,
+    /// The JOSE header's `typ` (RFC 7515 §4.1.9), which says what kind of token this is.
+    pub media_type: Option<String>,
     pub claims: Map<String, Value>,
     pub iss: String,
 }
@@ -71,6 +73,8 @@ struct Header<'h> {
     alg: Option<Text<'h>>,
     #[serde(borrow, default, deserialize_with = "present")]
     kid: Option<Text<'h>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    typ: Option<Text<'h>>,
     /// Any value counts as present: `null` must not read as absent (RFC 7515 §4.1.11).
     #[serde(default, deserialize_with = "present_any")]
     crit: Option<serde::de::IgnoredAny>,
@@ -155,6 +159,7 @@ pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Ide
         signature,
         algorithm: algorithm.into_owned(),
         key_id,
+        media_type: header.typ.map(|Text(typ)| typ.into_owned()),
         claims,
         iss,
     })
@@ -183,6 +188,9 @@ fn header_error(bytes: &[u8]) -> IdentifyError {
         }
         Ok(Value::Object(header)) if header.get("kid").is_some_and(|kid| !kid.is_string()) => {
             IdentifyError::new(Reason::TokenMalformed, "header kid is not a string")
+        }
+        Ok(Value::Object(header)) if header.get("typ").is_some_and(|typ| !typ.is_string()) => {
+            IdentifyError::new(Reason::TokenMalformed, "header typ is not a string")
         }
         _ => IdentifyError::new(
             Reason::TokenMalformed,
@@ -322,14 +330,19 @@ pub fn verify_signature(
 
 /// Validates the registered and issuer-specific claims (RFC 7519 §4.1) at `now` (Unix
 /// seconds) and builds the identity.
+/// `media_type` is the header's `typ` ([`ParsedToken::media_type`]).
 pub fn check_claims(
     claims: Map<String, Value>,
+    media_type: Option<&str>,
     matched: IssuerMatch<'_>,
     iss: &str,
     now: u64,
 ) -> Result<Identity, IdentifyError> {
     let issuer = matched.issuer;
     let leeway = issuer.leeway_seconds;
+    if !issuer.accept_id_tokens {
+        check_access_token(media_type, &claims)?;
+    }
 
     let exp = numeric_date(&claims, "exp")?
         .ok_or_else(|| IdentifyError::new(Reason::MissingClaim, "token has no exp"))?;
@@ -471,6 +484,42 @@ pub fn check_claims(
     })
 }
 
+/// Refuses what says it is not an access token: an OIDC ID token for the right client would
+/// otherwise pass, since it is signed by the same keys for the same audience.
+///
+/// - the JOSE `typ` must be absent, `JWT` or `at+jwt` (RFC 9068 §2.1), compared without case and
+///   with or without `application/` (RFC 7515 §4.1.9);
+/// - a `typ` claim `ID`, `Refresh`, `Offline` or `Logout` is one of Keycloak's other tokens;
+/// - a `nonce` belongs to ID tokens (OpenID Connect Core §2), never to access tokens.
+fn check_access_token(
+    media_type: Option<&str>,
+    claims: &Map<String, Value>,
+) -> Result<(), IdentifyError> {
+    let refuse = |detail: &str| IdentifyError::new(Reason::NotAnAccessToken, detail);
+    if let Some(media_type) = media_type {
+        let lower = media_type.to_ascii_lowercase();
+        let bare = lower.strip_prefix("application/").unwrap_or(&lower);
+        if bare != "jwt" && bare != "at+jwt" {
+            return Err(refuse(
+                "the token's header typ says it is not an access token (expected JWT or at+jwt)",
+            ));
+        }
+    }
+    if let Some(Value::String(kind)) = claims.get("typ")
+        && ["id", "refresh", "offline", "logout"].contains(&kind.to_ascii_lowercase().as_str())
+    {
+        return Err(refuse(
+            "the token's typ claim says it is an ID, refresh or logout token, not an access token",
+        ));
+    }
+    if claims.contains_key("nonce") {
+        return Err(refuse(
+            "the token carries a nonce, so it is an OpenID Connect ID token, not an access token",
+        ));
+    }
+    Ok(())
+}
+
 /// Entra v1 App ID URIs appear with and without a trailing slash (`api://quay-api/`).
 fn audience_equal(accepted: &str, actual: &str) -> bool {
     accepted == actual
@@ -582,7 +631,13 @@ issuers:
         let parsed = parse_token(&text, 16384)?;
         let matched = match_issuer(config, &parsed.iss)
             .ok_or_else(|| IdentifyError::new(Reason::IssuerNotConfigured, "x"))?;
-        check_claims(parsed.claims, matched, &parsed.iss, now)
+        check_claims(
+            parsed.claims,
+            parsed.media_type.as_deref(),
+            matched,
+            &parsed.iss,
+            now,
+        )
     }
 
     fn reason(result: Result<Identity, IdentifyError>) -> Reason {

@@ -297,8 +297,14 @@ impl Pipeline {
             }));
         };
         identify::verify_signature(&parsed, &key, algorithm).map_err(fail)?;
-        let identity =
-            identify::check_claims(parsed.claims, matched, &parsed.iss, now).map_err(fail)?;
+        let identity = identify::check_claims(
+            parsed.claims,
+            parsed.media_type.as_deref(),
+            matched,
+            &parsed.iss,
+            now,
+        )
+        .map_err(fail)?;
         let valid_until = identity
             .expires_at
             .saturating_add(matched.issuer.leeway_seconds);

@@ -517,3 +517,90 @@ async fn underscore_spellings_of_identity_headers_are_removed_on_allow_and_passt
         }
     }
 }
+
+/// Issue 10 item 3: an ID token (or a refresh/logout token) for the right audience is signed by
+/// the same keys, so only what it says about itself tells it apart; it must not pass as an
+/// access token unless the issuer opts in.
+#[tokio::test]
+async fn id_tokens_and_other_non_access_tokens_are_refused_unless_the_issuer_opts_in() {
+    let issuer = start_issuer().await;
+    let config = config_for(&issuer, "");
+    let service = TestService::start(&config, true).await;
+    let claims = dev_claims(&issuer, &["readers"]);
+    let with = |name: &str, value: serde_json::Value| {
+        let mut claims = claims.clone();
+        claims[name] = value;
+        claims
+    };
+    let mint = |claims: &serde_json::Value, typ: Option<&str>| {
+        issuer
+            .mint_with_typ(SigningKeyKind::Rsa, claims, typ)
+            .expect("mint")
+    };
+    let refused = [
+        ("header typ logout+jwt", mint(&claims, Some("logout+jwt"))),
+        (
+            "header typ dpop+jwt",
+            mint(&claims, Some("application/dpop+jwt")),
+        ),
+        ("header typ JOSE", mint(&claims, Some("JOSE"))),
+        (
+            "Keycloak ID token",
+            mint(&with("typ", json!("ID")), Some("JWT")),
+        ),
+        (
+            "Keycloak refresh",
+            mint(&with("typ", json!("Refresh")), Some("JWT")),
+        ),
+        (
+            "Keycloak logout",
+            mint(&with("typ", json!("Logout")), Some("JWT")),
+        ),
+        (
+            "OIDC nonce",
+            mint(&with("nonce", json!("n-0S6_WzA2Mj")), Some("JWT")),
+        ),
+    ];
+    let accepted = [
+        ("header typ JWT", mint(&claims, Some("JWT"))),
+        ("header typ at+jwt", mint(&claims, Some("at+jwt"))),
+        (
+            "application/AT+JWT",
+            mint(&claims, Some("application/AT+JWT")),
+        ),
+        ("no header typ", mint(&claims, None)),
+        (
+            "Keycloak access",
+            mint(&with("typ", json!("Bearer")), Some("JWT")),
+        ),
+    ];
+    for (what, token) in &refused {
+        let response = service.check_bearer("GET", REPO, token).await;
+        assert_eq!(
+            decision(&response),
+            ("deny".into(), "not_an_access_token".into()),
+            "{what}"
+        );
+        assert_eq!(http_status(&response), 401, "{what}");
+    }
+    for (what, token) in &accepted {
+        let response = service.check_bearer("GET", REPO, token).await;
+        assert_eq!(decision(&response).0, "allow", "{what}");
+    }
+
+    // `accept_id_tokens: true` on the issuer takes its ID tokens as they are.
+    let opted_in = config.replace(
+        "    algorithms: [RS256, ES256]\n    allow_insecure_http: true\n",
+        "    algorithms: [RS256, ES256]\n    allow_insecure_http: true\n    accept_id_tokens: true\n",
+    );
+    assert_ne!(opted_in, config, "the dev issuer entry was found");
+    let service = TestService::start(&opted_in, true).await;
+    for (what, token) in &refused {
+        let response = service.check_bearer("GET", REPO, token).await;
+        assert_eq!(
+            decision(&response).0,
+            "allow",
+            "{what} with accept_id_tokens"
+        );
+    }
+}
