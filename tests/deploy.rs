@@ -426,6 +426,94 @@ fn service_pdb_and_service_monitor_select_the_pods() {
     assert_eq!(manifests.namespace, "quay");
 }
 
+/// Issue 10 item 7: Quay is reachable only through the proxy. The NetworkPolicy selects Quay's
+/// pods (never quay-authz's own), is an Ingress policy, lets only the proxy's pods reach the
+/// port Envoy's `quay` cluster sends to, and the chart ships the same policy by default.
+#[test]
+fn network_policy_lets_only_the_proxy_reach_quay() {
+    let manifests = Manifests::load();
+    let policy = manifests.get("NetworkPolicy");
+    let quay_pods = at(policy, &["spec", "podSelector", "matchLabels"]);
+    assert!(
+        !labels(quay_pods).is_empty(),
+        "an empty podSelector selects every pod"
+    );
+    let authz_pods = at(
+        manifests.get("Deployment"),
+        &["spec", "template", "metadata", "labels"],
+    );
+    assert!(
+        !selects(quay_pods, authz_pods),
+        "the policy must select Quay's pods, not quay-authz's"
+    );
+    let types: Vec<&str> = list(policy, &["spec", "policyTypes"])
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(types, ["Ingress"]);
+
+    // Envoy's upstream port for Quay (deploy/envoy/envoy.yaml's `quay` cluster).
+    let envoy = read("deploy/envoy/envoy.yaml");
+    assert!(
+        envoy.contains("port_value: 8080"),
+        "the Envoy config moved Quay's port"
+    );
+    let ingress = list(policy, &["spec", "ingress"]);
+    let rule_for = |port: u64| {
+        ingress
+            .iter()
+            .filter(|rule| {
+                list(rule, &["ports"])
+                    .iter()
+                    .any(|p| at(p, &["port"]).as_u64() == Some(port))
+            })
+            .collect::<Vec<_>>()
+    };
+    for port in [8080, 8443] {
+        let rules = rule_for(port);
+        assert_eq!(rules.len(), 1, "port {port}: one rule");
+        let from = list(rules[0], &["from"]);
+        assert_eq!(from.len(), 1, "port {port}: only the proxy");
+        let proxy = at(&from[0], &["podSelector", "matchLabels"]);
+        assert!(
+            !labels(proxy).is_empty(),
+            "port {port}: a proxy selector, not everyone"
+        );
+        assert!(!selects(proxy, authz_pods));
+    }
+    // Only the metrics port is open to every pod.
+    for rule in ingress {
+        if at(rule, &["from"]).is_null() {
+            let ports: Vec<u64> = list(rule, &["ports"])
+                .iter()
+                .filter_map(|p| at(p, &["port"]).as_u64())
+                .collect();
+            assert_eq!(ports, [9091], "only Quay's metrics port is open to all");
+        }
+    }
+
+    // The chart: on by default, with the manifest's selectors and ports.
+    let values = documents(&format!("{CHART}/values.yaml")).remove(0);
+    let chart = at(&values, &["networkPolicy"]);
+    assert_eq!(at(chart, &["enabled"]).as_bool(), Some(true));
+    assert_eq!(labels(at(chart, &["quayPodSelector"])), labels(quay_pods));
+    let manifest_proxy = at(
+        &list(rule_for(8080)[0], &["from"])[0],
+        &["podSelector", "matchLabels"],
+    );
+    assert_eq!(
+        labels(at(chart, &["proxyPodSelector"])),
+        labels(manifest_proxy)
+    );
+    let chart_ports: Vec<u64> = list(chart, &["quayPorts"])
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(chart_ports, [8080, 8443]);
+    let template = read(&format!("{CHART}/templates/networkpolicy.yaml"));
+    assert!(template.contains("policyTypes: [Ingress]"));
+}
+
 /// The paths the manifests probe and scrape are served by a real quay-authz: 200 from
 /// /healthz and /readyz (once ready) and /metrics, 404 from a path it does not serve.
 #[tokio::test]

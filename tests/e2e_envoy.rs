@@ -130,3 +130,81 @@ async fn envoy_enforces_quay_authz_decisions() {
         "denied requests must not reach Quay"
     );
 }
+
+/// Issue 10 item 7: with `headers_with_underscores_action: ALLOW` (Istio's default) Envoy
+/// forwards `x_quay_authz_user`, and Quay's gunicorn reads it as `HTTP_X_QUAY_AUTHZ_USER`, the
+/// same variable as `x-quay-authz-user`. Every such spelling must be gone before the upstream,
+/// on allow and on passthrough; our own identity headers must survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_identity_headers_never_reach_quay_when_envoy_allows_underscores() {
+    let Some(bin) = require_envoy() else { return };
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let upstream = RecordingUpstream::start().await;
+    let envoy = Envoy::start_config(
+        &bin,
+        &common::envoy::deploy_config_path(),
+        service.running.grpc_addr.port(),
+        upstream.port,
+        &[(
+            "headers_with_underscores_action: DROP_HEADER",
+            "headers_with_underscores_action: ALLOW".to_string(),
+        )],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let token = entra_token(&issuer, &["Quay.acme.write"]);
+    // WSGI's folding: lower case, `_` read as `-`.
+    let folds_to_identity = |name: &str| {
+        name.to_ascii_lowercase()
+            .replace('_', "-")
+            .starts_with("x-quay-authz-")
+    };
+    let forged = [
+        ("x_quay_authz_user", "forged-admin"),
+        ("X_Quay_Authz_Groups", "Quay.Admin"),
+        ("x-quay_authz-scopes", "super:user"),
+    ];
+
+    for (case, bearer) in [("allow", Some(token.as_str())), ("passthrough", None)] {
+        let mut request = http.get(envoy.url("/api/v1/repository/acme/app"));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        for (name, value) in forged {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.expect("request");
+        assert_eq!(response.status(), 200, "{case}: {}", envoy.log());
+        let seen = upstream.last_request().expect("the request reached Quay");
+        let identity: Vec<&(String, String)> = seen
+            .headers
+            .iter()
+            .filter(|(name, _)| folds_to_identity(name))
+            .collect();
+        match bearer {
+            // Only the headers quay-authz set, with its values.
+            Some(_) => {
+                assert!(
+                    identity.iter().all(|(name, _)| !name.contains('_')),
+                    "{case}: an underscore spelling reached Quay: {identity:?}"
+                );
+                assert_eq!(
+                    seen.header_values("x-quay-authz-user"),
+                    ["alice@example.com"],
+                    "{case}"
+                );
+                assert!(
+                    identity.iter().all(|(_, value)| value != "forged-admin"
+                        && value != "Quay.Admin"
+                        && value != "super:user"),
+                    "{case}: a forged value reached Quay: {identity:?}"
+                );
+            }
+            None => assert!(
+                identity.is_empty(),
+                "{case}: identity headers reached Quay: {identity:?}"
+            ),
+        }
+    }
+}

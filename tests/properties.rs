@@ -8,6 +8,13 @@ use quay_authz::permission::{NamePattern, ResourcePattern, Target};
 use quay_authz::policy::evaluate;
 use quay_authz::route::{RouteOutcome, RouteTable};
 
+/// Quay's route table, compiled once for every case (compiling it per case is most of the
+/// run time otherwise).
+fn table() -> &'static RouteTable {
+    static TABLE: std::sync::OnceLock<RouteTable> = std::sync::OnceLock::new();
+    TABLE.get_or_init(RouteTable::new)
+}
+
 fn segment() -> impl Strategy<Value = String> {
     prop_oneof![
         Just("acme".to_string()),
@@ -49,8 +56,7 @@ proptest! {
 
     #[test]
     fn classified_paths_name_their_repository_literally(path in path(), method in prop_oneof![Just("GET"), Just("PUT"), Just("DELETE"), Just("POST"), Just("PATCH")]) {
-        let table = RouteTable::new();
-        if let RouteOutcome::Requires(required) = table.classify(method, &path, None) {
+        if let RouteOutcome::Requires(required) = table().classify(method, &path, None) {
             // A path that was classified has no ambiguous spelling at all.
             prop_assert!(!path.contains('%') && !path.contains('\\'));
             prop_assert!(!path.trim_end_matches('/').contains("//"));
@@ -133,6 +139,113 @@ proptest! {
                     }
                 }
                 other => prop_assert!(false, "{} gave {:?}", value, other),
+            }
+        }
+    }
+}
+
+// === Queries (issue 10 item 2) ===
+
+/// `application/x-www-form-urlencoded` decoding as Quay's Werkzeug reads `request.args`
+/// (Python's `parse_qsl`: split on `&`, `+` is a space, `%XX` decoded, a bad escape kept as
+/// written), written independently of the service's decoder so the two can disagree.
+fn werkzeug_args(query: &str) -> Vec<(String, String)> {
+    fn unquote_plus(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let hex = |b: u8| char::from(b).to_digit(16);
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match (
+                bytes[i],
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'+', _, _) => out.push(b' '),
+                (b'%', Some(high), Some(low)) => {
+                    out.push((high * 16 + low) as u8);
+                    i += 2;
+                }
+                (byte, _, _) => out.push(byte),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (unquote_plus(key), unquote_plus(value))
+        })
+        .collect()
+}
+
+/// A spelling of `word` with any of its characters percent-encoded, in either case.
+fn spelled(word: &'static str) -> impl Strategy<Value = String> {
+    prop::collection::vec((any::<bool>(), any::<bool>()), word.len()).prop_map(move |choices| {
+        word.chars()
+            .zip(choices)
+            .map(|(c, (encode, upper))| match (encode, upper) {
+                (false, _) => c.to_string(),
+                (true, false) => format!("%{:02x}", c as u32),
+                (true, true) => format!("%{:02X}", c as u32),
+            })
+            .collect()
+    })
+}
+
+fn query_pair() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        3 => Just("from".to_string()),
+        3 => Just("mount".to_string()),
+        2 => spelled("from"),
+        1 => spelled("mount"),
+        1 => Just("digest".to_string()),
+        1 => Just("From".to_string()),
+        1 => Just("from+".to_string()),
+        1 => Just("fro%6d".to_string()),
+    ];
+    let value = prop_oneof![
+        Just("victim/secret".to_string()),
+        Just("me/app".to_string()),
+        Just("victim%2Fsecret".to_string()),
+        Just("victim/sec+ret".to_string()),
+        Just("sha256:abc".to_string()),
+        Just("".to_string()),
+        "[a-z/%+2fF]{0,10}",
+    ];
+    (key, value, any::<bool>()).prop_map(|(key, value, with_value)| {
+        if with_value {
+            format!("{key}={value}")
+        } else {
+            key
+        }
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Whatever the spelling, an upload the service allows requires pull on exactly the
+    /// repository Quay will mount from (`request.args.get("from")`: the first decoded `from`),
+    /// and a query with two decoded `from` or `mount` keys is never allowed.
+    #[test]
+    fn mount_source_is_checked_as_werkzeug_decodes_it(pairs in prop::collection::vec(query_pair(), 0..5)) {
+        let query = pairs.join("&");
+        let path = format!("/v2/me/app/blobs/uploads/?{query}");
+        let outcome = table().classify("POST", &path, None);
+        let args = werkzeug_args(&query);
+        let froms: Vec<&str> = args.iter().filter(|(k, _)| k == "from").map(|(_, v)| v.as_str()).collect();
+        let mounts = args.iter().filter(|(k, _)| k == "mount").count();
+        if let RouteOutcome::Requires(required) = outcome {
+            prop_assert!(froms.len() <= 1 && mounts <= 1, "{} allowed with {:?}", path, args);
+            let pushes = required.iter().any(|p| matches!(&p.target, Target::Repository { namespace, name } if namespace == "me" && name == "app"));
+            prop_assert!(pushes, "{} does not require push on me/app: {:?}", path, required);
+            if let Some(from) = froms.first() {
+                let checked = required.iter().any(|p| matches!(&p.target, Target::Repository { namespace, name } if format!("{namespace}/{name}") == *from));
+                prop_assert!(checked, "{} mounts from {:?} but requires {:?}", path, from, required);
             }
         }
     }
