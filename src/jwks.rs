@@ -869,11 +869,19 @@ fn parse_jwk(entry: &Value) -> Result<VerificationKey, &'static str> {
     })
 }
 
+/// A 2048-bit RSA key (not one anyone holds the private half of) with `kid`, for tests of the
+/// caches that hold keys.
+#[cfg(test)]
+pub(crate) fn test_key(kid: &str) -> Arc<VerificationKey> {
+    let jwk = tests::rsa_jwk(2048, serde_json::json!({ "kid": kid }));
+    Arc::new(parse_jwk(&jwk).expect("a usable test key"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rsa_jwk(bits: usize, extra: Value) -> Value {
+    pub(super) fn rsa_jwk(bits: usize, extra: Value) -> Value {
         let mut n = vec![0xC1u8; bits / 8];
         n[bits / 8 - 1] = 0x01;
         let mut jwk = serde_json::json!({"kty": "RSA", "kid": "r", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"});
