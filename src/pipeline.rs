@@ -36,17 +36,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: Arc<Config>, key_store: &KeyStore, metrics: Metrics) -> Self {
-        let key_sources = config
-            .issuers
-            .iter()
-            .map(|issuer| {
-                issuer
-                    .key_sources
-                    .iter()
-                    .map(|source| key_store.source(&issuer.name, source))
-                    .collect()
-            })
-            .collect();
+        let key_sources = key_store.bind(&config);
         let responses = ResponseSettings::new(
             config.headers.clone(),
             config.quay.realm.clone(),
