@@ -227,6 +227,9 @@ pub mod raw {
         pub max_ttl_seconds: u64,
         /// An unknown `kid` refetches a key set at most once per this interval.
         pub min_refetch_interval_seconds: u64,
+        /// Key sets are refreshed at least this often, whatever `Cache-Control: max-age`
+        /// says, so a key the IdP removes stops validating within it.
+        pub max_refresh_interval_seconds: u64,
         /// Per discovery or JWKS fetch.
         pub fetch_timeout_seconds: u64,
         /// Larger discovery or JWKS documents are refused.
@@ -258,6 +261,7 @@ pub mod raw {
                 min_ttl_seconds: 300,
                 max_ttl_seconds: 86_400,
                 min_refetch_interval_seconds: 30,
+                max_refresh_interval_seconds: 600,
                 fetch_timeout_seconds: 5,
                 max_response_bytes: 1024 * 1024,
                 max_keys: 100,
@@ -430,6 +434,7 @@ pub struct JwksSettings {
     pub min_ttl: Duration,
     pub max_ttl: Duration,
     pub min_refetch_interval: Duration,
+    pub max_refresh_interval: Duration,
     pub fetch_timeout: Duration,
     pub max_response_bytes: usize,
     pub max_keys: usize,
@@ -542,7 +547,7 @@ impl KeyLocation {
 
 /// One source of keys and the issuer strings it may vouch for (checked against a discovery
 /// document's `issuer`, OpenID Connect Discovery §4.3).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeySourceConfig {
     pub location: KeyLocation,
     pub expected_issuers: Vec<String>,
@@ -893,6 +898,9 @@ fn build_jwks(raw: &raw::Jwks, issues: &mut Issues<'_>) -> JwksSettings {
     if raw.fetch_timeout_seconds == 0 {
         issues.push("jwks.fetch_timeout_seconds", "must be positive");
     }
+    if raw.max_refresh_interval_seconds == 0 {
+        issues.push("jwks.max_refresh_interval_seconds", "must be positive");
+    }
     if raw.max_keys == 0 {
         issues.push("jwks.max_keys", "must be positive");
     }
@@ -914,6 +922,7 @@ fn build_jwks(raw: &raw::Jwks, issues: &mut Issues<'_>) -> JwksSettings {
         min_ttl: Duration::from_secs(raw.min_ttl_seconds),
         max_ttl: Duration::from_secs(raw.max_ttl_seconds),
         min_refetch_interval: Duration::from_secs(raw.min_refetch_interval_seconds),
+        max_refresh_interval: Duration::from_secs(raw.max_refresh_interval_seconds),
         fetch_timeout: Duration::from_secs(raw.fetch_timeout_seconds),
         max_response_bytes: raw.max_response_bytes,
         max_keys: raw.max_keys,
@@ -1559,6 +1568,13 @@ issuers:
         );
         assert_eq!(entra.algorithms, [SigningAlgorithm::RS256]);
         assert_eq!(entra.leeway_seconds, 60);
+        assert_eq!(config.jwks.max_refresh_interval, Duration::from_secs(600));
+        assert!(
+            errors(&format!(
+                "{MINIMAL}jwks: {{max_refresh_interval_seconds: 0}}\n"
+            ))
+            .contains("jwks.max_refresh_interval_seconds: must be positive")
+        );
         assert!(entra.required);
         assert_eq!(
             entra.key_sources[1].location,

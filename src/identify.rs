@@ -98,14 +98,21 @@ fn present<'de, D: serde::Deserializer<'de>>(
     serde::Deserialize::deserialize(deserializer).map(Some)
 }
 
-/// Splits and decodes a compact JWS. Refuses oversized input before any decoding.
-pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, IdentifyError> {
+/// Refuses a token over `max_bytes` (`limits.max_token_bytes`) before anything reads it: no
+/// decoding, no hashing.
+pub fn check_size(token: &str, max_bytes: usize) -> Result<(), IdentifyError> {
     if token.len() > max_bytes {
         return Err(IdentifyError::new(
             Reason::TokenTooLarge,
             format!("token is {} bytes, the limit is {max_bytes}", token.len()),
         ));
     }
+    Ok(())
+}
+
+/// Splits and decodes a compact JWS. Refuses oversized input before any decoding.
+pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, IdentifyError> {
+    check_size(token, max_bytes)?;
     let mut parts = token.splitn(4, '.');
     let (Some(header_part), Some(payload_part), Some(signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

@@ -1,23 +1,28 @@
 //! JWKS: fetching issuers' public keys and caching them.
 //!
-//! Usage: `KeyStore::new(client settings)`, then `store.source(&issuer, &key_source_config)`
-//! returns the shared `KeySource` (one per key URL, so issuers that share keys share a cache).
-//! `KeySource::start` launches its background refresher; Checks call `current()` (a lock-free
-//! read of the published key set) and, for an unknown `kid`, `refresh_for_unknown_kid`. After a
-//! reload, `store.prune(&config)` forgets the sources no issuer names any more.
+//! Usage: `KeyStore::new(jwks settings)`, then `store.bind(&config)` gives every issuer its
+//! shared `KeySource`s (one per key location and trust settings, so issuers that share keys
+//! share a cache), started on first use. Checks call `current()` (a lock-free read of the
+//! published key set) and, for an unknown `kid`, `refresh_for_unknown_kid`. A reload binds the
+//! new configuration to the same store — unchanged sources keep their keys, take the new
+//! `jwks` settings and issuer name — and `store.prune(&config)` forgets the sources no issuer
+//! names any more.
 //!
 //! Like Envoy's `jwks_async_fetcher`: key sets are published by atomic swap so readers never
-//! wait on a fetch; refreshed in the background before they expire (sooner after a failure,
-//! with backoff); an unknown kid triggers at most one fetch in flight per source (waiters share
-//! it) and at most one per minimum interval, so a flood of random kids cannot become a flood
-//! of fetches. Between those fetches an unknown kid is answered at once, without a lock (see
-//! `RefetchGate`).
+//! wait on a fetch; refreshed in the background before they expire, and at least every
+//! `jwks.max_refresh_interval_seconds` (sooner after a failure, with backoff); an unknown kid
+//! triggers at most one fetch in flight per source (waiters share it) and at most one per
+//! minimum interval, so a flood of random kids cannot become a flood of fetches. Between those
+//! fetches an unknown kid is answered at once, without a lock (see `RefetchGate`). A fetch that
+//! returns a key already published keeps that key's object (`carry_over`), so the tokens it
+//! verified stay in the verified-token cache: only a removed or changed key drops them.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use aws_lc_rs::signature::{
     self as lc, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents, VerificationAlgorithm,
 };
@@ -25,7 +30,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, JwksSettings, KeyLocation, KeySourceConfig, SigningAlgorithm};
 use crate::metrics::Metrics;
@@ -64,6 +69,14 @@ pub struct VerificationKey {
 impl VerificationKey {
     pub fn fits(&self, algorithm: SigningAlgorithm) -> bool {
         self.kind.fits(algorithm) && self.algorithm.is_none_or(|alg| alg == algorithm)
+    }
+
+    /// Whether `other` is this key again: same `kid`, type, `alg` and public key material.
+    fn same_key(&self, other: &Self) -> bool {
+        self.key_id == other.key_id
+            && self.kind == other.kind
+            && self.algorithm == other.algorithm
+            && self.key.same_material(&other.key)
     }
 
     /// Whether `signature` (raw bytes, RFC 7518 §3) signs `message` with this key under
@@ -118,6 +131,15 @@ impl PublicKey {
             .map(Self::Single)
     }
 
+    fn same_material(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Rsa { n, e, .. }, Self::Rsa { n: n2, e: e2, .. }) => n == n2 && e == e2,
+            // The bytes the key was parsed from: a SEC 1 point or an Ed25519 public key.
+            (Self::Single(key), Self::Single(other)) => key.as_ref() == other.as_ref(),
+            _ => false,
+        }
+    }
+
     fn parsed(&self, algorithm: SigningAlgorithm) -> Option<&ParsedPublicKey> {
         match self {
             Self::Single(key) => Some(key),
@@ -151,6 +173,32 @@ fn rsa_parameters(algorithm: SigningAlgorithm) -> Option<(usize, &'static RsaPar
         PS512 => (5, &lc::RSA_PSS_2048_8192_SHA512),
         ES256 | ES384 | EdDSA => return None,
     })
+}
+
+/// The keys to publish after a fetch: every fetched key that is a key of `previous` again
+/// (same `kid`, type, `alg` and material) is replaced by that key's object. The verified-token
+/// cache holds weak references to key objects, so a refetch that returns the same keys — after
+/// an unknown kid, which anyone can send — keeps every cached token valid, while a key removed
+/// from the JWKS, or changed under its `kid`, is dropped with the previous set and takes the
+/// tokens it verified with it.
+fn carry_over(
+    previous: Option<&KeySet>,
+    fetched: Vec<Arc<VerificationKey>>,
+) -> Vec<Arc<VerificationKey>> {
+    let Some(previous) = previous else {
+        return fetched;
+    };
+    fetched
+        .into_iter()
+        .map(|key| {
+            previous
+                .keys
+                .iter()
+                .find(|old| old.same_key(&key))
+                .cloned()
+                .unwrap_or(key)
+        })
+        .collect()
 }
 
 /// A published key set.
@@ -225,12 +273,44 @@ pub struct SourceStatus {
     pub ttl: Option<Duration>,
 }
 
-/// The keys behind one URL, shared by every issuer string that names it.
-pub struct KeySource {
-    pub issuer_name: String,
-    pub config: KeySourceConfig,
+/// The `jwks` settings and the HTTP client built from them, replaced whole when a reload
+/// changes `jwks`.
+struct FetchSetup {
     settings: JwksSettings,
     client: reqwest::Client,
+}
+
+impl FetchSetup {
+    fn new(settings: JwksSettings) -> Self {
+        let builder = reqwest::Client::builder()
+            .timeout(settings.fetch_timeout)
+            .connect_timeout(settings.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .user_agent(concat!("quay-authz/", env!("CARGO_PKG_VERSION")));
+        // The CA bundle and proxy were checked when the configuration loaded, so this should
+        // not fail; if it does, say so loudly and fetch with reqwest's defaults.
+        let client = crate::tls::configure_fetch_client(builder, &settings)
+            .and_then(|builder| builder.build())
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "cannot build the JWKS client with jwks.ca_file and jwks.proxy");
+                reqwest::Client::default()
+            });
+        Self { settings, client }
+    }
+}
+
+/// The keys behind one location, shared by every issuer string that names it with the same
+/// trust settings (`KeySourceConfig`).
+pub struct KeySource {
+    /// Never changes: a configuration that changes it gets another source.
+    pub config: KeySourceConfig,
+    /// The issuer the source is reported under in metrics and logs: the first issuer of the
+    /// configuration in force that uses it.
+    issuer_name: ArcSwap<String>,
+    /// The configuration in force's `jwks` settings.
+    fetch: ArcSwap<FetchSetup>,
+    /// Wakes the refresher for a fetch now, with new settings.
+    wake: Arc<Notify>,
     metrics: Metrics,
     current: ArcSwapOption<KeySet>,
     generation: AtomicU64,
@@ -249,6 +329,35 @@ pub struct KeySource {
 }
 
 impl KeySource {
+    /// The configured issuer this source is reported under.
+    pub fn issuer_name(&self) -> String {
+        self.issuer_name.load().as_str().to_string()
+    }
+
+    /// Takes the issuer name and `jwks` settings of the configuration being bound. New
+    /// settings apply from a fetch made now, so a shorter refresh interval or a new CA or
+    /// proxy does not wait for the old schedule.
+    fn adopt(&self, issuer_name: &str, fetch: &Arc<FetchSetup>) {
+        if self.issuer_name.load().as_str() != issuer_name {
+            let old = self.issuer_name.swap(Arc::new(issuer_name.to_string()));
+            let url = self.config.location.url();
+            let _ = self.metrics.jwks_keys.remove_label_values(&[&old, url]);
+            if let Some(set) = self.current() {
+                self.metrics
+                    .jwks_keys
+                    .with_label_values(&[issuer_name, url])
+                    .set(set.keys.len() as i64);
+            }
+        }
+        if !Arc::ptr_eq(&self.fetch.load(), fetch) {
+            self.fetch.store(fetch.clone());
+            if let Ok(mut discovered) = self.discovered.lock() {
+                *discovered = None;
+            }
+            self.wake.notify_one();
+        }
+    }
+
     /// The published key set, if any: a lock-free load.
     pub fn current(&self) -> Option<Arc<KeySet>> {
         self.current.load_full()
@@ -274,6 +383,7 @@ impl KeySource {
     fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<KeySource> = Arc::downgrade(self);
         let mut dropped = self.alive.subscribe();
+        let wake = self.wake.clone();
         tokio::spawn(async move {
             let mut failures: u32 = 0;
             loop {
@@ -281,8 +391,7 @@ impl KeySource {
                 let wait = match source.refresh().await {
                     Ok(ttl) => {
                         failures = 0;
-                        // Refresh at 80% of the lifetime, before the keys expire.
-                        ttl.mul_f64(0.8)
+                        refresh_delay(ttl, source.fetch.load().settings.max_refresh_interval)
                     }
                     Err(_) => {
                         failures = failures.saturating_add(1);
@@ -292,6 +401,7 @@ impl KeySource {
                 drop(source);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = wake.notified() => {}
                     // Nothing is ever sent: this ends only when the source is dropped.
                     _ = dropped.changed() => return,
                 }
@@ -310,7 +420,7 @@ impl KeySource {
         if self.fixed {
             return self.current();
         }
-        let interval = self.settings.min_refetch_interval;
+        let interval = self.fetch.load().settings.min_refetch_interval;
         loop {
             let current = self.current();
             if current.as_ref().map(|set| set.generation) != seen_generation
@@ -350,24 +460,32 @@ impl KeySource {
     }
 
     async fn refresh_locked(&self) -> Result<Duration, FetchError> {
-        let result =
-            fetch_key_set(&self.client, &self.config, &self.settings, &self.discovered).await;
+        let fetch = self.fetch.load_full();
+        let result = fetch_key_set(
+            &fetch.client,
+            &self.config,
+            &fetch.settings,
+            &self.discovered,
+        )
+        .await;
         let label = match &result {
             Ok(_) => "success",
             Err(error) => error.kind(),
         };
+        let issuer_name = self.issuer_name.load_full();
         self.metrics
             .jwks_fetches
-            .with_label_values(&[&self.issuer_name, label])
+            .with_label_values(&[&issuer_name, label])
             .inc();
         let mut status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
         status.fetches += 1;
         let outcome = match result {
             Ok((keys, ttl)) => {
+                let keys = carry_over(self.current().as_deref(), keys);
                 let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
                 self.metrics
                     .jwks_keys
-                    .with_label_values(&[&self.issuer_name, self.config.location.url()])
+                    .with_label_values(&[&issuer_name, self.config.location.url()])
                     .set(keys.len() as i64);
                 self.current.store(Some(Arc::new(KeySet {
                     keys,
@@ -377,16 +495,16 @@ impl KeySource {
                 status.last_error = None;
                 status.last_success = Some(Instant::now());
                 status.ttl = Some(ttl);
-                tracing::info!(issuer = %self.issuer_name, url = %self.config.location.url(), ttl_seconds = ttl.as_secs(), "key set refreshed");
+                tracing::info!(issuer = %issuer_name, url = %self.config.location.url(), ttl_seconds = ttl.as_secs(), "key set refreshed");
                 Ok(ttl)
             }
             Err(error) => {
-                tracing::warn!(issuer = %self.issuer_name, error = %error, "key set fetch failed; keeping the previous keys");
+                tracing::warn!(issuer = %issuer_name, error = %error, "key set fetch failed; keeping the previous keys");
                 // Past the stale limit, old keys stop serving: a long-dead IdP's keys may
                 // have been revoked since.
                 if status
                     .last_success
-                    .is_some_and(|at| at.elapsed() > self.settings.stale_limit)
+                    .is_some_and(|at| at.elapsed() > fetch.settings.stale_limit)
                 {
                     self.current.store(None);
                 }
@@ -399,6 +517,15 @@ impl KeySource {
         }
         outcome
     }
+}
+
+/// How long after a successful fetch the next scheduled one starts: at 80% of the key set's
+/// lifetime, so keys are replaced before they expire — but never later than `max_interval`
+/// (`jwks.max_refresh_interval_seconds`, 10 min by default as Envoy's jwt_authn
+/// `cache_duration`): an IdP may send `max-age` of a day, and a key it pulls after a
+/// compromise must stop validating within the interval, not the day.
+pub fn refresh_delay(ttl: Duration, max_interval: Duration) -> Duration {
+    ttl.mul_f64(0.8).min(max_interval)
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -491,41 +618,66 @@ impl RefetchGate {
     }
 }
 
-/// Key sources, one per URL, shared across issuers and across configuration reloads.
+/// Key sources, one per location and trust settings (`KeySourceConfig`: the URL, the issuers
+/// a discovery document may name, whether plain HTTP is allowed), shared across issuers and
+/// across configuration reloads. A reload that changes any of those gets a new source, fetched
+/// under the new settings; one that changes only the issuer's name or the `jwks` settings
+/// keeps the source and its keys.
 pub struct KeyStore {
-    client: reqwest::Client,
-    settings: JwksSettings,
+    fetch: ArcSwap<FetchSetup>,
     metrics: Metrics,
-    sources: DashMap<KeyLocation, Arc<KeySource>>,
+    sources: DashMap<KeySourceConfig, Arc<KeySource>>,
 }
 
 impl KeyStore {
     pub fn new(settings: JwksSettings, metrics: Metrics) -> Self {
-        let builder = reqwest::Client::builder()
-            .timeout(settings.fetch_timeout)
-            .connect_timeout(settings.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("quay-authz/", env!("CARGO_PKG_VERSION")));
-        // The CA bundle and proxy were checked when the configuration loaded, so this should
-        // not fail; if it does, say so loudly and fetch with reqwest's defaults.
-        let client = crate::tls::configure_fetch_client(builder, &settings)
-            .and_then(|builder| builder.build())
-            .unwrap_or_else(|error| {
-                tracing::error!(%error, "cannot build the JWKS client with jwks.ca_file and jwks.proxy");
-                reqwest::Client::default()
-            });
         Self {
-            client,
-            settings,
+            fetch: ArcSwap::from_pointee(FetchSetup::new(settings)),
             metrics,
             sources: DashMap::new(),
         }
     }
 
+    /// The key sources of every issuer of `config` (in `config.issuers` order, then each
+    /// issuer's `key_sources` order), created and started on first use. Sources already held
+    /// take `config.jwks` and the name of the first issuer that uses them.
+    pub fn bind(&self, config: &Config) -> Vec<Vec<Arc<KeySource>>> {
+        let fetch = self.configure(&config.jwks);
+        let mut named: HashSet<&KeySourceConfig> = HashSet::new();
+        config
+            .issuers
+            .iter()
+            .map(|issuer| {
+                issuer
+                    .key_sources
+                    .iter()
+                    .map(|source_config| {
+                        let source = self.source(&issuer.name, source_config);
+                        if named.insert(source_config) {
+                            source.adopt(&issuer.name, &fetch);
+                        }
+                        source
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The fetch setup for `settings`: the current one if they did not change.
+    fn configure(&self, settings: &JwksSettings) -> Arc<FetchSetup> {
+        let current = self.fetch.load_full();
+        if current.settings == *settings {
+            return current;
+        }
+        let fresh = Arc::new(FetchSetup::new(settings.clone()));
+        self.fetch.store(fresh.clone());
+        fresh
+    }
+
     /// The source for `config`, created (and its refresher started) on first use.
     pub fn source(&self, issuer_name: &str, config: &KeySourceConfig) -> Arc<KeySource> {
         self.sources
-            .entry(config.location.clone())
+            .entry(config.clone())
             .or_insert_with(|| {
                 let source = self.new_source(issuer_name, config, false);
                 source.start();
@@ -538,22 +690,41 @@ impl KeyStore {
     /// key-count gauges. A pipeline still answering Checks keeps its sources until it is
     /// dropped; each source's refresher stops when the source does.
     pub fn prune(&self, config: &Config) {
-        let referenced: Vec<&KeyLocation> = config
+        let referenced: HashSet<&KeySourceConfig> = config
             .issuers
             .iter()
-            .flat_map(|issuer| issuer.key_sources.iter().map(|source| &source.location))
+            .flat_map(|issuer| issuer.key_sources.iter())
             .collect();
-        self.sources.retain(|location, source| {
-            let keep = referenced.contains(&location);
+        let mut dropped = Vec::new();
+        self.sources.retain(|source_config, source| {
+            let keep = referenced.contains(source_config);
             if !keep {
-                tracing::info!(issuer = %source.issuer_name, url = %location.url(), "key source no longer configured; dropped");
-                let _ = self
-                    .metrics
-                    .jwks_keys
-                    .remove_label_values(&[&source.issuer_name, location.url()]);
+                let issuer_name = source.issuer_name();
+                let url = source_config.location.url();
+                tracing::info!(issuer = %issuer_name, url = %url, "key source no longer configured; dropped");
+                dropped.push((issuer_name, url.to_string()));
             }
             keep
         });
+        // A source that replaced a dropped one (same URL, new trust settings) may report under
+        // the same labels: the gauge then shows its keys, or nothing until it has some.
+        for (issuer_name, url) in dropped {
+            let _ = self
+                .metrics
+                .jwks_keys
+                .remove_label_values(&[&issuer_name, &url]);
+            for kept in self.sources.iter() {
+                if kept.config.location.url() == url
+                    && kept.issuer_name() == issuer_name
+                    && let Some(set) = kept.current()
+                {
+                    self.metrics
+                        .jwks_keys
+                        .with_label_values(&[&issuer_name, &url])
+                        .set(set.keys.len() as i64);
+                }
+            }
+        }
     }
 
     /// How many key sources the store holds.
@@ -573,7 +744,7 @@ impl KeyStore {
         config: &KeySourceConfig,
         jwks: &[u8],
     ) -> Result<usize, String> {
-        let keys = parse_jwks(jwks, self.settings.max_keys)?;
+        let keys = parse_jwks(jwks, self.fetch.load().settings.max_keys)?;
         let count = keys.len();
         let source = self.new_source(issuer_name, config, true);
         let generation = source.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -582,7 +753,7 @@ impl KeyStore {
             fetched_at: Instant::now(),
             generation,
         })));
-        self.sources.insert(config.location.clone(), source);
+        self.sources.insert(config.clone(), source);
         Ok(count)
     }
 
@@ -595,10 +766,10 @@ impl KeyStore {
         Arc::new(KeySource {
             fixed,
             discovered: Mutex::new(None),
-            issuer_name: issuer_name.to_string(),
+            issuer_name: ArcSwap::from_pointee(issuer_name.to_string()),
             config: config.clone(),
-            settings: self.settings.clone(),
-            client: self.client.clone(),
+            fetch: ArcSwap::new(self.fetch.load_full()),
+            wake: Arc::new(Notify::new()),
             metrics: self.metrics.clone(),
             current: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
@@ -869,11 +1040,19 @@ fn parse_jwk(entry: &Value) -> Result<VerificationKey, &'static str> {
     })
 }
 
+/// A 2048-bit RSA key (not one anyone holds the private half of) with `kid`, for tests of the
+/// caches that hold keys.
+#[cfg(test)]
+pub(crate) fn test_key(kid: &str) -> Arc<VerificationKey> {
+    let jwk = tests::rsa_jwk(2048, serde_json::json!({ "kid": kid }));
+    Arc::new(parse_jwk(&jwk).expect("a usable test key"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rsa_jwk(bits: usize, extra: Value) -> Value {
+    pub(super) fn rsa_jwk(bits: usize, extra: Value) -> Value {
         let mut n = vec![0xC1u8; bits / 8];
         n[bits / 8 - 1] = 0x01;
         let mut jwk = serde_json::json!({"kty": "RSA", "kid": "r", "n": URL_SAFE_NO_PAD.encode(&n), "e": "AQAB"});
@@ -931,6 +1110,96 @@ mod tests {
             Some("a".into())
         );
         assert!(set.find(None, SigningAlgorithm::PS256).is_none());
+    }
+
+    fn key_set(keys: Vec<Arc<VerificationKey>>) -> KeySet {
+        KeySet {
+            keys,
+            fetched_at: Instant::now(),
+            generation: 1,
+        }
+    }
+
+    fn parsed(jwks: Value) -> Vec<Arc<VerificationKey>> {
+        parse_jwks(jwks.to_string().as_bytes(), 10).expect("parsed")
+    }
+
+    #[test]
+    fn a_refetch_keeps_the_objects_of_unchanged_keys_only() {
+        let other_n = URL_SAFE_NO_PAD.encode([0xC3u8; 256]);
+        let jwks = serde_json::json!({"keys": [
+            rsa_jwk(2048, serde_json::json!({"kid": "same"})),
+            rsa_jwk(2048, serde_json::json!({"kid": "removed"})),
+            rsa_jwk(2048, serde_json::json!({"kid": "changed"})),
+            rsa_jwk(2048, serde_json::json!({"kid": "alg", "alg": "RS256"})),
+        ]});
+        let previous = key_set(parsed(jwks));
+        let refetched = serde_json::json!({"keys": [
+            rsa_jwk(2048, serde_json::json!({"kid": "same"})),
+            // The same kid, another modulus: a different key.
+            rsa_jwk(2048, serde_json::json!({"kid": "changed", "n": other_n})),
+            // The same material restricted to another algorithm: a different key too.
+            rsa_jwk(2048, serde_json::json!({"kid": "alg", "alg": "PS256"})),
+            rsa_jwk(2048, serde_json::json!({"kid": "new"})),
+        ]});
+        let published = carry_over(Some(&previous), parsed(refetched));
+        let kept = |kid: &str| {
+            let old = previous.find(Some(kid), SigningAlgorithm::RS256);
+            let new = published
+                .iter()
+                .find(|key| key.key_id.as_deref() == Some(kid));
+            matches!((old, new), (Some(old), Some(new)) if Arc::ptr_eq(old, new))
+        };
+        assert!(kept("same"), "an unchanged key keeps its object");
+        assert!(!kept("changed"));
+        assert!(!kept("alg"));
+        assert_eq!(published.len(), 4);
+        // Once the previous set is gone, only the carried-over key's object lives on: the
+        // token cache's weak references to the others die.
+        let weak: Vec<(String, Weak<VerificationKey>)> = previous
+            .keys
+            .iter()
+            .map(|key| (key.key_id.clone().unwrap_or_default(), Arc::downgrade(key)))
+            .collect();
+        drop(previous);
+        let alive: Vec<&str> = weak
+            .iter()
+            .filter(|(_, key)| key.strong_count() > 0)
+            .map(|(kid, _)| kid.as_str())
+            .collect();
+        assert_eq!(alive, ["same"]);
+        // EC keys compare by their point.
+        let ec_jwk = || {
+            use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+            let pair = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("EC key");
+            let point = pair.public_key().as_ref();
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "ec",
+                "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..])})
+        };
+        let (one, two) = (ec_jwk(), ec_jwk());
+        let key = |jwk: &Value| parse_jwk(jwk).expect("EC key");
+        assert!(key(&one).same_key(&key(&one)));
+        assert!(!key(&one).same_key(&key(&two)));
+        assert!(carry_over(None, Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn refresh_comes_before_expiry_and_within_the_maximum_interval() {
+        let ten_minutes = Duration::from_secs(600);
+        // A day's max-age: 10 minutes, not 19 hours.
+        assert_eq!(
+            refresh_delay(Duration::from_secs(86_400), ten_minutes),
+            ten_minutes
+        );
+        // A short lifetime: at 80% of it, before the keys expire.
+        assert_eq!(
+            refresh_delay(Duration::from_secs(300), ten_minutes),
+            Duration::from_secs(240)
+        );
+        assert_eq!(
+            refresh_delay(Duration::from_secs(3600), Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
@@ -1057,14 +1326,15 @@ mod tests {
     async fn pruned_sources_are_dropped_and_their_refreshers_stop() {
         let issuer = dev_issuer().await;
         let store = KeyStore::new(settings(), Metrics::new());
-        let kept = jwks_config(issuer.jwks_url());
+        let config = config_with_keys_at(&issuer.jwks_url());
+        let kept = config.issuers[0].key_sources[0].clone();
         let kept_source = store.source("kept", &kept);
         let removed = jwks_config(format!("{}?removed", issuer.jwks_url()));
         let removed_source = store.new_source("removed", &removed, false);
         let refresher = removed_source.spawn_refresher();
         store
             .sources
-            .insert(removed.location.clone(), removed_source.clone());
+            .insert(removed.clone(), removed_source.clone());
         wait_for("first keys", || {
             kept_source.has_keys() && removed_source.has_keys()
         })
@@ -1072,10 +1342,10 @@ mod tests {
         let weak = Arc::downgrade(&removed_source);
         drop(removed_source);
 
-        store.prune(&config_with_keys_at(&issuer.jwks_url()));
+        store.prune(&config);
         assert_eq!(store.len(), 1);
         assert!(weak.upgrade().is_none(), "the pruned source is dropped");
-        // Its refresher sleeps until the keys' refresh time, 48 min away: it must end now.
+        // Its refresher sleeps until the keys' refresh time, 10 min away: it must end now.
         wait_for("the pruned source's refresher stops", || {
             refresher.is_finished()
         })

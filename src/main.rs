@@ -361,7 +361,8 @@ fn summarize(config: &Config) -> String {
     let jwks = &config.jwks;
     text.push_str(&format!(
         "limits: max_token_bytes {}, token_cache_entries {}\n\
-         jwks: ttl {}s (clamped to {}s..{}s), min_refetch_interval {}s, fetch_timeout {}s, \
+         jwks: ttl {}s (clamped to {}s..{}s), min_refetch_interval {}s, max_refresh_interval {}s, \
+         fetch_timeout {}s, \
          max_response_bytes {}, max_keys {}, stale_limit {}s\n\
          audit: allow_sample_rate {}\nshutdown_grace_seconds: {}\n",
         config.max_token_bytes,
@@ -370,6 +371,7 @@ fn summarize(config: &Config) -> String {
         jwks.min_ttl.as_secs(),
         jwks.max_ttl.as_secs(),
         jwks.min_refetch_interval.as_secs(),
+        jwks.max_refresh_interval.as_secs(),
         jwks.fetch_timeout.as_secs(),
         jwks.max_response_bytes,
         jwks.max_keys,

@@ -20,7 +20,7 @@ use crate::permission::Permission;
 use crate::policy;
 use crate::respond::{ResponseSettings, build_response, remove_also};
 use crate::route::{RouteOutcome, RouteTable};
-use crate::token_cache::TokenCache;
+use crate::token_cache::{Candidate, TokenCache, TokenDigest};
 
 /// One configuration, compiled and bound to its key sources.
 pub struct Pipeline {
@@ -36,17 +36,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(config: Arc<Config>, key_store: &KeyStore, metrics: Metrics) -> Self {
-        let key_sources = config
-            .issuers
-            .iter()
-            .map(|issuer| {
-                issuer
-                    .key_sources
-                    .iter()
-                    .map(|source| key_store.source(&issuer.name, source))
-                    .collect()
-            })
-            .collect();
+        let key_sources = key_store.bind(&config);
         let responses = ResponseSettings::new(
             config.headers.clone(),
             config.quay.realm.clone(),
@@ -99,7 +89,10 @@ impl Pipeline {
         token: &str,
         now: u64,
     ) -> Result<Arc<Identity>, IdentifyError> {
-        self.identify(token, now).await.map_err(|(error, _)| error)
+        self.identify(token, now)
+            .await
+            .map(|(identity, _)| identity)
+            .map_err(|(error, _)| error)
     }
 
     /// Answers one Check, recording metrics and the audit event.
@@ -152,8 +145,8 @@ impl Pipeline {
         };
 
         // Phase 3 — identify: parse, match the issuer, find the key, verify, check claims.
-        let identity = match self.identify(token, now).await {
-            Ok(identity) => identity,
+        let (identity, candidate) = match self.identify(token, now).await {
+            Ok(identified) => identified,
             Err((error, issuer)) => {
                 if issuer.is_none() && error.reason != Reason::TokenTooLarge {
                     // Not a JWT of ours (an opaque Quay token, another IdP): the
@@ -186,6 +179,14 @@ impl Pipeline {
         for dropped in &outcome.dropped {
             tracing::warn!(issuer = %identity.issuer, "{dropped}");
         }
+        // Only a token some rule grants something is remembered: valid tokens that grant
+        // nothing (any GitHub repository, any tenant of a multi-tenant app) must not take the
+        // slots of those that do. Grants depend on the identity alone, not on the route.
+        if let Some(candidate) = candidate
+            && !outcome.grants.is_empty()
+        {
+            self.token_cache.admit(candidate, now);
+        }
         match outcome.authorize(&required) {
             Ok(rules) => {
                 let rules = rules.into_iter().map(str::to_string).collect();
@@ -217,21 +218,26 @@ impl Pipeline {
         }
     }
 
+    /// The identity, from the verified-token cache or verified now; a token verified now
+    /// comes with its cache `Candidate`, admitted once policy has granted it something.
     /// Errors carry the issuer name once the token is known to be one of ours: from then on a
     /// failure is always a deny.
     async fn identify(
         &self,
         token: &str,
         now: u64,
-    ) -> Result<Arc<Identity>, (IdentifyError, Option<String>)> {
-        if let Some(identity) = self.token_cache.get(token, now) {
-            return Ok(identity);
+    ) -> Result<(Arc<Identity>, Option<Candidate>), (IdentifyError, Option<String>)> {
+        // The size limit comes first: an oversized token is refused unread, not even hashed
+        // for the cache lookup.
+        identify::check_size(token, self.config.max_token_bytes).map_err(|e| (e, None))?;
+        let digest = TokenDigest::of(token);
+        if let Some(identity) = self.token_cache.get(&digest, now) {
+            return Ok((identity, None));
         }
         let (identity, key, valid_until) = self.verify(token, now).await?;
         let identity = Arc::new(identity);
-        self.token_cache
-            .insert(token, identity.clone(), &key, valid_until);
-        Ok(identity)
+        let candidate = Candidate::new(digest, identity.clone(), &key, valid_until);
+        Ok((identity, Some(candidate)))
     }
 
     /// Full verification; also returns the key that verified the token and until when the

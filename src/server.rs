@@ -59,8 +59,9 @@ impl Service {
     }
 
     /// Swaps in a new configuration: it was validated whole (`Config::load`/`parse`) before it
-    /// gets here, key sources of unchanged issuers are reused (the store is keyed by URL), and
-    /// Checks in flight finish on the pipeline they started with.
+    /// gets here; key sources whose location and trust settings did not change are reused with
+    /// their keys, under the new issuer name and `jwks` settings (`KeyStore::bind`); Checks in
+    /// flight finish on the pipeline they started with.
     pub fn apply(&self, config: Config) {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
@@ -102,8 +103,8 @@ impl Service {
     }
 }
 
-/// The settings read once at startup (listeners bound, TLS file paths watched, the JWKS
-/// client built) that differ between `old` and `new`: a reload cannot apply them.
+/// The settings read once at startup (listeners bound, TLS file paths watched) that differ
+/// between `old` and `new`: a reload cannot apply them. (`jwks` settings apply at a reload.)
 fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let tls_files = |config: &Config| config.listen.grpc_tls.as_ref().map(|tls| tls.files.clone());
     [
@@ -111,7 +112,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("listen.http", old.listen.http != new.listen.http),
         ("listen.admin", old.listen.admin != new.listen.admin),
         ("listen.grpc_tls", tls_files(old) != tls_files(new)),
-        ("jwks", old.jwks != new.jwks),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
@@ -427,6 +427,6 @@ mod tests {
             "listen:\n  grpc: 127.0.0.1:1\n  http: 0.0.0.0:9090\n  admin: 127.0.0.1:9192\n\
              jwks:\n  fetch_timeout_seconds: 1\n",
         );
-        assert_eq!(needs_restart(&old, &new), ["listen.grpc", "jwks"]);
+        assert_eq!(needs_restart(&old, &new), ["listen.grpc"]);
     }
 }

@@ -604,3 +604,62 @@ async fn id_tokens_and_other_non_access_tokens_are_refused_unless_the_issuer_opt
         );
     }
 }
+
+/// Valid tokens that no rule grants anything (any GitHub repository, any tenant of a
+/// multi-tenant app) are verified and denied, but never cached: however many there are, they
+/// neither push a granted token out of the cache nor grow it.
+#[tokio::test]
+async fn tokens_that_grant_nothing_do_not_evict_granted_tokens_from_the_cache() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(
+        &config_for(&issuer, "limits: {token_cache_entries: 8}"),
+        true,
+    )
+    .await;
+    let granted = entra_token(&issuer, &["Quay.acme.read"]);
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &granted).await).0,
+        "allow"
+    );
+    for index in 0..100 {
+        let mut claims = entra_claims(2, TENANT, TENANT, &[]);
+        claims["jti"] = json!(format!("ungranted-{index}"));
+        let ungranted = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, &ungranted).await).1,
+            "insufficient_scope"
+        );
+    }
+    assert_eq!(service.metric("quay_authz_token_cache_entries").await, 1.0);
+    let hits = r#"quay_authz_token_cache_lookups_total{result="hit"}"#;
+    let before = service.metric(hits).await;
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &granted).await).0,
+        "allow"
+    );
+    assert_eq!(
+        service.metric(hits).await,
+        before + 1.0,
+        "the granted token was evicted by tokens that grant nothing"
+    );
+}
+
+/// `limits.max_token_bytes` is the first thing applied to a token: one over it is refused
+/// before anything reads it, the cache's SHA-256 included.
+#[tokio::test]
+async fn an_oversized_token_is_refused_before_the_cache_hashes_it() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let oversized = format!("{}.{}.sig", "e".repeat(10_000), "e".repeat(10_000));
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &oversized).await).1,
+        "token_too_large"
+    );
+    assert_eq!(
+        service
+            .metric(r#"quay_authz_token_cache_lookups_total{result="miss"}"#)
+            .await,
+        0.0,
+        "the oversized token was looked up in the cache"
+    );
+}

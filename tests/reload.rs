@@ -162,3 +162,118 @@ async fn reload_drops_the_key_sources_of_removed_issuers() {
         "allow"
     );
 }
+
+/// Applies `config_yaml` (with loopback listeners) to the running service, as a reload does.
+fn apply(service: &TestService, config_yaml: &str) {
+    let text = format!("listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:0}}\n{config_yaml}");
+    let config = quay_authz::config::Config::parse(&text, "reload").expect("config");
+    service.running.service.apply(config);
+}
+
+fn dev_source(service: &TestService) -> Arc<quay_authz::jwks::KeySource> {
+    let pipeline = service.running.service.pipeline.load_full();
+    pipeline
+        .key_sources()
+        .find(|(name, _)| name.starts_with("dev"))
+        .map(|(_, source)| source.clone())
+        .expect("the dev issuer's key source")
+}
+
+/// `jwks` settings changed by a reload apply to the key sources that are kept, at once: here
+/// `max_keys: 1` had dropped the issuer's EC key, and the reload that lifts it brings the key
+/// back without a restart (the unknown-kid refetch is closed for 30 s, so only the new
+/// settings can).
+#[tokio::test]
+async fn reload_applies_changed_jwks_settings_to_kept_key_sources() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, "jwks: {max_keys: 1}"), true).await;
+    let token = issuer
+        .mint(SigningKeyKind::Ec, &dev_claims(&issuer, &["readers"]))
+        .expect("mint");
+    let pull = "/v2/acme/app/manifests/latest";
+    assert_eq!(
+        decision(&service.check_bearer("GET", pull, &token).await).1,
+        "unknown_key",
+        "max_keys: 1 keeps only the RSA key"
+    );
+    let source = dev_source(&service);
+
+    apply(&service, &config_for(&issuer, "jwks: {max_keys: 10}"));
+    assert!(
+        Arc::ptr_eq(&source, &dev_source(&service)),
+        "the unchanged issuer keeps its key source"
+    );
+    // A hang guard of 10 s: the kept source refetches as soon as its settings change.
+    let mut outcome = String::new();
+    for _ in 0..400 {
+        outcome = decision(&service.check_bearer("GET", pull, &token).await).0;
+        if outcome == "allow" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(outcome, "allow", "the new max_keys never applied");
+}
+
+/// A reload that renames an issuer keeps its key source, reported under the new name.
+#[tokio::test]
+async fn reload_renames_an_issuer_and_its_kept_key_source() {
+    let issuer = start_issuer().await;
+    let base = config_for(&issuer, "");
+    let service = TestService::start(&base, true).await;
+    let source = dev_source(&service);
+    let (_, text) = service.http_get("/metrics").await;
+    assert!(
+        text.contains(r#"quay_authz_jwks_keys{issuer="dev","#),
+        "{text}"
+    );
+
+    let renamed = base
+        .replace("  - name: dev\n", "  - name: dev-renamed\n")
+        .replace("issuers: [dev]", "issuers: [dev-renamed]");
+    apply(&service, &renamed);
+    assert!(Arc::ptr_eq(&source, &dev_source(&service)));
+    let (_, text) = service.http_get("/metrics").await;
+    assert!(
+        text.contains(r#"quay_authz_jwks_keys{issuer="dev-renamed","#),
+        "{text}"
+    );
+    assert!(
+        !text.contains(r#"quay_authz_jwks_keys{issuer="dev","#),
+        "{text}"
+    );
+}
+
+/// A reload that changes what a key source may vouch for (here the `iss` its discovery
+/// document must name, at the same URL) gets a new source, fetched and checked under the new
+/// settings: the keys fetched for the old issuer never vouch for the new one.
+#[tokio::test]
+async fn reload_fetches_a_key_source_whose_trust_settings_changed_afresh() {
+    let issuer = start_issuer().await;
+    let base = config_for(&issuer, "");
+    let service = TestService::start(&base, true).await;
+    // The discovery document names the loopback issuer, not this one.
+    let other = "https://other.example";
+    let moved = base.replace(
+        &format!("    issuer: {}\n", issuer.issuer()),
+        &format!(
+            "    issuer: {other}\n    discovery: {}/.well-known/openid-configuration\n",
+            issuer.issuer()
+        ),
+    );
+    assert_ne!(moved, base);
+    apply(&service, &moved);
+    let mut claims = dev_claims(&issuer, &["readers"]);
+    claims["iss"] = serde_json::json!(other);
+    let token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    assert_eq!(
+        decision(
+            &service
+                .check_bearer("GET", "/v2/acme/app/manifests/latest", &token)
+                .await
+        )
+        .1,
+        "keys_unavailable",
+        "keys fetched for another issuer vouched for {other}"
+    );
+}

@@ -199,3 +199,119 @@ async fn a_kid_refused_before_its_key_was_published_is_found_after_the_next_fetc
     }
     assert_eq!(outcome, "allow", "the published key was never found");
 }
+
+async fn cache_hits(service: &TestService) -> f64 {
+    service
+        .metric(r#"quay_authz_token_cache_lookups_total{result="hit"}"#)
+        .await
+}
+
+/// Anyone can send a token with a configured `iss` and a random `kid`, and each one may send
+/// the service back to the IdP: those refetches return the same keys and must not flush the
+/// verified-token cache. Only a key the IdP removed takes its tokens with it.
+#[tokio::test]
+async fn refetches_for_random_kids_keep_cached_tokens_and_drop_only_removed_keys() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, EAGER), true).await;
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    // One token signed by a key that stays, one by a key the IdP will remove.
+    let staying = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    let leaving_kid = issuer.rotate(SigningKeyKind::Rsa).expect("rotate");
+    let leaving = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    for token in [&staying, &leaving] {
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, token).await).0,
+            "allow"
+        );
+    }
+
+    let fetches = issuer.jwks_fetches();
+    let random: Vec<String> = (0..20)
+        .map(|index| {
+            issuer
+                .mint_with_kid(SigningKeyKind::Rsa, &claims, &format!("random-{index}"))
+                .expect("mint")
+        })
+        .collect();
+    for token in &random {
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, token).await).1,
+            "unknown_key"
+        );
+    }
+    assert!(
+        issuer.jwks_fetches() >= fetches + 20,
+        "each random kid refetched the key set"
+    );
+
+    // Both cached tokens are still answered from the cache: no verification, same keys.
+    let hits = cache_hits(&service).await;
+    for token in [&staying, &leaving] {
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, token).await).0,
+            "allow"
+        );
+    }
+    assert_eq!(
+        cache_hits(&service).await,
+        hits + 2.0,
+        "refetches of the same keys flushed the verified-token cache"
+    );
+
+    // The IdP removes one key; the next refetch drops its token, and only its token.
+    issuer.remove_key(&leaving_kid);
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &random[0]).await).1,
+        "unknown_key"
+    );
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &leaving).await).1,
+        "unknown_key"
+    );
+    let hits = cache_hits(&service).await;
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &staying).await).0,
+        "allow"
+    );
+    assert_eq!(cache_hits(&service).await, hits + 1.0);
+}
+
+/// An IdP that says its keys are good for a day must not keep a key it removed validating for
+/// most of that day: the scheduled refresh comes within `jwks.max_refresh_interval_seconds`.
+#[tokio::test]
+async fn a_removed_key_stops_validating_within_the_maximum_refresh_interval() {
+    let issuer = start_issuer().await;
+    issuer.set_cache_control(Some("public, max-age=86400"));
+    let kid = issuer.rotate(SigningKeyKind::Rsa).expect("rotate");
+    // Unknown kids may not refetch during the test: only the scheduled refresh can see the
+    // removal.
+    let config = config_for(
+        &issuer,
+        "jwks: {max_refresh_interval_seconds: 1, min_refetch_interval_seconds: 3600}",
+    );
+    let service = TestService::start(&config, true).await;
+    let pipeline = service.running.service.pipeline.load_full();
+    let (_, entra) = pipeline
+        .key_sources()
+        .find(|(name, _)| *name == "entra")
+        .expect("entra");
+    assert_eq!(entra.status().ttl, Some(Duration::from_secs(86_400)));
+
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    let token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    assert_eq!(
+        decision(&service.check_bearer("GET", REPO, &token).await).0,
+        "allow"
+    );
+    issuer.remove_key(&kid);
+    // A hang guard of 10 s: the refresh is due within a second.
+    let mut outcome = (String::new(), String::new());
+    for _ in 0..400 {
+        outcome = decision(&service.check_bearer("GET", REPO, &token).await);
+        if outcome.0 != "allow" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(outcome.1, "unknown_key", "the removed key still validates");
+}

@@ -187,3 +187,13 @@ pub fn response_header(response: &CheckResponse, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .map(|h| h.value.clone())
 }
+
+impl TestService {
+    /// One series of `/metrics` (`name{labels}` exactly as rendered), 0 when it is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.http_get("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
