@@ -92,7 +92,11 @@ if [ -f "$quay_shared/setup.sh" ]; then
     say "Quay source in $quay_local is up to date"
   fi
   say "running $quay_local/setup.sh"
-  bash "$quay_local/setup.sh"
+  # Its PostgreSQL and Redis run only while it migrates: on free ports, so another checkout's
+  # Quay (or a developer's) on the default ports is left alone.
+  free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+  QUAY_PG_PORT=${QUAY_PG_PORT:-$(free_port)} QUAY_REDIS_PORT=${QUAY_REDIS_PORT:-$(free_port)} \
+    bash "$quay_local/setup.sh"
 elif [ "${CI:-}" = true ]; then
   say "error: no Quay at $quay_shared (CI=true needs it for the route oracle and the Quay end-to-end test)" >&2
   exit 1
