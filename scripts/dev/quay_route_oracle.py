@@ -35,15 +35,6 @@ ROUTES = os.path.join(ROOT, "tests/data/quay-api-routes.json")
 
 DIGEST = "sha256:" + "a" * 64
 
-# Features that cannot be turned on without services or settings a router check does not need;
-# each would make importing Quay fail. Their routes are still covered with the flag off.
-CANNOT_TURN_ON = {
-    # Needs an OpenTelemetry collector configuration.
-    "OTEL_TRACING",
-    # Replaces hashlib's md5 and refuses to start outside a FIPS host.
-    "FIPS",
-}
-
 
 def all_feature_names(src):
     """Every FEATURE_* name in Quay's default config and every `features.X` its code reads."""
@@ -98,10 +89,7 @@ def write_config(conf_dir, features_on, src):
         "SECURITY_SCANNER_V4_PSK": "b3JhY2xl",
     }
     for name in all_feature_names(src):
-        if features_on and name in CANNOT_TURN_ON:
-            cfg["FEATURE_" + name] = False
-        else:
-            cfg["FEATURE_" + name] = features_on
+        cfg["FEATURE_" + name] = features_on
     with open(os.path.join(stack, "config.yaml"), "w") as f:
         yaml.safe_dump(cfg, f)
 
