@@ -327,18 +327,16 @@ fn judge(table: &RouteTable, answer: &Answer, scopes: &ScopeFacts, counts: &mut 
                     .any(|r| demands_at_least(&mut counts.memo, r, needed)),
                 // Quay names no scope: any valid identity, but on the repository it resolved.
                 None => resolved.is_none_or(|repository| {
-                    let mut on_repositories = required.iter().filter_map(|r| match &r.target {
-                        Target::Repository { namespace, name } => {
-                            Some(format!("{namespace}/{name}"))
-                        }
-                        _ => None,
-                    });
-                    let mut any = false;
-                    let found = on_repositories.any(|r| {
-                        any = true;
-                        r == repository
-                    });
-                    found || !any
+                    let on_repositories: Vec<String> = required
+                        .iter()
+                        .filter_map(|r| match &r.target {
+                            Target::Repository { namespace, name } => {
+                                Some(format!("{namespace}/{name}"))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    on_repositories.is_empty() || on_repositories.iter().any(|r| r == repository)
                 }),
             };
             if !at_least {
