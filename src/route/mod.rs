@@ -130,15 +130,19 @@ impl RouteTable {
             Ok(target) => target,
             Err(why) => return RouteOutcome::Ambiguous(why),
         };
-        // OPTIONS is a CORS preflight: Flask answers it from the rule's methods
-        // (`provide_automatic_options`) and runs no view, so it carries no scope to check.
-        if method == "OPTIONS" {
-            return RouteOutcome::NotProtected;
-        }
-        match target.area {
-            Area::Other => RouteOutcome::NotProtected,
-            Area::Registry => classify_registry(method, target.path, target.query),
-            Area::Api => self.classify_api(method, target.path, body),
+        match (target.area, method) {
+            (Area::Other, _) => RouteOutcome::NotProtected,
+            // Quay's API resources define `options` (`ApiResource.options` in
+            // `endpoints/api/__init__.py`: an empty 200 with no scope), and it runs behind the
+            // API's decorators, `process_oauth` included: a bearer token is authenticated there
+            // (and an unknown SSO subject becomes a Quay user). So it needs a valid token, and no
+            // scope. A browser's CORS preflight carries no token and passes as before.
+            (Area::Api, "OPTIONS") => RouteOutcome::Requires(Vec::new()),
+            // The registry's views are plain Flask routes: Flask answers OPTIONS from the rule's
+            // methods (`provide_automatic_options`) and runs no view.
+            (Area::Registry, "OPTIONS") => RouteOutcome::NotProtected,
+            (Area::Registry, _) => classify_registry(method, target.path, target.query),
+            (Area::Api, _) => self.classify_api(method, target.path, body),
         }
     }
 
@@ -154,7 +158,10 @@ impl RouteTable {
                     return RouteOutcome::Unclassified;
                 }
                 // A fall-through whose name is outside Quay's grammar names no resource
-                // Quay can hold (its view answers 404).
+                // Quay can hold (its view answers 404): our grammar (`is_repository_path`,
+                // `is_namespace_name`) accepts every name Quay's own (`util/names.py`,
+                // `util/validation.py`) does, and Quay creates no name outside its own. The
+                // route oracle (tests/route_oracle.rs) asks Quay which names those are.
                 return RouteOutcome::Requires(required);
             };
             for permission in permissions {
@@ -886,10 +893,23 @@ mod tests {
                     Permission::repository(RepoRead, "acme", "app/autoprunepolicy/p-1"),
                 ]),
             ),
+            // Quay's `ApiResource.options` authenticates the caller: a valid token, no scope.
             (
                 "OPTIONS",
                 "/api/v1/repository/acme/app".into(),
+                RouteOutcome::Requires(vec![]),
+            ),
+            (
+                "OPTIONS",
+                "/v2/acme/app/manifests/latest".into(),
                 RouteOutcome::NotProtected,
+            ),
+            // With AUTO_PRUNE off, Quay serves the repository view of
+            // `acme/app/autoprunepolicy/P1`, a name Quay never creates (upper case): 404.
+            (
+                "DELETE",
+                "/api/v1/repository/acme/app/autoprunepolicy/P1".into(),
+                repo(RepoAdmin, "acme", "app"),
             ),
         ];
         for (method, path, expected) in cases {

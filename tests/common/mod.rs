@@ -7,6 +7,7 @@ pub mod cli;
 pub mod envoy;
 pub mod issuer;
 pub mod pki;
+pub mod quay;
 pub mod service;
 pub mod tools;
 pub mod upstream;
