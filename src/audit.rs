@@ -1,7 +1,9 @@
-//! Audit-log sampling: which allow events are written. Denies are always written.
+//! Audit-log sampling: which allow events are written. Denies are always written. And the
+//! text log format's field writer, which keeps a client's text from forging log lines.
 //!
 //! Usage: `AllowSampler::new(rate)` once per configuration; per allow,
-//! `sampler.keeps(&facts.request_id)`.
+//! `sampler.keeps(&facts.request_id)`. `tracing_subscriber::fmt().fmt_fields(TextLogFields)`
+//! for `--log-format text`.
 //!
 //! The choice is a pure function of Envoy's `x-request-id` when there is one, so every replica
 //! (and a test) agrees on which requests are logged, and a request that crosses several
@@ -9,7 +11,12 @@
 //! finalizer, written out here so it never changes with a library or compiler version. Without
 //! a request id a counter spreads the kept events evenly: exactly `rate` of them.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::Writer;
 
 /// Decides which allow events reach the audit log.
 #[derive(Debug)]
@@ -85,12 +92,179 @@ pub fn request_id_hash(request_id: &str) -> u64 {
     hash ^ (hash >> 31)
 }
 
+// === Text log fields ===
+
+/// The field writer of the text log format (`--log-format text`):
+/// `tracing_subscriber::fmt().fmt_fields(TextLogFields)`.
+///
+/// `name=value` fields separated by spaces, as tracing's default writes them, except that no
+/// value is written raw: claim values (a username, a client id), request paths and request ids
+/// come from clients, and written raw a `\n` in a username starts a forged log line, and a
+/// space or `=` a forged field. A displayed value (`%value`) holding whitespace, `=`, `"` or a
+/// control character is written quoted with Rust's string escapes (`"bob\nINFO audit: …"`);
+/// strings are always quoted, as by default; the message has its control characters escaped.
+/// The JSON format needs none of this: JSON strings are escaped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextLogFields;
+
+impl<'w> MakeVisitor<Writer<'w>> for TextLogFields {
+    type Visitor = EscapingVisitor<'w>;
+
+    fn make_visitor(&self, writer: Writer<'w>) -> Self::Visitor {
+        EscapingVisitor {
+            writer,
+            result: Ok(()),
+            first: true,
+        }
+    }
+}
+
+/// Writes one event's (or span's) fields for [`TextLogFields`].
+pub struct EscapingVisitor<'w> {
+    writer: Writer<'w>,
+    result: fmt::Result,
+    first: bool,
+}
+
+impl EscapingVisitor<'_> {
+    fn write(&mut self, field: &Field, value: Written<'_>) {
+        // `log` crate metadata bridged into tracing, skipped as tracing's default does.
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        let separator = if self.first { "" } else { " " };
+        self.first = false;
+        let name = field.name().trim_start_matches("r#");
+        self.result = match value {
+            Written::Message(text) => {
+                write!(self.writer, "{separator}{}", escape_controls(text))
+            }
+            Written::Str(text) => write!(self.writer, "{separator}{name}={text:?}"),
+            Written::Displayed(text) if is_plain(text) => {
+                write!(self.writer, "{separator}{name}={text}")
+            }
+            Written::Displayed(text) => write!(self.writer, "{separator}{name}={text:?}"),
+        };
+    }
+}
+
+enum Written<'a> {
+    Message(&'a str),
+    Str(&'a str),
+    Displayed(&'a str),
+}
+
+/// A value that reads the same written raw: no space, `=`, quote or control character.
+fn is_plain(text: &str) -> bool {
+    !text.is_empty()
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '=' || c == '"')
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, Written::Message(value));
+        } else {
+            self.write(field, Written::Str(value));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.write(field, Written::Message(&text));
+        } else {
+            self.write(field, Written::Displayed(&text));
+        }
+    }
+}
+
+impl VisitOutput<fmt::Result> for EscapingVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for EscapingVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
+    }
+}
+
+/// Control characters (line breaks, terminal escapes) as `\n`, `\u{1b}`: one event stays one
+/// line.
+fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_debug());
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ids(count: usize) -> impl Iterator<Item = String> {
         (0..count).map(|n| format!("{n:08x}-5b1c-4d0e-9a3f-{:012x}", n * 7919))
+    }
+
+    /// Writes one event through the text format and gives what it wrote.
+    fn text_log_of(emit: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(TextLogFields)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || Capture(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit);
+        let bytes = buffer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The test's log sink (the integration tests have their own: no code is shared with them).
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_log_values_cannot_forge_lines_or_fields() {
+        let forged = "bob\nINFO audit: decision=allow subject=admin";
+        let text = text_log_of(|| {
+            tracing::info!(target: "audit", decision = "deny", subject = %forged, path = "/v2/", "checked\r\nINFO forged");
+        });
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(r#"subject="bob\nINFO audit: decision=allow subject=admin""#),
+            "{text}"
+        );
+        assert!(text.contains("checked\\r\\nINFO forged"), "{text}");
+        assert!(text.contains(r#"decision="deny" "#), "{text}");
+        assert!(text.contains(r#"path="/v2/""#), "{text}");
     }
 
     #[test]

@@ -251,7 +251,15 @@ pub mod raw {
         /// Honour `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their lowercase
         /// forms) when `proxy` is not set; default true, as curl and Go do. false: connect
         /// directly whatever the environment says.
+        // Absent and true mean the same (the environment is honoured), but only an explicit
+        // true contradicts `proxy`; so the field stays optional and the schema (and the README
+        // table generated from it) shows the effective default.
+        #[schemars(default = "proxy_from_environment_default")]
         pub proxy_from_environment: Option<bool>,
+    }
+
+    fn proxy_from_environment_default() -> Option<bool> {
+        Some(true)
     }
 
     impl Default for Jwks {
@@ -367,8 +375,9 @@ pub mod raw {
         pub claims: BTreeMap<String, serde_json::Value>,
         #[serde(default)]
         pub audiences: Vec<String>,
-        #[serde(default)]
-        pub tenants: Vec<String>,
+        /// Tenant ids the rule trusts, or `any`. A rule for a multi-tenant issuer
+        /// (`tenants: any`) must say one or the other.
+        pub tenants: Option<Tenants>,
         #[serde(default)]
         pub clients: Vec<String>,
     }
@@ -716,6 +725,27 @@ impl Issues<'_> {
             message: message.into(),
         });
     }
+
+    /// For a field that may be missing from the file (what it asks to add): the line is the
+    /// nearest enclosing field that is there, such as the rule's own line.
+    fn push_near(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        let field = field.into();
+        let mut path = field.as_str();
+        let line = loop {
+            if let Some(line) = locate_field(self.text, path) {
+                break Some(line);
+            }
+            match path.rfind('.') {
+                Some(dot) => path = &path[..dot],
+                None => break None,
+            }
+        };
+        self.found.push(ConfigIssue {
+            line,
+            field,
+            message: message.into(),
+        });
+    }
 }
 
 fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -790,6 +820,7 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
     };
 
     warnings.extend(unmatchable_rules(&rules, &issuers));
+    check_rule_trust(&document.rules, &issuers, &mut issues, &mut warnings);
 
     if !issues.found.is_empty() {
         return Err(ConfigError {
@@ -1136,12 +1167,26 @@ fn build_issuer(
                     "only the entra preset takes tenants",
                 );
             }
-            let iss = raw
-                .issuer
-                .clone()
-                .unwrap_or_else(|| GITHUB_ACTIONS_ISSUER.to_string());
+            // An overridden issuer is where discovery goes: the same https rule as oidc's.
+            let iss = match &raw.issuer {
+                Some(iss) => {
+                    if !check_url(
+                        &format!("{field}.issuer"),
+                        iss,
+                        raw.allow_insecure_http,
+                        issues,
+                    ) {
+                        return None;
+                    }
+                    iss.clone()
+                }
+                None => GITHUB_ACTIONS_ISSUER.to_string(),
+            };
             let location = key_override.unwrap_or_else(|| {
-                KeyLocation::Discovery(format!("{iss}/.well-known/openid-configuration"))
+                KeyLocation::Discovery(format!(
+                    "{}/.well-known/openid-configuration",
+                    iss.trim_end_matches('/')
+                ))
             });
             (
                 vec![IssuerString {
@@ -1168,9 +1213,13 @@ fn build_issuer(
             }
             let tenants = match &raw.tenants {
                 Some(raw::Tenants::Keyword(word)) if word == "any" => {
+                    // Audiences do not narrow this: a multi-tenant app has the same client id
+                    // and App ID URI in every tenant, and each tenant's admins assign its roles.
                     warnings.push(format!(
-                        "issuer {:?} accepts tokens from ANY Entra tenant (tenants: any): \
-                         make sure audiences and rules are specific to your application",
+                        "issuer {:?} accepts tokens from ANY Entra tenant (tenants: any): the \
+                         administrators of every tenant can assign your app's roles and groups \
+                         to anyone, and audiences are the same in every tenant; each rule for \
+                         this issuer must name the tenants it trusts (when.tenants)",
                         raw.name
                     ));
                     TenantBinding::Any
@@ -1373,9 +1422,13 @@ fn unmatchable_rules(rules: &[CompiledRule], issuers: &[IssuerConfig]) -> Vec<St
             .collect();
         let audiences = &rule.when.audiences;
         if !audiences.is_empty()
-            && !applicable
-                .iter()
-                .any(|issuer| issuer.audiences.iter().any(|aud| audiences.contains(aud)))
+            && !applicable.iter().any(|issuer| {
+                issuer.audiences.iter().any(|accepted| {
+                    audiences
+                        .iter()
+                        .any(|wanted| crate::identify::audience_equal(accepted, wanted))
+                })
+            })
         {
             warnings.push(format!(
                 "rule {:?} can never match: none of its issuers accepts audiences {}",
@@ -1398,6 +1451,86 @@ fn unmatchable_rules(rules: &[CompiledRule], issuers: &[IssuerConfig]) -> Vec<St
         }
     }
     warnings
+}
+
+/// Rules that trust more than the configuration shows:
+/// - a rule for a multi-tenant issuer (`tenants: any`) must name the tenants it trusts or say
+///   `tenants: any` itself (refused otherwise): any tenant's admin can assign `Quay.acme.admin`
+///   on their copy of the app;
+/// - a rule for a `github-actions` issuer that matches `repository_owner`/`repository` by name
+///   without `repository_owner_id`/`repository_id` (warned): any repository on GitHub can mint
+///   a token with any audience, and names are freed and reused when owners rename.
+fn check_rule_trust(
+    rules: &[raw::Rule],
+    issuers: &[IssuerConfig],
+    issues: &mut Issues<'_>,
+    warnings: &mut Vec<String>,
+) {
+    for (index, rule) in rules.iter().enumerate() {
+        // The names of the issuers this rule applies to that are of a kind.
+        let applicable = |kind: fn(&IssuerConfig) -> bool| -> Vec<&str> {
+            issuers
+                .iter()
+                .filter(|issuer| rule.issuers.is_empty() || rule.issuers.contains(&issuer.name))
+                .filter(|issuer| kind(issuer))
+                .map(|issuer| issuer.name.as_str())
+                .collect()
+        };
+        let multi_tenant = applicable(|issuer| issuer.tenants == TenantBinding::Any);
+        // Present at all: a list of ids or `any` (a wrong keyword is refused by the rule's
+        // own compilation).
+        if !multi_tenant.is_empty() && rule.when.tenants.is_none() {
+            issues.push_near(
+                format!("rules[{index}].when.tenants"),
+                format!(
+                    "rule {:?} applies to issuer {}, which accepts every Entra tenant \
+                     (tenants: any): list the tenant ids this rule trusts in when.tenants, or \
+                     write `tenants: any` in its when to trust every tenant's administrators{}",
+                    rule.name,
+                    multi_tenant.join(", "),
+                    if rule.issuers.is_empty() {
+                        " (a rule meant for other issuers names them in issuers)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
+        let github = applicable(|issuer| issuer.preset == Preset::GithubActions);
+        let claims = &rule.when.claims;
+        let pinned_by_id = ["repository_owner_id", "repository_id"]
+            .iter()
+            .filter_map(|name| claims.get(*name))
+            .any(is_exact_match);
+        let by_name: Vec<&str> = ["repository_owner", "repository"]
+            .into_iter()
+            .filter(|name| claims.contains_key(*name))
+            .collect();
+        if !github.is_empty() && !by_name.is_empty() && !pinned_by_id {
+            warnings.push(format!(
+                "rule {:?} matches GitHub Actions tokens of issuer {} by {} only: any \
+                 repository on GitHub can mint a token with any audience, and a renamed owner's \
+                 name can be taken by someone else; pin repository_owner_id or repository_id \
+                 (exact values) as well",
+                rule.name,
+                github.join(", "),
+                by_name.join(" and ")
+            ));
+        }
+    }
+}
+
+/// A `when.claims` value that names exact values: scalars or a list of them, no glob.
+fn is_exact_match(value: &serde_json::Value) -> bool {
+    let exact = |value: &serde_json::Value| match value {
+        serde_json::Value::String(text) => !text.contains('*'),
+        serde_json::Value::Number(_) => true,
+        _ => false,
+    };
+    match value {
+        serde_json::Value::Array(items) => !items.is_empty() && items.iter().all(exact),
+        other => exact(other),
+    }
 }
 
 fn check_issuer_uniqueness(issuers: &[IssuerConfig], issues: &mut Issues<'_>) {
@@ -1454,7 +1587,11 @@ pub fn locate_field(text: &str, field: &str) -> Option<usize> {
             let item = nth_list_item(&lines, start, end, index)?;
             found = Some(item.0 + 1);
             start = item.0;
-            end = block_end(&lines, item.0 + 1, item.1);
+            // The item ends where the next item (or anything as shallow) begins, so a field
+            // missing from this item is not found in the next one.
+            end = (item.0 + 1..end)
+                .find(|&number| is_content(lines[number]) && indent_of(lines[number]) <= item.1)
+                .unwrap_or(end);
             min_indent = item.1;
         }
     }
@@ -1702,6 +1839,215 @@ issuers:
         assert_eq!(config.warnings.len(), 3, "{warnings}");
     }
 
+    /// MINIMAL with its Entra entry multi-tenant, and `rules` appended.
+    fn multi_tenant_with(rules: &str) -> String {
+        format!(
+            "{}rules:\n{rules}",
+            MINIMAL.replace(
+                "tenants: [11111111-2222-3333-4444-555555555555]",
+                "tenants: any",
+            )
+        )
+    }
+
+    #[test]
+    fn rules_for_a_multi_tenant_issuer_must_name_their_tenants() {
+        // Any tenant's admin can assign Quay.acme.admin on their copy of the app.
+        let message = errors(&multi_tenant_with(
+            "  - name: ok\n    issuers: [keycloak]\n    grant: [\"repo:read on acme/*\"]\n  - name: team-roles\n    issuers: [entra]\n    grant_from_groups:\n      pattern: '^Quay\\.(?P<ns>[a-z]+)\\.admin$'\n      grant: [\"repo:admin on {ns}/*\"]\n  - name: everyone\n    when: {groups_any: [readers]}\n    grant: [\"repo:read on acme/*\"]\n",
+        ));
+        assert!(
+            message.contains(
+                "test.yaml:17: rules[1].when.tenants: rule \"team-roles\" applies to issuer entra, which accepts every Entra tenant (tenants: any)"
+            ),
+            "{message}"
+        );
+        // A rule for every issuer includes the multi-tenant one; its `when` line is named.
+        assert!(
+            message.contains("test.yaml:23: rules[2].when.tenants: rule \"everyone\""),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 2, "{message}");
+
+        let named = multi_tenant_with(
+            "  - name: home-tenant\n    issuers: [entra]\n    when: {tenants: [11111111-2222-3333-4444-555555555555]}\n    grant_from_groups:\n      pattern: '^Quay\\.(?P<ns>[a-z]+)\\.admin$'\n      grant: [\"repo:admin on {ns}/*\"]\n  - name: any-tenant-reader\n    issuers: [entra]\n    when: {tenants: any, groups_any: [Quay.Reader]}\n    grant: [\"repo:read on public/*\"]\n",
+        );
+        let config = Config::parse(&named, "t").expect("tenants named or any: valid");
+        assert!(config.rules[1].when.any_tenant);
+        assert_eq!(
+            config.rules[0].when.tenants,
+            ["11111111-2222-3333-4444-555555555555"]
+        );
+        let warning = config.warnings.join("\n");
+        assert!(
+            warning.contains("each rule for this issuer must name the tenants it trusts"),
+            "{warning}"
+        );
+        assert!(!warning.contains("make sure audiences"), "{warning}");
+
+        let bad_word = errors(&multi_tenant_with(
+            "  - name: r\n    issuers: [entra]\n    when: {tenants: all}\n    grant: [\"repo:read on acme/*\"]\n",
+        ));
+        assert!(
+            bad_word
+                .contains("rules[0].when.tenants: expected a list of tenant ids or the word any"),
+            "{bad_word}"
+        );
+        let typo = errors(&multi_tenant_with(
+            "  - name: r\n    issuers: [entra]\n    when: {tenants: [11111111-2222-3333-4444]}\n    grant: [\"repo:read on acme/*\"]\n",
+        ));
+        assert!(
+            typo.contains("rules[0].when.tenants: \"11111111-2222-3333-4444\" is not a tenant id"),
+            "{typo}"
+        );
+    }
+
+    #[test]
+    fn unconditional_super_user_is_refused_for_any_issuer() {
+        let message = errors(&format!(
+            "{MINIMAL}rules:\n  - name: admins\n    issuers: [keycloak]\n    grant: [\"super:user\"]\n"
+        ));
+        assert!(
+            message.contains(
+                "test.yaml:16: rules[0].grant: rule \"admins\" grants super:user to every valid token of issuer keycloak"
+            ),
+            "{message}"
+        );
+        let tenants_any_is_no_condition = errors(&multi_tenant_with(
+            "  - name: admins\n    issuers: [entra]\n    when: {tenants: any}\n    grant: [\"super:user\"]\n",
+        ));
+        assert!(
+            tenants_any_is_no_condition.contains("grants super:user to every valid token"),
+            "{tenants_any_is_no_condition}"
+        );
+        let narrowed = format!(
+            "{MINIMAL}rules:\n  - name: admins\n    issuers: [keycloak]\n    when: {{groups_any: [quay-admins]}}\n    grant: [\"super:user\"]\n"
+        );
+        Config::parse(&narrowed, "t").expect("a group narrows it");
+    }
+
+    const GITHUB: &str =
+        "  - name: github\n    preset: github-actions\n    audiences: [https://quay.example.com]\n";
+
+    #[test]
+    fn github_rules_matching_names_without_ids_are_warned() {
+        let text = |claims: &str| {
+            format!(
+                "{MINIMAL}{GITHUB}rules:\n  - name: ci\n    issuers: [github]\n    when: {{claims: {{{claims}}}}}\n    grant: [\"repository:{{claims.repository}}:pull,push\"]\n"
+            )
+        };
+        let warned = Config::parse(&text("repository_owner: acme, ref: refs/heads/main"), "t")
+            .expect("valid");
+        let warning = warned.warnings.join("\n");
+        assert!(
+            warning.contains("rule \"ci\" matches GitHub Actions tokens of issuer github by repository_owner only"),
+            "{warning}"
+        );
+        assert!(
+            warning.contains("pin repository_owner_id or repository_id"),
+            "{warning}"
+        );
+        let by_repository = Config::parse(&text("repository: acme/app"), "t").expect("valid");
+        assert!(
+            by_repository
+                .warnings
+                .join("\n")
+                .contains("by repository only"),
+            "{:?}",
+            by_repository.warnings
+        );
+        for pinned in [
+            "repository_owner: acme, repository_owner_id: \"1234567\"",
+            "repository: acme/app, repository_id: \"7654321\"",
+        ] {
+            let config = Config::parse(&text(pinned), "t").expect("valid");
+            assert!(
+                config.warnings.is_empty(),
+                "{pinned}: {:?}",
+                config.warnings
+            );
+        }
+        // A glob is no pin.
+        let glob = Config::parse(
+            &text("repository_owner: acme, repository_owner_id: \"*\""),
+            "t",
+        )
+        .expect("valid");
+        assert!(!glob.warnings.is_empty());
+    }
+
+    #[test]
+    fn every_preset_checks_its_urls() {
+        for (preset, extra) in [
+            (
+                "github-actions",
+                "issuer: http://ghes.example.com/_services/token",
+            ),
+            (
+                "github-actions",
+                "discovery: http://mirror.example.com/.well-known/openid-configuration",
+            ),
+            ("github-actions", "jwks_uri: http://mirror.example.com/keys"),
+            (
+                "entra\n    tenants: [11111111-2222-3333-4444-555555555555]",
+                "jwks_uri: http://mirror.example.com/keys",
+            ),
+            (
+                "entra\n    tenants: [11111111-2222-3333-4444-555555555555]",
+                "discovery: http://mirror.example.com/d",
+            ),
+        ] {
+            let field = extra.split(':').next().unwrap_or_default();
+            let text = format!(
+                "{MINIMAL}  - name: extra\n    preset: {preset}\n    audiences: [x]\n    {extra}\n"
+            );
+            let message = errors(&text);
+            assert!(
+                message.contains(&format!("issuers[2].{field}: must be https")),
+                "{preset} {extra}: {message}"
+            );
+            let allowed = text.replace(
+                &format!("    {extra}\n"),
+                &format!("    {extra}\n    allow_insecure_http: true\n"),
+            );
+            let allowed = allowed.replace(
+                "tenants: [11111111-2222-3333-4444-555555555555]\n    audiences: [x]",
+                "tenants: [22222222-2222-3333-4444-555555555555]\n    audiences: [x]",
+            );
+            Config::parse(&allowed, "t").unwrap_or_else(|e| panic!("{preset} {extra}: {e}"));
+        }
+        let ftp = errors(&format!(
+            "{MINIMAL}  - name: extra\n    preset: github-actions\n    audiences: [x]\n    issuer: ftp://ghes.example.com\n"
+        ));
+        assert!(
+            ftp.contains("issuers[2].issuer: expected an https URL"),
+            "{ftp}"
+        );
+    }
+
+    #[test]
+    fn audiences_compare_alike_in_tokens_rules_and_warnings() {
+        // README: App ID URIs match with or without a trailing slash, everywhere.
+        let text = format!(
+            "{MINIMAL}rules:\n  - name: obo\n    issuers: [entra]\n    when: {{audiences: [api://quay-api/]}}\n    grant: [\"repo:read on acme/*\"]\n"
+        );
+        let config = Config::parse(&text, "t").expect("valid");
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        assert!(crate::identify::audience_equal(
+            "api://quay-api",
+            "api://quay-api/"
+        ));
+        assert!(crate::identify::audience_equal(
+            "api://quay-api/",
+            "api://quay-api"
+        ));
+        assert!(!crate::identify::audience_equal("quay", "quay/"));
+        assert!(!crate::identify::audience_equal(
+            "api://quay-api",
+            "api://quay-api//"
+        ));
+    }
+
     #[test]
     fn yaml_syntax_error_has_line() {
         let message = errors("quay: [unclosed\n");
@@ -1717,5 +2063,9 @@ issuers:
         assert_eq!(locate_field(text, "issuers[1].audiences"), Some(6));
         assert_eq!(locate_field(text, "issuers[0].audiences"), Some(4));
         assert_eq!(locate_field(text, "issuers[2]"), None);
+        // A field of the second item is not taken from the third.
+        let text = "rules:\n  - name: a\n  - name: b\n    grant: []\n";
+        assert_eq!(locate_field(text, "rules[0].grant"), None);
+        assert_eq!(locate_field(text, "rules[1].grant"), Some(4));
     }
 }

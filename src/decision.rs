@@ -88,6 +88,52 @@ impl Reason {
         }
     }
 
+    /// What the client is told to do, beside the code, in a deny's `WWW-Authenticate`
+    /// description and body. Fixed text: a client learns nothing of the configuration (its
+    /// audiences, issuers, algorithms, tenants or rules); the detail of a deny goes to the
+    /// audit log and `explain` only.
+    pub fn client_hint(self) -> &'static str {
+        match self {
+            Self::Allowed | Self::NotProtected => "no action needed",
+            Self::NoCredentials => "send a bearer access token from a trusted identity provider",
+            Self::TokenMalformed => "send the access token itself, a signed JWT",
+            Self::TokenEncrypted => "send a signed access token, not an encrypted one",
+            Self::TokenTooLarge => "the token is too large; request one with fewer claims",
+            Self::IssuerNotConfigured => {
+                "the token's issuer is not trusted here; use a token from a trusted identity provider"
+            }
+            Self::AlgorithmNotAllowed => "the token's signature algorithm is not accepted here",
+            Self::UnknownKey | Self::BadSignature => {
+                "the token's signature cannot be verified; get a fresh token"
+            }
+            Self::TokenExpired => "the token has expired; get a fresh token",
+            Self::TokenNotYetValid => "the token is not valid yet; check the clock and retry",
+            Self::MissingClaim | Self::RequiredClaimMismatch => {
+                "the token lacks a claim this service requires; ask its administrator"
+            }
+            Self::AudienceMismatch => {
+                "the token was issued for another audience; request a token for this service"
+            }
+            Self::TenantMismatch => "the token's tenant does not match its issuer",
+            Self::NotAnAccessToken => "send an access token, not an ID, refresh or logout token",
+            Self::PathAmbiguous => {
+                "send the path unencoded, without doubled slashes or dot segments, and each \
+                 query parameter once"
+            }
+            Self::RouteNotClassified => "this path is not a known Quay route",
+            Self::InsufficientScope => {
+                "the token's grants do not cover this request; ask for the scope named in the \
+                 response"
+            }
+            Self::KeysUnavailable => "tokens cannot be verified right now; retry later",
+        }
+    }
+
+    /// `code: what to do`, the text a denied client sees.
+    pub fn client_message(self) -> String {
+        format!("{}: {}", self.code(), self.client_hint())
+    }
+
     /// The status class of a deny for this reason (the single mapping, as Authorino keeps it).
     pub fn deny_status(self) -> DenyStatus {
         match self {
@@ -151,7 +197,9 @@ pub enum Decision {
     Passthrough { reason: Reason },
     Deny {
         reason: Reason,
-        /// Safe to show the client: never a token, a claim value or key material.
+        /// For the audit log and `explain`, never the client (who gets
+        /// [`Reason::client_hint`]): it may name configured audiences, issuers, algorithms or
+        /// rules, but never a token or key material.
         detail: String,
         /// The permission that was missing or, for 401s, the one the route needs (it goes
         /// into the Docker challenge's `scope`).
@@ -193,6 +241,15 @@ mod tests {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), Reason::ALL.len());
+    }
+
+    #[test]
+    fn every_reason_tells_the_client_what_to_do() {
+        for reason in Reason::ALL {
+            let message = reason.client_message();
+            assert!(message.starts_with(reason.code()), "{message}");
+            assert!(message.len() > reason.code().len() + 10, "{message}");
+        }
     }
 
     #[test]

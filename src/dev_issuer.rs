@@ -122,6 +122,12 @@ pub enum DevIssuerError {
     NoKey(SigningKeyKind),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error(
+        "will not listen on {0}: the development issuer signs a token for anyone who asks, so it \
+         listens on loopback only (127.0.0.1, ::1); --allow-non-loopback overrides this for a \
+         throwaway test network"
+    )]
+    NotLoopback(SocketAddr),
 }
 
 struct IssuerState {
@@ -154,17 +160,31 @@ impl Drop for DevIssuer {
 }
 
 impl DevIssuer {
-    /// Starts an issuer whose `iss` is its own base URL (`http://127.0.0.1:PORT`).
+    /// Starts an issuer whose `iss` is its own base URL (`http://127.0.0.1:PORT`). `listen`
+    /// must be a loopback address (`NotLoopback` otherwise).
     pub async fn start(listen: SocketAddr) -> Result<Self, DevIssuerError> {
         Self::start_with_issuer(listen, None).await
     }
 
     /// Starts an issuer; `issuer` overrides the `iss` it announces (for tokens that keep a
-    /// real issuer's `iss`, such as Entra's, while keys come from loopback).
+    /// real issuer's `iss`, such as Entra's, while keys come from loopback). Loopback only.
     pub async fn start_with_issuer(
         listen: SocketAddr,
         issuer: Option<String>,
     ) -> Result<Self, DevIssuerError> {
+        if !listen.ip().is_loopback() {
+            return Err(DevIssuerError::NotLoopback(listen));
+        }
+        Self::bind(listen, issuer).await
+    }
+
+    /// Starts an issuer on any address, loopback or not. Anyone who reaches it can mint
+    /// tokens it signs: the caller warns (`dev-issuer --allow-non-loopback`).
+    pub async fn start_on_any_address(listen: SocketAddr) -> Result<Self, DevIssuerError> {
+        Self::bind(listen, None).await
+    }
+
+    async fn bind(listen: SocketAddr, issuer: Option<String>) -> Result<Self, DevIssuerError> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|error| DevIssuerError::Bind(listen, error))?;

@@ -527,11 +527,15 @@ fn check_access_token(
     Ok(())
 }
 
-/// Entra v1 App ID URIs appear with and without a trailing slash (`api://quay-api/`).
-fn audience_equal(accepted: &str, actual: &str) -> bool {
-    accepted == actual
-        || (accepted.contains("://")
-            && accepted.trim_end_matches('/') == actual.trim_end_matches('/'))
+/// Whether two audiences name the same API: equal, or URIs (`api://quay-api`,
+/// `https://quay.example.com`) that differ only by one trailing slash, as Entra v1 App ID URIs
+/// appear both ways. The one comparison used for a token's `aud` against an issuer's
+/// `audiences`, for a rule's `when.audiences`, and for check-config's can-never-match warning.
+pub fn audience_equal(a: &str, b: &str) -> bool {
+    fn trimmed(uri: &str) -> &str {
+        uri.strip_suffix('/').unwrap_or(uri)
+    }
+    a == b || (a.contains("://") && b.contains("://") && trimmed(a) == trimmed(b))
 }
 
 /// A NumericDate claim (RFC 7519 §2): missing is None, anything but a number is malformed.

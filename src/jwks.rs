@@ -282,19 +282,23 @@ struct FetchSetup {
 
 impl FetchSetup {
     fn new(settings: JwksSettings) -> Self {
-        let builder = reqwest::Client::builder()
-            .timeout(settings.fetch_timeout)
-            .connect_timeout(settings.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .user_agent(concat!("quay-authz/", env!("CARGO_PKG_VERSION")));
+        let base = || {
+            reqwest::Client::builder()
+                .timeout(settings.fetch_timeout)
+                .connect_timeout(settings.fetch_timeout)
+                .redirect(reqwest::redirect::Policy::custom(same_origin_redirect))
+                .user_agent(concat!("quay-authz/", env!("CARGO_PKG_VERSION")))
+        };
         // The CA bundle and proxy were checked when the configuration loaded, so this should
-        // not fail; if it does, say so loudly and fetch with reqwest's defaults.
-        let client = crate::tls::configure_fetch_client(builder, &settings)
+        // not fail; if it does, say so loudly and fetch without them — still with the timeouts
+        // and the same-origin redirect policy.
+        let client = crate::tls::configure_fetch_client(base(), &settings)
             .and_then(|builder| builder.build())
-            .unwrap_or_else(|error| {
+            .or_else(|error| {
                 tracing::error!(%error, "cannot build the JWKS client with jwks.ca_file and jwks.proxy");
-                reqwest::Client::default()
-            });
+                base().build()
+            })
+            .unwrap_or_default();
         Self { settings, client }
     }
 }
@@ -878,6 +882,26 @@ fn discovered_jwks_uri(
     Ok(jwks_uri.to_string())
 }
 
+/// Redirects are followed (at most 3) only within the origin first asked (RFC 6454: scheme,
+/// host and port): a discovery or key URL that redirects to another scheme, host or port
+/// (`127.0.0.2`, or another port of the same host, counts as another) would fetch keys from
+/// somewhere the configuration never named, past its https check.
+fn same_origin_redirect(attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+    let same_origin = attempt.previous().first().is_some_and(|first| {
+        first.scheme() == attempt.url().scheme()
+            && first.host_str() == attempt.url().host_str()
+            && first.port_or_known_default() == attempt.url().port_or_known_default()
+    });
+    if same_origin && attempt.previous().len() <= 3 {
+        attempt.follow()
+    } else {
+        attempt.error(REDIRECT_REFUSED)
+    }
+}
+
+const REDIRECT_REFUSED: &str =
+    "redirect refused (only 3, and only to the same scheme, host and port, are followed)";
+
 /// GETs a URL, refusing bodies over `limit` bytes without reading them whole.
 async fn fetch_limited(
     client: &reqwest::Client,
@@ -888,6 +912,8 @@ async fn fetch_limited(
         url: url.to_string(),
         message: if error.is_timeout() {
             "timed out".to_string()
+        } else if error.is_redirect() {
+            REDIRECT_REFUSED.to_string()
         } else if error.is_connect() {
             "connection failed".to_string()
         } else {

@@ -83,10 +83,14 @@ enum Command {
     /// FOR LOCAL TESTING ONLY: a development OIDC issuer on loopback, with a matching
     /// configuration and sample tokens written to --out.
     DevIssuer {
+        /// A loopback address unless --allow-non-loopback.
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
         #[arg(long)]
         out: PathBuf,
+        /// Listen on a non-loopback --listen address: anyone who reaches it can mint tokens.
+        #[arg(long)]
+        allow_non_loopback: bool,
     },
     /// Print the JSON Schema of the configuration (`deploy/config.schema.json`), or with
     /// --env-table the README's table of `QUAY_AUTHZ_…` overrides.
@@ -112,7 +116,8 @@ fn init_logging(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
+        // Values from clients (claims, paths) are escaped: a newline must not forge a line.
+        LogFormat::Text => builder.fmt_fields(quay_authz::audit::TextLogFields).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
@@ -214,8 +219,21 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Command::DevIssuer { listen, out } => {
-            let issuer = DevIssuer::start(listen).await?;
+        Command::DevIssuer {
+            listen,
+            out,
+            allow_non_loopback,
+        } => {
+            let issuer = if allow_non_loopback && !listen.ip().is_loopback() {
+                tracing::warn!(
+                    %listen,
+                    "the development issuer listens on a non-loopback address \
+                     (--allow-non-loopback): anyone who reaches it can mint tokens it signs"
+                );
+                DevIssuer::start_on_any_address(listen).await?
+            } else {
+                DevIssuer::start(listen).await?
+            };
             write_quickstart_files(&issuer, &out)?;
             eprintln!(
                 "development issuer (FOR LOCAL TESTING ONLY) at {}; config and tokens in {}",

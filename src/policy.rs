@@ -15,8 +15,8 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::config::raw;
-use crate::identify::Identity;
-use crate::permission::{Grant, Permission, is_repository_path};
+use crate::identify::{Identity, audience_equal};
+use crate::permission::{Grant, Permission, QuayScope, is_repository_path};
 
 // === Compiled rules ===
 
@@ -36,7 +36,11 @@ pub struct Conditions {
     pub groups_all: Vec<String>,
     pub claims: Vec<(String, Vec<ValueMatcher>)>,
     pub audiences: Vec<String>,
+    /// Tenant ids (lowercase) the rule trusts; empty: no tenant condition.
     pub tenants: Vec<String>,
+    /// The rule says `tenants: any`: it knowingly trusts every tenant of a multi-tenant issuer
+    /// (not a condition: it narrows nothing).
+    pub any_tenant: bool,
     pub clients: Vec<String>,
 }
 
@@ -199,14 +203,30 @@ pub fn compile_rules(
             continue;
         }
         warnings.extend(shadowed_grants(&raw_rule.name, &grants));
-        if raw_rule.issuers.is_empty()
-            && raw_rule.grant.iter().any(|g| g.trim() == "super:user")
-            && is_unconditional(&when)
-        {
-            warnings.push(format!(
-                "rule {:?} grants super:user to every valid token of every issuer",
-                raw_rule.name
+        // super:user is every right in Quay: a rule giving it to every valid token of an
+        // issuer hands the installation to whoever can get a token for that audience (any
+        // GitHub repository, any tenant of a multi-tenant app).
+        let grants_super_user = grants
+            .iter()
+            .filter_map(|template| template.fixed.as_ref())
+            .flatten()
+            .any(|grant| grant.scope == QuayScope::SuperUser);
+        if grants_super_user && is_unconditional(&when) {
+            let whose = if raw_rule.issuers.is_empty() {
+                "every issuer".to_string()
+            } else {
+                format!("issuer {}", raw_rule.issuers.join(", "))
+            };
+            errors.push((
+                format!("{field}.grant"),
+                format!(
+                    "rule {:?} grants super:user to every valid token of {whose}: add a when \
+                     condition that names who may have it (groups_any, groups_all, claims, \
+                     clients, tenants)",
+                    raw_rule.name
+                ),
             ));
+            continue;
         }
         rules.push(CompiledRule {
             name: raw_rule.name.clone(),
@@ -262,6 +282,45 @@ fn is_unconditional(when: &Conditions) -> bool {
         && when.clients.is_empty()
 }
 
+/// The tenants a rule's `when.tenants` names: a list of ids, or `any` (`any_tenant`).
+fn compile_tenants(
+    raw: Option<&raw::Tenants>,
+    field: &str,
+    errors: &mut Vec<(String, String)>,
+) -> (Vec<String>, bool) {
+    match raw {
+        None => (Vec::new(), false),
+        Some(raw::Tenants::Keyword(word)) if word == "any" => (Vec::new(), true),
+        Some(raw::Tenants::Keyword(word)) => {
+            errors.push((
+                format!("{field}.when.tenants"),
+                format!("expected a list of tenant ids or the word any, got {word:?}"),
+            ));
+            (Vec::new(), false)
+        }
+        Some(raw::Tenants::List(list)) if list.is_empty() => {
+            errors.push((
+                format!("{field}.when.tenants"),
+                "an empty list can never match: name tenant ids, or write tenants: any".into(),
+            ));
+            (Vec::new(), false)
+        }
+        Some(raw::Tenants::List(list)) => {
+            let tenants: Vec<String> = list.iter().map(|t| t.to_ascii_lowercase()).collect();
+            for tenant in tenants.iter().filter(|t| !crate::config::is_tenant_id(t)) {
+                errors.push((
+                    format!("{field}.when.tenants"),
+                    format!(
+                        "{tenant:?} is not a tenant id (a GUID such as \
+                         11111111-2222-3333-4444-555555555555)"
+                    ),
+                ));
+            }
+            (tenants, false)
+        }
+    }
+}
+
 fn compile_conditions(
     raw: &raw::When,
     field: &str,
@@ -292,12 +351,14 @@ fn compile_conditions(
         }
         claims.push((name.clone(), matchers));
     }
+    let (tenants, any_tenant) = compile_tenants(raw.tenants.as_ref(), field, errors);
     Conditions {
         groups_any: raw.groups_any.clone(),
         groups_all: raw.groups_all.clone(),
         claims,
         audiences: raw.audiences.clone(),
-        tenants: raw.tenants.iter().map(|t| t.to_ascii_lowercase()).collect(),
+        tenants,
+        any_tenant,
         clients: raw.clients.clone(),
     }
 }
@@ -552,10 +613,11 @@ fn conditions_hold(when: &Conditions, identity: &Identity) -> bool {
         return false;
     }
     if !when.audiences.is_empty()
-        && !identity
-            .audiences
-            .iter()
-            .any(|aud| when.audiences.contains(aud))
+        && !identity.audiences.iter().any(|aud| {
+            when.audiences
+                .iter()
+                .any(|wanted| audience_equal(wanted, aud))
+        })
     {
         return false;
     }
@@ -623,7 +685,6 @@ pub fn glob_matches(pattern: &str, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::permission::QuayScope;
 
     fn rules(yaml: &str) -> Vec<CompiledRule> {
         let raw_rules: Vec<raw::Rule> = serde_yaml::from_str(yaml).expect("yaml");
@@ -807,6 +868,27 @@ mod tests {
                 .grants
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn audience_and_tenant_conditions() {
+        let rules = rules(
+            r#"
+- name: obo
+  when: {audiences: ["api://quay-api/"]}
+  grant: ["repo:read on acme/*"]
+- name: every-tenant
+  when: {tenants: any, groups_any: [Quay.Reader]}
+  grant: ["repo:read on public/*"]
+"#,
+        );
+        // The token says api://quay-api, the rule api://quay-api/: the same App ID URI.
+        let outcome = evaluate(&rules, &identity("entra", &["Quay.Reader"], Value::Null));
+        assert_eq!(outcome.matched_rules, ["obo", "every-tenant"]);
+        let mut other = identity("entra", &["Quay.Reader"], Value::Null);
+        other.audiences = vec!["api://quay-api-2".into()];
+        other.tenant = Some("99999999-2222-3333-4444-555555555555".into());
+        assert_eq!(evaluate(&rules, &other).matched_rules, ["every-tenant"]);
     }
 
     #[test]

@@ -100,19 +100,18 @@ pub fn build_response(
             let metadata = metadata(&[("decision", "passthrough"), ("reason", reason.code())]);
             ok_response(Vec::new(), settings.identity_header_names.clone(), metadata)
         }
+        // The deny's detail stays out: it may name the configuration (audit log and explain
+        // carry it).
         Decision::Deny {
-            reason,
-            detail,
-            required,
-            ..
+            reason, required, ..
         } => {
             let status = reason.deny_status();
             let required_scope = required.as_ref().map(|p| p.to_string());
             let docker_scope = required.as_ref().and_then(|p| p.docker_scope());
             let (challenge, body) = if is_registry {
-                registry_denial(status, *reason, detail, docker_scope.as_deref(), settings)
+                registry_denial(status, *reason, docker_scope.as_deref(), settings)
             } else {
-                api_denial(status, *reason, detail, required_scope.as_deref(), settings)
+                api_denial(status, *reason, required_scope.as_deref(), settings)
             };
             let mut headers = vec![header("content-type", "application/json")];
             if let Some(challenge) = challenge {
@@ -187,11 +186,11 @@ fn ok_response(
 fn api_denial(
     status: DenyStatus,
     reason: Reason,
-    detail: &str,
     required_scope: Option<&str>,
     settings: &ResponseSettings,
 ) -> (Option<String>, String) {
     let realm = quote(&settings.service);
+    let description = reason.client_message();
     let (error, challenge) = match status {
         // §3.1: a request with no credentials gets a challenge without an error code.
         DenyStatus::Unauthenticated if reason == Reason::NoCredentials => {
@@ -201,7 +200,7 @@ fn api_denial(
             "invalid_token",
             Some(format!(
                 "Bearer realm={realm}, error=\"invalid_token\", error_description={}",
-                quote(&format!("{}: {detail}", reason.code()))
+                quote(&description)
             )),
         ),
         DenyStatus::Forbidden => (
@@ -211,7 +210,7 @@ fn api_denial(
                 required_scope
                     .map(|scope| format!(", scope={}", quote(scope)))
                     .unwrap_or_default(),
-                quote(&format!("{}: {detail}", reason.code()))
+                quote(&description)
             )),
         ),
         DenyStatus::BadRequest => ("invalid_request", None),
@@ -219,7 +218,7 @@ fn api_denial(
     };
     let body = serde_json::json!({
         "error": error,
-        "error_description": detail,
+        "error_description": description,
         "reason": reason.code(),
         "required_scope": required_scope,
     });
@@ -230,7 +229,6 @@ fn api_denial(
 fn registry_denial(
     status: DenyStatus,
     reason: Reason,
-    detail: &str,
     docker_scope: Option<&str>,
     settings: &ResponseSettings,
 ) -> (Option<String>, String) {
@@ -253,7 +251,7 @@ fn registry_denial(
     };
     let body = serde_json::json!({"errors": [{
         "code": code,
-        "message": format!("{}: {detail}", reason.code()),
+        "message": reason.client_message(),
         "detail": {"reason": reason.code(), "scope": docker_scope},
     }]});
     (challenge, body.to_string())
@@ -450,7 +448,7 @@ mod tests {
         assert_eq!(
             header_value(&expired, "www-authenticate").as_deref(),
             Some(
-                r#"Bearer realm="quay.example.com", error="invalid_token", error_description="token_expired: why \"quoted\"""#
+                r#"Bearer realm="quay.example.com", error="invalid_token", error_description="token_expired: the token has expired; get a fresh token""#
             )
         );
         let missing = deny(Reason::NoCredentials, None, false);
@@ -476,7 +474,7 @@ mod tests {
             )
             .as_deref(),
             Some(
-                r#"Bearer realm="quay.example.com", error="insufficient_scope", error_description="insufficient_scope: why \"quoted\"""#
+                r#"Bearer realm="quay.example.com", error="insufficient_scope", error_description="insufficient_scope: the token's grants do not cover this request; ask for the scope named in the response""#
             )
         );
         let Some(HttpResponse::DeniedResponse(denied)) = &scope.http_response else {
@@ -486,6 +484,21 @@ mod tests {
         assert_eq!(body["reason"], "insufficient_scope");
         assert_eq!(body["required_scope"], "repo:write on acme/app");
         assert_eq!(headers(&deny(Reason::KeysUnavailable, None, false)).2, 503);
+    }
+
+    #[test]
+    fn the_detail_of_a_deny_never_reaches_the_client() {
+        for reason in Reason::ALL {
+            for registry in [false, true] {
+                let response = deny(reason, None, registry);
+                let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+                    continue;
+                };
+                let shown = format!("{denied:?}");
+                assert!(!shown.contains("quoted"), "{reason}: {shown}");
+                assert!(shown.contains(reason.code()), "{reason}: {shown}");
+            }
+        }
     }
 
     #[test]

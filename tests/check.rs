@@ -663,3 +663,96 @@ async fn an_oversized_token_is_refused_before_the_cache_hashes_it() {
         "the oversized token was looked up in the cache"
     );
 }
+
+/// A loopback server that redirects key fetches: `/same` to its own `/keys`, `/port` to the
+/// development issuer's JWKS (same host, another port), `/host` to `127.0.0.2` on its own port,
+/// `/scheme` to https on its own port. `/keys` serves `jwks`. Bound to 127.0.0.1 and, where
+/// the system allows, 127.0.0.2 on the same port.
+async fn redirecting_key_server(jwks: String, elsewhere: String) -> u16 {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let moved = |to: String| move || async move { (StatusCode::FOUND, [(header::LOCATION, to)]) };
+    let app = axum::Router::new()
+        .route("/same", get(moved("/keys".to_string())))
+        .route("/port", get(moved(elsewhere)))
+        .route("/host", get(moved(format!("http://127.0.0.2:{port}/keys"))))
+        .route(
+            "/scheme",
+            get(moved(format!("https://127.0.0.1:{port}/keys"))),
+        )
+        .route(
+            "/keys",
+            get(move || async move {
+                ([(header::CONTENT_TYPE, "application/json")], jwks).into_response()
+            }),
+        );
+    if let Ok(second) = tokio::net::TcpListener::bind(("127.0.0.2", port)).await {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(second, app).await;
+        });
+    }
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    port
+}
+
+#[tokio::test]
+async fn key_fetches_follow_no_redirect_to_another_scheme_host_or_port() {
+    let issuer = start_issuer().await;
+    let jwks = published_jwks(&issuer).await;
+    let port = redirecting_key_server(jwks, issuer.jwks_url()).await;
+    let entry = |name: &str| {
+        format!(
+            "  - name: {name}\n    issuer: https://{name}.example\n    audiences: [quay]\n    \
+             jwks_uri: http://127.0.0.1:{port}/{name}\n    allow_insecure_http: true\n    \
+             required: false\n"
+        )
+    };
+    let config = format!(
+        "quay: {{service: quay.example.com, realm: \"https://quay.example.com/v2/auth\"}}\n\
+         jwks: {{fetch_timeout_seconds: 2}}\nissuers:\n{}{}{}{}rules:\n  - name: readers\n    \
+         grant: [\"repository:acme/*:pull\"]\n",
+        entry("same"),
+        entry("port"),
+        entry("host"),
+        entry("scheme"),
+    );
+    let service = TestService::start(&config, false).await;
+    let token = |name: &str| {
+        issuer
+            .mint(
+                SigningKeyKind::Rsa,
+                &json!({"iss": format!("https://{name}.example"), "aud": "quay", "sub": "ci",
+                        "exp": now() + 600}),
+            )
+            .expect("mint")
+    };
+    let path = "/v2/acme/app/manifests/latest";
+    // A redirect within the origin is followed.
+    let same = service.check_bearer("GET", path, &token("same")).await;
+    assert_eq!(decision(&same), ("allow".into(), "allowed".into()));
+    // Another port, host or scheme: the keys behind it are never fetched.
+    for name in ["port", "host", "scheme"] {
+        let response = service.check_bearer("GET", path, &token(name)).await;
+        assert_eq!(
+            decision(&response),
+            ("deny".into(), "keys_unavailable".into()),
+            "{name}"
+        );
+        let pipeline = service.running.service.pipeline.load_full();
+        let status = pipeline
+            .key_sources()
+            .find(|(issuer, _)| *issuer == name)
+            .map(|(_, source)| source.status())
+            .expect("source");
+        let error = status.last_error.unwrap_or_default();
+        assert!(error.contains("redirect refused"), "{name}: {error}");
+    }
+}

@@ -18,12 +18,7 @@ fn explain(args: &[&str]) -> (i32, String, String) {
 async fn offline_explain_with_jwks_file_narrates_each_step() {
     let issuer = start_issuer().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let jwks = reqwest::get(issuer.jwks_url())
-        .await
-        .expect("jwks")
-        .text()
-        .await
-        .expect("body");
+    let jwks = published_jwks(&issuer).await;
     let jwks_path = dir.path().join("jwks.json");
     std::fs::write(&jwks_path, jwks).expect("write jwks");
     // Keys "live" on a port nobody answers: the explanation must not need the network.

@@ -392,6 +392,98 @@ async fn audit_events_carry_the_decision_facts_and_never_the_token() {
     );
 }
 
+/// Every header and the body of a deny, as one text.
+fn deny_text(response: &envoy_types::pb::envoy::service::auth::v3::CheckResponse) -> String {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+        panic!("not a deny: {response:?}");
+    };
+    let mut text = String::new();
+    for header in denied
+        .headers
+        .iter()
+        .filter_map(|option| option.header.as_ref())
+    {
+        text.push_str(&format!("{}: {}\n", header.key, header.value));
+    }
+    text.push_str(&denied.body);
+    if let Some(status) = &response.status {
+        text.push_str(&status.message);
+    }
+    text
+}
+
+#[tokio::test]
+async fn denies_tell_the_client_the_reason_and_the_operator_the_configuration() {
+    captured_events();
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let mut wrong_audience = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+    wrong_audience["aud"] = serde_json::json!("api://someone-else");
+    let wrong_audience = issuer
+        .mint(SigningKeyKind::Rsa, &wrong_audience)
+        .expect("mint");
+    // ES256 where the Entra entry allows only RS256.
+    let wrong_algorithm = issuer
+        .mint(
+            SigningKeyKind::Ec,
+            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
+        )
+        .expect("mint");
+    let configuration = ["api://quay-api", CLIENT_ID, "entra", "RS256", TENANT];
+    for (token, reason, id) in [
+        (&wrong_audience, "audience_mismatch", "hide-aud"),
+        (&wrong_algorithm, "algorithm_not_allowed", "hide-alg"),
+    ] {
+        for path in [REPO, "/v2/acme/app/manifests/latest"] {
+            let response = check_with_id(&service, "GET", path, token, id).await;
+            assert_eq!(decision(&response), ("deny".into(), reason.into()));
+            let shown = deny_text(&response);
+            assert!(shown.contains(reason), "{shown}");
+            for configured in configuration {
+                assert!(
+                    !shown.contains(configured),
+                    "{reason} on {path} shows the client {configured:?}:\n{shown}"
+                );
+            }
+        }
+    }
+    let api = deny_text(&check_with_id(&service, "GET", REPO, &wrong_audience, "hide-aud").await);
+    assert!(
+        api.contains("request a token for this service"),
+        "what to do: {api}"
+    );
+
+    // The operator sees it all: in the audit log…
+    let events = audit_events("hide-aud");
+    let detail = events[0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("api://quay-api") && detail.contains(CLIENT_ID),
+        "{events:#?}"
+    );
+    let events = audit_events("hide-alg");
+    let detail = events[0]["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("RS256") && detail.contains("entra"),
+        "{detail}"
+    );
+    // … and in explain.
+    let pipeline = service.running.service.pipeline.load_full();
+    let facts = quay_authz::extract::RequestFacts::described(
+        "GET".into(),
+        REPO.into(),
+        Some(wrong_audience.clone()),
+        None,
+    );
+    let explanation = quay_authz::explain::explain(&pipeline, &facts, now()).await;
+    let text = explanation.to_text();
+    assert!(
+        text.contains("api://quay-api") && text.contains(CLIENT_ID),
+        "{text}"
+    );
+    assert_eq!(explanation.reason, "audience_mismatch");
+}
+
 #[tokio::test]
 async fn allow_sampling_follows_the_request_id_and_denies_are_always_logged() {
     captured_events();
@@ -647,11 +739,16 @@ struct Server {
 
 impl Server {
     fn start(config: &str) -> Server {
+        Self::start_logging(config, "json")
+    }
+
+    /// Started with `--log-format` `format` (`json` or `text`).
+    fn start_logging(config: &str, format: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_quay-authz"))
-            .args(["--log-format", "json", "serve", "--config"])
+            .args(["--log-format", format, "serve", "--config"])
             .arg(&path)
             .env("QUAY_AUTHZ_LOG", "info")
             .stdin(Stdio::null())
@@ -683,6 +780,25 @@ impl Server {
             {
                 server.grpc = event["grpc_addr"].as_str().unwrap_or_default().to_string();
                 server.http = event["http_addr"].as_str().unwrap_or_default().to_string();
+            }
+            // Text: `… quay-authz serving grpc_addr=127.0.0.1:PORT http_addr=… …`.
+            let serving = (format == "text")
+                .then(|| {
+                    server
+                        .lines()
+                        .into_iter()
+                        .find(|line| line.contains("quay-authz serving"))
+                })
+                .flatten();
+            if let Some(line) = serving {
+                let field = |name: &str| {
+                    line.split(' ')
+                        .find_map(|part| part.strip_prefix(&format!("{name}=")))
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                server.grpc = field("grpc_addr");
+                server.http = field("http_addr");
             }
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("quay-authz exited ({status}): {:#?}", server.lines());
@@ -736,6 +852,78 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_escape_claim_values_so_a_username_cannot_forge_lines() {
+    let issuer = start_issuer().await;
+    let config = format!(
+        "listen: {{grpc: 127.0.0.1:0, http: 127.0.0.1:0, admin: 127.0.0.1:0}}\n{}",
+        config_for(&issuer, "")
+    );
+    let mut server = Server::start_logging(&config, "text");
+    let forged = "2026-01-01T00:00:00.000000Z  INFO audit: decision=\"allow\" subject=forged-admin";
+    let mut claims = dev_claims(&issuer, &["readers"]);
+    claims["preferred_username"] = serde_json::json!(format!("bob\n{forged}\r\n{forged}"));
+    claims["azp"] = serde_json::json!("ci client=forged");
+    let token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{}", server.grpc),
+    )
+    .await
+    .expect("connect");
+    let answer = client
+        .check(check_request(
+            "GET",
+            "/v2/acme/app/manifests/latest",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-request-id", "escape-1\nforged-line"),
+            ],
+        ))
+        .await
+        .expect("Check answers")
+        .into_inner();
+    assert_eq!(decision(&answer).0, "allow");
+    let started = Instant::now();
+    let audit_line = loop {
+        if let Some(line) = server
+            .lines()
+            .into_iter()
+            .find(|line| line.contains("audit:") && line.contains("escape-1"))
+        {
+            break line;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no audit line: {:#?}",
+            server.lines()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(), 0);
+    let lines = server.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|line| line.starts_with("2026-01-01") || line.starts_with("forged-line")),
+        "a claim or header forged a log line: {lines:#?}"
+    );
+    // One line holds the whole event, each value quoted and escaped where it needs it.
+    assert!(
+        audit_line.contains(r#"subject="bob\n2026-01-01T00:00:00.000000Z  INFO audit: decision=\"allow\" subject=forged-admin\r\n"#),
+        "{audit_line}"
+    );
+    assert!(
+        audit_line.contains(r#"client="ci client=forged""#),
+        "{audit_line}"
+    );
+    assert!(
+        audit_line.contains(r#"request_id="escape-1\nforged-line""#),
+        "{audit_line}"
+    );
+    assert!(audit_line.contains("issuer=dev "), "{audit_line}");
 }
 
 /// NOT_SERVING, or a refused connection: either way no new Check is sent here.

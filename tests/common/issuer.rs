@@ -14,6 +14,16 @@ pub async fn start_issuer() -> DevIssuer {
         .expect("issuer starts")
 }
 
+/// The JWKS the issuer publishes, as served.
+pub async fn published_jwks(issuer: &DevIssuer) -> String {
+    reqwest::get(issuer.jwks_url())
+        .await
+        .expect("jwks")
+        .text()
+        .await
+        .expect("body")
+}
+
 pub fn now() -> u64 {
     quay_authz::pipeline::unix_now()
 }
