@@ -11,12 +11,13 @@ use aws_lc_rs::signature;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
+use quay_authz::authn::extract::RequestFacts;
+use quay_authz::check::pipeline::Pipeline;
 use quay_authz::config::Config;
-use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind};
-use quay_authz::extract::RequestFacts;
+use quay_authz::dev::issuer::{DevIssuer, SigningKeyKind};
 use quay_authz::jwks::KeyStore;
 use quay_authz::metrics::Metrics;
-use quay_authz::pipeline::{Pipeline, unix_now};
+use quay_authz::model::clock::unix_now;
 use quay_authz::route::RouteTable;
 use serde_json::json;
 

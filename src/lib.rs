@@ -1,29 +1,35 @@
 //! quay-authz: an Envoy external-authorization service that lets OIDC tokens (Microsoft Entra
 //! ID v1/v2, GitHub Actions, Keycloak, any OIDC issuer) reach Quay's API and registry.
 //!
-//! The pipeline for one Check, a module per stage: `extract` (the request and its bearer
-//! token) → `route` (what Quay would demand) → `identify` (verify the token, with keys from
-//! `jwks`) → `policy` (grants) → `respond` (Envoy's CheckResponse). `pipeline` runs them in
-//! order; `server` wires gRPC and HTTP; `config` compiles the YAML once.
+//! The tree reads as the pipeline of one Check (README, "Layout"):
+//!
+//! ```text
+//! authn::extract ─► route ─► authn (verify, keys from jwks, token_cache) ─► policy ─► check::respond
+//!                    └──────────────── check::pipeline runs them, in order ───────────────┘
+//! ```
+//!
+//! Dependencies point one way, down this list, and `scripts/dev/module_graph.py` (run by
+//! `scripts/test.sh`) fails on a cycle:
+//! - `model`: the shared vocabulary (permissions, identities, decisions); imports nothing of ours;
+//! - `tls`: certificate and key loading for the listeners and the key fetcher; nothing of ours;
+//! - `config`: the YAML contract (`config::raw`, a leaf) compiled once into the runtime `Config`;
+//! - `route`: Quay's route table (knows no identity, no policy);
+//! - `policy`: rules → grants (sees only `model` and `config::raw`);
+//! - `jwks`: key fetching and caching; `authn`: token extraction and verification (no rules);
+//! - `metrics`; `check`: the pipeline, the response, audit and explain;
+//! - `server`: gRPC, HTTP, admin API and reload — it calls `check`, never the reverse;
+//! - `dev` (cargo feature `dev`): the development issuer and upstream and the bench tooling,
+//!   never reached from the serving path and not built into the container image.
 
-pub mod admin;
-pub mod audit;
-pub mod bench;
+pub mod authn;
+pub mod check;
 pub mod config;
-pub mod decision;
-pub mod dev_issuer;
-pub mod dev_upstream;
-pub mod env_overrides;
-pub mod explain;
-pub mod extract;
-pub mod identify;
+#[cfg(feature = "dev")]
+pub mod dev;
 pub mod jwks;
 pub mod metrics;
-pub mod permission;
-pub mod pipeline;
+pub mod model;
 pub mod policy;
-pub mod respond;
 pub mod route;
 pub mod server;
 pub mod tls;
-pub mod token_cache;

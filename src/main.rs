@@ -6,15 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use quay_authz::admin::proto::ExplainRequest;
-use quay_authz::admin::proto::admin_client::AdminClient;
+use quay_authz::authn::extract::RequestFacts;
+use quay_authz::check::explain::Explanation;
+use quay_authz::check::pipeline::Pipeline;
 use quay_authz::config::Config;
-use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind, quickstart_config};
-use quay_authz::explain::Explanation;
-use quay_authz::extract::RequestFacts;
+use quay_authz::dev::issuer::{DevIssuer, SigningKeyKind, quickstart_config};
 use quay_authz::jwks::KeyStore;
 use quay_authz::metrics::Metrics;
-use quay_authz::pipeline::Pipeline;
+use quay_authz::server::admin::proto::ExplainRequest;
+use quay_authz::server::admin::proto::admin_client::AdminClient;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -117,7 +117,9 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         // Values from clients (claims, paths) are escaped: a newline must not forge a line.
-        LogFormat::Text => builder.fmt_fields(quay_authz::audit::TextLogFields).init(),
+        LogFormat::Text => builder
+            .fmt_fields(quay_authz::check::audit::TextLogFields)
+            .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
@@ -245,15 +247,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::ConfigSchema { env_table } => {
             if env_table {
-                print!("{}", quay_authz::env_overrides::markdown_table());
+                print!("{}", quay_authz::config::env::markdown_table());
             } else {
-                print!("{}", quay_authz::env_overrides::schema_text());
+                print!("{}", quay_authz::config::env::schema_text());
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::DevUpstream { listen } => {
             tokio::select! {
-                result = quay_authz::dev_upstream::serve(listen) => result.with_context(|| format!("dev-upstream on {listen}"))?,
+                result = quay_authz::dev::upstream::serve(listen) => result.with_context(|| format!("dev-upstream on {listen}"))?,
                 _ = shutdown_signal() => {}
             }
             Ok(ExitCode::SUCCESS)
@@ -302,7 +304,14 @@ async fn explain_offline(
     }
     let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics);
     let facts = RequestFacts::described(method, path, token, body);
-    Ok(quay_authz::explain::explain(&pipeline, &facts, quay_authz::pipeline::unix_now()).await)
+    Ok(
+        quay_authz::check::explain::explain(
+            &pipeline,
+            &facts,
+            quay_authz::model::clock::unix_now(),
+        )
+        .await,
+    )
 }
 
 async fn explain_remote(
@@ -330,12 +339,12 @@ async fn explain_remote(
         .await
         .map_err(|status| anyhow::anyhow!("admin API: {}", status.message()))?
         .into_inner();
-    Ok(Explanation::from_proto(response))
+    Ok(Explanation::from(response))
 }
 
 fn write_quickstart_files(issuer: &DevIssuer, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let now = quay_authz::pipeline::unix_now();
+    let now = quay_authz::model::clock::unix_now();
     let claims = |sub: &str, groups: &[&str]| {
         serde_json::json!({
             "iss": issuer.issuer(), "sub": sub, "preferred_username": sub, "aud": "quay",

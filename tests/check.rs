@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::issuer::*;
 use common::service::*;
-use quay_authz::dev_issuer::SigningKeyKind;
+use quay_authz::dev::issuer::SigningKeyKind;
 use serde_json::json;
 
 const REPO: &str = "/api/v1/repository/acme/app";
@@ -384,8 +384,8 @@ async fn metrics_count_decisions_by_reason_and_issuer() {
 
 #[tokio::test]
 async fn admin_status_and_grpc_health_report_key_sources() {
-    use quay_authz::admin::proto::StatusRequest;
-    use quay_authz::admin::proto::admin_client::AdminClient;
+    use quay_authz::server::admin::proto::StatusRequest;
+    use quay_authz::server::admin::proto::admin_client::AdminClient;
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 

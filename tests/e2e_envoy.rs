@@ -7,7 +7,7 @@ use common::envoy::{Envoy, require_envoy};
 use common::issuer::*;
 use common::service::TestService;
 use common::upstream::RecordingUpstream;
-use quay_authz::dev_issuer::SigningKeyKind;
+use quay_authz::dev::issuer::SigningKeyKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_enforces_quay_authz_decisions() {

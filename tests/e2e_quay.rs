@@ -13,7 +13,7 @@ use common::envoy::{Envoy, require_envoy};
 use common::issuer::{now, start_issuer};
 use common::quay::{Quay, require_quay};
 use common::service::TestService;
-use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind};
+use quay_authz::dev::issuer::{DevIssuer, SigningKeyKind};
 use serde_json::json;
 
 /// quay-authz trusts the same issuer Quay trusts; `pushers` get pull and push on `alice/*`.

@@ -18,7 +18,7 @@ use common::pki::{Leaf, ServerFiles, TestCa};
 use common::service::{start_running, wait_until_ready};
 use common::tools::run_tool;
 use common::upstream::RecordingUpstream;
-use quay_authz::dev_issuer::SigningKeyKind;
+use quay_authz::dev::issuer::SigningKeyKind;
 
 #[test]
 fn deploy_config_passes_envoy_validation() {

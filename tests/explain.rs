@@ -5,7 +5,7 @@ mod common;
 use common::cli::quay_authz;
 use common::issuer::*;
 use common::service::TestService;
-use quay_authz::dev_issuer::SigningKeyKind;
+use quay_authz::dev::issuer::SigningKeyKind;
 
 fn explain(args: &[&str]) -> (i32, String, String) {
     let args: Vec<&str> = std::iter::once("explain")

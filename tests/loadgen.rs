@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::issuer::*;
 use common::service::*;
-use quay_authz::bench::loadgen::{self, LoadSettings, RequestShape, Workload};
-use quay_authz::bench::noop;
-use quay_authz::dev_issuer::SigningKeyKind;
+use quay_authz::dev::bench::loadgen::{self, LoadSettings, RequestShape, Workload};
+use quay_authz::dev::bench::noop;
+use quay_authz::dev::issuer::SigningKeyKind;
 
 /// Settings that stop after `requests` Checks; the long duration is only a hang guard.
 fn settings(target: String, requests: u64) -> LoadSettings {

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use common::cli::quay_authz;
 use common::issuer::*;
 use common::service::*;
-use quay_authz::audit::AllowSampler;
-use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind};
-use quay_authz::env_overrides;
+use quay_authz::check::audit::AllowSampler;
+use quay_authz::config::env;
+use quay_authz::dev::issuer::{DevIssuer, SigningKeyKind};
 use serde_json::Value;
 
 const REPO: &str = "/api/v1/repository/acme/app";
@@ -469,13 +469,13 @@ async fn denies_tell_the_client_the_reason_and_the_operator_the_configuration() 
     );
     // … and in explain.
     let pipeline = service.running.service.pipeline.load_full();
-    let facts = quay_authz::extract::RequestFacts::described(
+    let facts = quay_authz::authn::extract::RequestFacts::described(
         "GET".into(),
         REPO.into(),
         Some(wrong_audience.clone()),
         None,
     );
-    let explanation = quay_authz::explain::explain(&pipeline, &facts, now()).await;
+    let explanation = quay_authz::check::explain::explain(&pipeline, &facts, now()).await;
     let text = explanation.to_text();
     assert!(
         text.contains("api://quay-api") && text.contains(CLIENT_ID),
@@ -649,7 +649,7 @@ const REGENERATE_SCHEMA: &str = "cargo run -q -- config-schema > deploy/config.s
 fn shipped_schema_is_the_generated_one() {
     let shipped = std::fs::read_to_string(SCHEMA_FILE).unwrap_or_default();
     assert!(
-        shipped == env_overrides::schema_text(),
+        shipped == env::schema_text(),
         "deploy/config.schema.json is out of date with the configuration types; regenerate it:\n    {REGENERATE_SCHEMA}"
     );
     // The binary prints the same thing.
@@ -662,7 +662,7 @@ fn shipped_schema_is_the_generated_one() {
 fn readme_lists_every_override() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
-    let table = env_overrides::markdown_table();
+    let table = env::markdown_table();
     assert!(
         readme.contains(&table),
         "README.md's table of environment variables is out of date; replace it with the output of:\n    cargo run -q -- config-schema --env-table"

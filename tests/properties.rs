@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use quay_authz::config::Config;
-use quay_authz::identify::Identity;
-use quay_authz::permission::{NamePattern, ResourcePattern, Target};
+use quay_authz::model::identity::Identity;
+use quay_authz::model::permission::{NamePattern, ResourcePattern, Target};
 use quay_authz::policy::evaluate;
 use quay_authz::route::{RouteOutcome, RouteTable};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::issuer::*;
 use common::service::*;
-use quay_authz::dev_issuer::SigningKeyKind;
+use quay_authz::dev::issuer::SigningKeyKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_rejects_bad_and_applies_good_configs() {

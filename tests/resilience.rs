@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::issuer::*;
 use common::service::*;
-use quay_authz::dev_issuer::SigningKeyKind;
+use quay_authz::dev::issuer::SigningKeyKind;
 
 const REPO: &str = "/api/v1/repository/acme/app";
 

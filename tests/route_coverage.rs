@@ -1,7 +1,7 @@
 //! Every method/path pair of Quay's API (tests/data/quay-api-routes.json, taken from Quay's
 //! source) is classified, by the route Quay would dispatch to, with the scope Quay demands.
 
-use quay_authz::permission::{QuayScope, Target};
+use quay_authz::model::permission::{QuayScope, Target};
 use quay_authz::route::{RouteOutcome, RouteTable};
 
 /// A concrete path for a Flask route: each parameter gets a value that fits it.

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use quay_authz::permission::{Grant, Permission, QuayScope, Target};
+use quay_authz::model::permission::{Grant, Permission, QuayScope, Target};
 use quay_authz::route::{RouteOutcome, RouteTable, RouterPath};
 use serde_json::Value;
 

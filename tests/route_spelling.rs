@@ -11,7 +11,7 @@ use common::service::*;
 use common::upstream::RecordingUpstream;
 
 /// A token whose grants are `repo:write on acme/*` (role `Quay.acme.write`).
-async fn writer() -> (TestService, String, quay_authz::dev_issuer::DevIssuer) {
+async fn writer() -> (TestService, String, quay_authz::dev::issuer::DevIssuer) {
     let issuer = start_issuer().await;
     let service = TestService::start(&config_for(&issuer, "unauthenticated: deny"), true).await;
     let token = entra_token(&issuer, &["Quay.acme.write"]);

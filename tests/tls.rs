@@ -13,7 +13,7 @@ use common::service::{check_request, decision, start_running, wait_until_ready};
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use quay_authz::config::Config;
-use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind};
+use quay_authz::dev::issuer::{DevIssuer, SigningKeyKind};
 use quay_authz::server::RunningServer;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -514,7 +514,7 @@ async fn jwks_fetch_trusts_the_configured_ca_bundle_and_only_then() {
     let client = |section: &str| {
         let config = Config::parse(&https_jwks_config(&issuer, &jwks, section), "t")
             .unwrap_or_else(|e| panic!("{e}"));
-        quay_authz::tls::configure_fetch_client(
+        quay_authz::jwks::client::configure_fetch_client(
             reqwest::Client::builder().timeout(Duration::from_secs(10)),
             &config.jwks,
         )
@@ -584,7 +584,7 @@ async fn explicit_proxy_carries_fetches_except_to_no_proxy_hosts() {
         "jwks:\n  proxy: http://{proxy_addr}\n  no_proxy: [127.0.0.1]\nquay:\n  service: quay.example.com\n  realm: https://quay.example.com/v2/auth\nissuers:\n  - name: dev\n    issuer: https://sso.example.com\n    audiences: [quay]\n"
     );
     let config = Config::parse(&text, "t").unwrap_or_else(|e| panic!("{e}"));
-    let client = quay_authz::tls::configure_fetch_client(
+    let client = quay_authz::jwks::client::configure_fetch_client(
         reqwest::Client::builder().timeout(Duration::from_secs(10)),
         &config.jwks,
     )

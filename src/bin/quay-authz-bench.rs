@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quay_authz::bench::loadgen::{self, LoadReport, LoadSettings, RequestShape, Workload};
-use quay_authz::bench::markdown::{comparison_table, goal_lines, replace_section};
-use quay_authz::bench::noop;
-use quay_authz::bench::resilience::{self, ResilienceSettings};
-use quay_authz::dev_issuer::DevIssuer;
+use quay_authz::dev::bench::loadgen::{self, LoadReport, LoadSettings, RequestShape, Workload};
+use quay_authz::dev::bench::markdown::{comparison_table, goal_lines, replace_section};
+use quay_authz::dev::bench::noop;
+use quay_authz::dev::bench::resilience::{self, ResilienceSettings};
+use quay_authz::dev::issuer::DevIssuer;
 
 #[derive(Parser)]
 #[command(

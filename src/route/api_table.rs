@@ -2,7 +2,7 @@
 // Do not edit by hand: change the generator or the route facts and run it again.
 
 use super::{ApiNeed::*, ApiRoute};
-use crate::permission::QuayScope;
+use crate::model::permission::QuayScope;
 
 /// Quay's API v1 routes (method, Flask path, the scope Quay names or None, what we require).
 pub const API_ROUTES: &[ApiRoute] = &[

@@ -12,7 +12,9 @@ mod werkzeug;
 
 use std::collections::HashMap;
 
-use crate::permission::{Permission, QuayScope, Target, is_namespace_name, is_repository_path};
+use crate::model::permission::{
+    Permission, QuayScope, Target, is_namespace_name, is_repository_path,
+};
 
 pub use api_table::API_ROUTES;
 

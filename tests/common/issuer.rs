@@ -1,7 +1,7 @@
 #![allow(dead_code)]
 //! A real OIDC issuer on loopback (quay-authz's development issuer) and claim builders.
 
-use quay_authz::dev_issuer::{DevIssuer, SigningKeyKind};
+use quay_authz::dev::issuer::{DevIssuer, SigningKeyKind};
 use serde_json::{Value, json};
 
 pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
@@ -25,7 +25,7 @@ pub async fn published_jwks(issuer: &DevIssuer) -> String {
 }
 
 pub fn now() -> u64 {
-    quay_authz::pipeline::unix_now()
+    quay_authz::model::clock::unix_now()
 }
 
 pub fn entra_v1_iss(tenant: &str) -> String {

@@ -14,10 +14,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+pub mod env;
 
-use crate::env_overrides::{self, AppliedOverride};
+use crate::model::claims::is_tenant_id;
 use crate::policy::{CompiledRule, compile_rules};
+use env::AppliedOverride;
 
 /// The issuer string GitHub Actions puts in its OIDC tokens.
 pub const GITHUB_ACTIONS_ISSUER: &str = "https://token.actions.githubusercontent.com";
@@ -67,328 +68,7 @@ impl fmt::Display for ConfigError {
 
 // === Raw YAML types ===
 
-/// The configuration exactly as written. Field names here are the user-facing contract.
-pub mod raw {
-    use super::*;
-    use schemars::JsonSchema;
-    use serde::Serialize;
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct Document {
-        #[serde(default)]
-        pub listen: Listen,
-        pub quay: Quay,
-        #[serde(default)]
-        pub unauthenticated: Unauthenticated,
-        #[serde(default)]
-        pub headers: Headers,
-        #[serde(default)]
-        pub limits: Limits,
-        #[serde(default)]
-        pub jwks: Jwks,
-        #[serde(default)]
-        pub paths: Paths,
-        pub issuers: Vec<Issuer>,
-        #[serde(default)]
-        pub rules: Vec<Rule>,
-        #[serde(default)]
-        pub audit: Audit,
-        /// On SIGTERM or SIGINT, how long Checks in flight may take to finish before the
-        /// process exits anyway.
-        #[serde(default = "default_shutdown_grace_seconds")]
-        pub shutdown_grace_seconds: u64,
-    }
-
-    fn default_shutdown_grace_seconds() -> u64 {
-        10
-    }
-
-    /// The audit log: one event per decision (target `audit`).
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields, default)]
-    pub struct Audit {
-        /// Fraction of allow events written, from 0 to 1. Denies are always written. The choice
-        /// follows a hash of Envoy's `x-request-id`, so every replica picks the same requests.
-        pub allow_sample_rate: f64,
-    }
-
-    impl Default for Audit {
-        fn default() -> Self {
-            Self {
-                allow_sample_rate: 1.0,
-            }
-        }
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields, default)]
-    pub struct Listen {
-        pub grpc: String,
-        pub http: String,
-        pub admin: String,
-        /// TLS for the gRPC listener (ext_authz Check and health). Absent: plaintext gRPC.
-        /// The HTTP (metrics, probes) and admin listeners stay plaintext either way.
-        pub grpc_tls: Option<GrpcTls>,
-    }
-
-    impl Default for Listen {
-        fn default() -> Self {
-            Self {
-                grpc: "0.0.0.0:9191".into(),
-                http: "0.0.0.0:9090".into(),
-                admin: "127.0.0.1:9192".into(),
-                grpc_tls: None,
-            }
-        }
-    }
-
-    /// The gRPC listener's certificate, key and optional client CA, as PEM files. Their
-    /// contents are re-read every few seconds: a rotated certificate serves new connections
-    /// without a restart, and files that cannot be used keep the previous one serving.
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct GrpcTls {
-        /// PEM certificate chain, the server's own certificate first (a Kubernetes TLS
-        /// Secret's `tls.crt`).
-        pub cert_file: String,
-        /// PEM private key of the first certificate: PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
-        /// (`tls.key`).
-        pub key_file: String,
-        /// PEM bundle of CAs that issue client certificates. When set, every client must
-        /// present a certificate issued by one of them (mutual TLS); when absent, clients
-        /// are not asked for a certificate.
-        pub client_ca_file: Option<String>,
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct Quay {
-        /// `service` in Docker challenges and registry tokens (Quay's SERVER_HOSTNAME).
-        pub service: String,
-        /// The Docker token realm clients are sent to (`https://quay.example.com/v2/auth`).
-        pub realm: String,
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema, Serialize, Clone, Copy, PartialEq, Eq, Default)]
-    #[serde(rename_all = "lowercase")]
-    pub enum Unauthenticated {
-        /// Requests with no bearer JWT from a configured issuer go on to Quay, which applies
-        /// its own authentication (Basic, its OAuth tokens, session cookies).
-        #[default]
-        Passthrough,
-        Deny,
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields, default)]
-    pub struct Headers {
-        /// Prefix of the identity headers set on allow (and always stripped from requests).
-        pub prefix: String,
-        /// Strip `Authorization` before the request reaches Quay.
-        pub remove_authorization: bool,
-    }
-
-    impl Default for Headers {
-        fn default() -> Self {
-            Self {
-                prefix: "x-quay-authz-".into(),
-                remove_authorization: false,
-            }
-        }
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields, default)]
-    pub struct Limits {
-        /// Longest bearer token inspected; longer ones are refused unread.
-        pub max_token_bytes: usize,
-        /// Verified tokens remembered (0 disables the cache).
-        pub token_cache_entries: usize,
-    }
-
-    impl Default for Limits {
-        fn default() -> Self {
-            Self {
-                max_token_bytes: 16 * 1024,
-                token_cache_entries: 100_000,
-            }
-        }
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields, default)]
-    pub struct Jwks {
-        /// Key-set lifetime when the IdP sends no `Cache-Control: max-age`.
-        pub default_ttl_seconds: u64,
-        /// `Cache-Control: max-age` is clamped to at least this.
-        pub min_ttl_seconds: u64,
-        /// `Cache-Control: max-age` is clamped to at most this.
-        pub max_ttl_seconds: u64,
-        /// An unknown `kid` refetches a key set at most once per this interval.
-        pub min_refetch_interval_seconds: u64,
-        /// Key sets are refreshed at least this often, whatever `Cache-Control: max-age`
-        /// says, so a key the IdP removes stops validating within it.
-        pub max_refresh_interval_seconds: u64,
-        /// Per discovery or JWKS fetch.
-        pub fetch_timeout_seconds: u64,
-        /// Larger discovery or JWKS documents are refused.
-        pub max_response_bytes: usize,
-        /// Keys kept per JWKS.
-        pub max_keys: usize,
-        /// How long keys keep serving after refreshes start failing.
-        pub stale_limit_seconds: u64,
-        /// PEM bundle of CA certificates trusted for discovery and JWKS fetches in addition
-        /// to the system's roots (an internal IdP, a TLS-inspecting corporate proxy).
-        pub ca_file: Option<String>,
-        /// HTTP proxy for discovery and JWKS fetches (`http://proxy.example.com:3128`, or
-        /// `https://`; credentials as `http://user:password@host:port`). When set, the
-        /// proxy environment variables are ignored.
-        pub proxy: Option<String>,
-        /// Hosts fetched without `proxy`: names (`sso.example.com`, `.example.com` for a
-        /// domain and its subdomains), IP addresses or CIDR ranges. Only with `proxy`.
-        pub no_proxy: Vec<String>,
-        /// Honour `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY` and `NO_PROXY` (or their lowercase
-        /// forms) when `proxy` is not set; default true, as curl and Go do. false: connect
-        /// directly whatever the environment says.
-        // Absent and true mean the same (the environment is honoured), but only an explicit
-        // true contradicts `proxy`; so the field stays optional and the schema (and the README
-        // table generated from it) shows the effective default.
-        #[schemars(default = "proxy_from_environment_default")]
-        pub proxy_from_environment: Option<bool>,
-    }
-
-    fn proxy_from_environment_default() -> Option<bool> {
-        Some(true)
-    }
-
-    impl Default for Jwks {
-        fn default() -> Self {
-            Self {
-                default_ttl_seconds: 3600,
-                min_ttl_seconds: 300,
-                max_ttl_seconds: 86_400,
-                min_refetch_interval_seconds: 30,
-                max_refresh_interval_seconds: 600,
-                fetch_timeout_seconds: 5,
-                max_response_bytes: 1024 * 1024,
-                max_keys: 100,
-                stale_limit_seconds: 86_400,
-                ca_file: None,
-                proxy: None,
-                no_proxy: Vec::new(),
-                proxy_from_environment: None,
-            }
-        }
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields, default)]
-    pub struct Paths {
-        /// What happens to paths outside `/api/` and `/v2/` (UI, static files, `/oauth`).
-        pub non_api: NonApi,
-    }
-
-    impl Default for Paths {
-        fn default() -> Self {
-            Self {
-                non_api: NonApi::Passthrough,
-            }
-        }
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema, Serialize, Clone, Copy, PartialEq, Eq)]
-    #[serde(rename_all = "lowercase")]
-    pub enum NonApi {
-        Passthrough,
-        Deny,
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema, Serialize, Clone, Copy, PartialEq, Eq, Default)]
-    #[serde(rename_all = "kebab-case")]
-    pub enum Preset {
-        #[default]
-        Oidc,
-        Entra,
-        GithubActions,
-    }
-
-    /// `tenants: [a, b]` or `tenants: any`.
-    #[derive(Debug, Deserialize, JsonSchema, Clone)]
-    #[serde(untagged)]
-    pub enum Tenants {
-        List(Vec<String>),
-        Keyword(String),
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct Issuer {
-        pub name: String,
-        #[serde(default)]
-        pub preset: Preset,
-        pub issuer: Option<String>,
-        pub tenants: Option<Tenants>,
-        #[serde(default)]
-        pub audiences: Vec<String>,
-        pub algorithms: Option<Vec<String>>,
-        pub leeway_seconds: Option<u64>,
-        pub username_claims: Option<Vec<String>>,
-        pub groups_claims: Option<Vec<String>>,
-        #[serde(default)]
-        pub default_groups: Vec<String>,
-        #[serde(default)]
-        pub required_claims: BTreeMap<String, serde_json::Value>,
-        pub required: Option<bool>,
-        pub discovery: Option<String>,
-        pub jwks_uri: Option<String>,
-        #[serde(default)]
-        pub allow_insecure_http: bool,
-        /// Accept tokens that say they are not access tokens (an ID token's `nonce`, a `typ`
-        /// other than JWT/at+jwt). Only for an IdP that marks its access tokens so.
-        #[serde(default)]
-        pub accept_id_tokens: bool,
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct Rule {
-        pub name: String,
-        #[serde(default)]
-        pub issuers: Vec<String>,
-        #[serde(default)]
-        pub when: When,
-        #[serde(default)]
-        pub grant: Vec<String>,
-        pub grant_from_groups: Option<GroupGrant>,
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema, Default)]
-    #[serde(deny_unknown_fields)]
-    pub struct When {
-        #[serde(default)]
-        pub groups_any: Vec<String>,
-        #[serde(default)]
-        pub groups_all: Vec<String>,
-        /// claim name → value, list of values (any of), or glob (`refs/heads/*`).
-        #[serde(default)]
-        pub claims: BTreeMap<String, serde_json::Value>,
-        #[serde(default)]
-        pub audiences: Vec<String>,
-        /// Tenant ids the rule trusts, or `any`. A rule for a multi-tenant issuer
-        /// (`tenants: any`) must say one or the other.
-        pub tenants: Option<Tenants>,
-        #[serde(default)]
-        pub clients: Vec<String>,
-    }
-
-    #[derive(Debug, Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct GroupGrant {
-        pub pattern: String,
-        pub grant: Vec<String>,
-    }
-}
+pub mod raw;
 
 pub use raw::{NonApi, Preset, Unauthenticated};
 
@@ -607,7 +287,7 @@ impl Config {
                 message: format!("cannot read the file: {error}"),
             }],
         })?;
-        Self::parse_with_env(&text, &origin, env_overrides::process_vars())
+        Self::parse_with_env(&text, &origin, env::process_vars())
     }
 
     /// Parses and validates configuration text; `origin` names it in errors. The environment
@@ -634,7 +314,7 @@ impl Config {
     where
         I: IntoIterator<Item = (String, String)>,
     {
-        let vars = env_overrides::relevant(vars);
+        let vars = env::relevant(vars);
         if vars.is_empty() {
             return Self::parse(text, origin);
         }
@@ -649,7 +329,7 @@ impl Config {
                 message: split_serde_message(&error.to_string()).1,
             }])
         })?;
-        let outcome = env_overrides::apply(&mut yaml, &vars);
+        let outcome = env::apply(&mut yaml, &vars);
         if !outcome.issues.is_empty() {
             return Err(fail(outcome.issues));
         }
@@ -1004,16 +684,6 @@ fn is_valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// A tenant id as Entra prints it: a GUID (lowercase hex with dashes).
-pub(crate) fn is_tenant_id(value: &str) -> bool {
-    let groups: Vec<&str> = value.split('-').collect();
-    let lengths = [8, 4, 4, 4, 12];
-    groups.len() == 5
-        && groups.iter().zip(lengths).all(|(group, length)| {
-            group.len() == length && group.chars().all(|c| c.is_ascii_hexdigit())
-        })
 }
 
 fn check_url(field: &str, url: &str, allow_insecure_http: bool, issues: &mut Issues<'_>) -> bool {
@@ -1426,7 +1096,7 @@ fn unmatchable_rules(rules: &[CompiledRule], issuers: &[IssuerConfig]) -> Vec<St
                 issuer.audiences.iter().any(|accepted| {
                     audiences
                         .iter()
-                        .any(|wanted| crate::identify::audience_equal(accepted, wanted))
+                        .any(|wanted| crate::model::claims::audience_equal(accepted, wanted))
                 })
             })
         {
@@ -2033,16 +1703,16 @@ issuers:
         );
         let config = Config::parse(&text, "t").expect("valid");
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
-        assert!(crate::identify::audience_equal(
+        assert!(crate::model::claims::audience_equal(
             "api://quay-api",
             "api://quay-api/"
         ));
-        assert!(crate::identify::audience_equal(
+        assert!(crate::model::claims::audience_equal(
             "api://quay-api/",
             "api://quay-api"
         ));
-        assert!(!crate::identify::audience_equal("quay", "quay/"));
-        assert!(!crate::identify::audience_equal(
+        assert!(!crate::model::claims::audience_equal("quay", "quay/"));
+        assert!(!crate::model::claims::audience_equal(
             "api://quay-api",
             "api://quay-api//"
         ));

@@ -5,7 +5,7 @@
 //! `## Title` section of the document for new text, leaving every other section as it was, so
 //! scripts owned by different people can each rewrite their own section.
 
-use crate::bench::loadgen::{LoadReport, join_counts};
+use crate::dev::bench::loadgen::{LoadReport, join_counts};
 
 /// Median of `values` (mean of the middle two for an even count); 0 for none.
 pub fn median(values: &mut [f64]) -> f64 {
@@ -166,7 +166,7 @@ mod tests {
         let run = |label: &str, rps: f64, p99: f64| LoadReport {
             label: label.into(),
             rps,
-            latency: crate::bench::loadgen::Latency {
+            latency: crate::dev::bench::loadgen::Latency {
                 p99_us: p99,
                 ..Default::default()
             },

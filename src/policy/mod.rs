@@ -15,8 +15,9 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::config::raw;
-use crate::identify::{Identity, audience_equal};
-use crate::permission::{Grant, Permission, QuayScope, is_repository_path};
+use crate::model::claims::{audience_equal, scalar_text, truncate};
+use crate::model::identity::Identity;
+use crate::model::permission::{Grant, Permission, QuayScope, is_repository_path};
 
 // === Compiled rules ===
 
@@ -307,7 +308,10 @@ fn compile_tenants(
         }
         Some(raw::Tenants::List(list)) => {
             let tenants: Vec<String> = list.iter().map(|t| t.to_ascii_lowercase()).collect();
-            for tenant in tenants.iter().filter(|t| !crate::config::is_tenant_id(t)) {
+            for tenant in tenants
+                .iter()
+                .filter(|t| !crate::model::claims::is_tenant_id(t))
+            {
                 errors.push((
                     format!("{field}.when.tenants"),
                     format!(
@@ -597,13 +601,6 @@ fn push_grant(outcome: &mut PolicyOutcome, grant: Grant, rule: &str) {
     }
 }
 
-fn truncate(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((index, _)) => &text[..index],
-        None => text,
-    }
-}
-
 fn conditions_hold(when: &Conditions, identity: &Identity) -> bool {
     let has_group = |group: &String| identity.groups.contains(group);
     if !when.groups_any.is_empty() && !when.groups_any.iter().any(has_group) {
@@ -649,16 +646,6 @@ fn conditions_hold(when: &Conditions, identity: &Identity) -> bool {
             .iter()
             .any(|value| matchers.iter().any(|matcher| matcher.matches(value)))
     })
-}
-
-/// A JSON scalar as text (strings as they are, numbers and booleans printed); None otherwise.
-pub fn scalar_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(text) => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        Value::Bool(flag) => Some(flag.to_string()),
-        _ => None,
-    }
 }
 
 /// `*` matches any run of characters (including none and `/`); everything else is literal.

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use crate::explain::{Explanation, explain};
-use crate::extract::RequestFacts;
-use crate::pipeline::unix_now;
+use crate::authn::extract::RequestFacts;
+use crate::check::explain::{Explanation, explain};
+use crate::model::clock::unix_now;
 use crate::server::Service;
 
 #[allow(clippy::all, missing_docs)]
@@ -107,5 +107,24 @@ pub fn to_proto(explanation: Explanation) -> ExplainResponse {
                 result: step.result,
             })
             .collect(),
+    }
+}
+
+/// The admin API's answer back into the report `explain` prints (`explain --server`).
+impl From<proto::ExplainResponse> for Explanation {
+    fn from(response: proto::ExplainResponse) -> Self {
+        Self {
+            decision: response.decision,
+            reason: response.reason,
+            http_status: response.http_status,
+            steps: response
+                .steps
+                .into_iter()
+                .map(|step| crate::check::explain::Step {
+                    phase: step.phase,
+                    result: step.result,
+                })
+                .collect(),
+        }
     }
 }

@@ -7,6 +7,8 @@
 //! `running.shutdown().await` stops gracefully (health NOT_SERVING first, in-flight Checks
 //! finish).
 
+pub mod admin;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +28,10 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::check::pipeline::Pipeline;
 use crate::config::Config;
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
 
 /// Shared state of a running instance. The pipeline sits behind an ArcSwap so a reload can
 /// replace it without blocking Checks.
@@ -313,10 +315,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     };
 
     let admin_task = {
-        let admin =
-            crate::admin::proto::admin_server::AdminServer::new(crate::admin::AdminService {
+        let admin = crate::server::admin::proto::admin_server::AdminServer::new(
+            crate::server::admin::AdminService {
                 service: service.clone(),
-            });
+            },
+        );
         let router = tonic::transport::Server::builder().add_service(admin);
         spawn_grpc(
             "admin",

@@ -5,22 +5,24 @@
 //! `pipeline.check(&check_request).await` (or `decide` for the bare decision).
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
-use crate::audit::AllowSampler;
+use crate::authn::extract::{Credential, RequestFacts};
+use crate::authn::identify::{self, IdentifyError};
+use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
+use crate::check::audit::AllowSampler;
+use crate::check::respond::{ResponseSettings, build_response, remove_also};
 use crate::config::{Config, NonApi, Unauthenticated};
-use crate::decision::{Decision, Reason};
-use crate::extract::{Credential, RequestFacts};
-use crate::identify::{self, IdentifyError, Identity};
 use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
-use crate::permission::Permission;
+use crate::model::clock::unix_now;
+use crate::model::decision::{Decision, Reason};
+use crate::model::identity::Identity;
+use crate::model::permission::Permission;
 use crate::policy;
-use crate::respond::{ResponseSettings, build_response, remove_also};
 use crate::route::{RouteOutcome, RouteTable};
-use crate::token_cache::{Candidate, TokenCache, TokenDigest};
 
 /// One configuration, compiled and bound to its key sources.
 pub struct Pipeline {
@@ -409,11 +411,4 @@ fn deny(reason: Reason, detail: &str, required: Option<Permission>) -> Decision 
         required,
         issuer: None,
     }
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }

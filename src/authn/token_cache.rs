@@ -26,9 +26,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use aws_lc_rs::digest;
 
-use crate::identify::Identity;
 use crate::jwks::VerificationKey;
 use crate::metrics::Metrics;
+use crate::model::identity::Identity;
 
 /// Shards of the cache: enough that Checks on different cores rarely meet on one lock.
 const SHARDS: usize = 16;

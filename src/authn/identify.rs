@@ -10,28 +10,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
 use crate::config::{Config, IssuerConfig, Preset, SigningAlgorithm, TenantBinding};
-use crate::decision::Reason;
 use crate::jwks::VerificationKey;
-use crate::policy::scalar_text;
-
-/// A verified caller.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Identity {
-    /// The configured issuer's name (rules, metrics, headers).
-    pub issuer: String,
-    /// The token's `iss`.
-    pub iss: String,
-    pub subject: String,
-    /// First present claim of the issuer's `username_claims` chain.
-    pub username: String,
-    pub tenant: Option<String>,
-    /// The client application: `azp` (Entra v2, OIDC) or `appid` (Entra v1).
-    pub client: Option<String>,
-    pub audiences: Vec<String>,
-    pub groups: Vec<String>,
-    pub claims: Map<String, Value>,
-    pub expires_at: u64,
-}
+use crate::model::claims::{audience_equal, scalar_text, truncate};
+use crate::model::decision::Reason;
+use crate::model::identity::Identity;
 
 /// Why a token was refused, with a detail safe to show (never key material or the token).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -261,8 +243,8 @@ fn entra_tenant_of(iss: &str) -> Option<&str> {
         })?;
     // A tenant id is a UUID, 8-4-4-4-12 lower-case hex as Entra writes it: a looser check let
     // `tenants: any` take 36 dashes for a tenant.
-    let valid =
-        crate::config::is_tenant_id(tenant) && !tenant.contains(|c: char| c.is_ascii_uppercase());
+    let valid = crate::model::claims::is_tenant_id(tenant)
+        && !tenant.contains(|c: char| c.is_ascii_uppercase());
     valid.then_some(tenant)
 }
 
@@ -292,13 +274,6 @@ pub fn allowed_algorithm(
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
-    }
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    match text.char_indices().nth(max) {
-        Some((index, _)) => &text[..index],
-        None => text,
     }
 }
 
@@ -525,17 +500,6 @@ fn check_access_token(
         ));
     }
     Ok(())
-}
-
-/// Whether two audiences name the same API: equal, or URIs (`api://quay-api`,
-/// `https://quay.example.com`) that differ only by one trailing slash, as Entra v1 App ID URIs
-/// appear both ways. The one comparison used for a token's `aud` against an issuer's
-/// `audiences`, for a rule's `when.audiences`, and for check-config's can-never-match warning.
-pub fn audience_equal(a: &str, b: &str) -> bool {
-    fn trimmed(uri: &str) -> &str {
-        uri.strip_suffix('/').unwrap_or(uri)
-    }
-    a == b || (a.contains("://") && b.contains("://") && trimmed(a) == trimmed(b))
 }
 
 /// A NumericDate claim (RFC 7519 §2): missing is None, anything but a number is malformed.

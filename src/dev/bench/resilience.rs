@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::bench::loadgen::{self, LoadReport, LoadSettings, RequestShape, Workload, join_counts};
-use crate::dev_issuer::{DevIssuer, DevIssuerError, SigningKeyKind, quickstart_config};
+use crate::dev::bench::loadgen::{
+    self, LoadReport, LoadSettings, RequestShape, Workload, join_counts,
+};
+use crate::dev::issuer::{DevIssuer, DevIssuerError, SigningKeyKind, quickstart_config};
 
 /// How long a started server may take to answer `/readyz` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -266,7 +268,7 @@ async fn mint_tokens(
     let issuer = issuer.clone();
     tokio::task::spawn_blocking(move || {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let now = crate::pipeline::unix_now();
+        let now = crate::model::clock::unix_now();
         let mint_one = |index: usize| {
             let claims = user_claims(&issuer, first_user + index, now);
             match kid_of(index) {

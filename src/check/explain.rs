@@ -4,12 +4,12 @@
 
 use serde::Serialize;
 
-use crate::decision::Decision;
-use crate::extract::{Credential, RequestFacts};
-use crate::identify;
-use crate::pipeline::Pipeline;
+use crate::authn::extract::{Credential, RequestFacts};
+use crate::authn::identify;
+use crate::check::pipeline::Pipeline;
+use crate::check::respond::build_response;
+use crate::model::decision::Decision;
 use crate::policy;
-use crate::respond::build_response;
 use crate::route::RouteOutcome;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -27,23 +27,6 @@ pub struct Explanation {
 }
 
 impl Explanation {
-    /// From the admin API's answer (`explain --server`).
-    pub fn from_proto(response: crate::admin::proto::ExplainResponse) -> Self {
-        Self {
-            decision: response.decision,
-            reason: response.reason,
-            http_status: response.http_status,
-            steps: response
-                .steps
-                .into_iter()
-                .map(|step| Step {
-                    phase: step.phase,
-                    result: step.result,
-                })
-                .collect(),
-        }
-    }
-
     pub fn to_text(&self) -> String {
         let mut text = String::new();
         for step in &self.steps {

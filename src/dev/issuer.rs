@@ -438,7 +438,7 @@ async fn token_endpoint(
     State(state): State<Arc<IssuerState>>,
     Query(query): Query<TokenQuery>,
 ) -> Response {
-    let now = crate::pipeline::unix_now();
+    let now = crate::model::clock::unix_now();
     let claims = json!({
         "iss": state.issuer,
         "sub": query.sub.as_deref().unwrap_or("dev-user"),

@@ -18,7 +18,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue, value::Kind
 use envoy_types::pb::google::rpc::Status;
 
 use crate::config::HeaderSettings;
-use crate::decision::{Decision, DenyStatus, Reason};
+use crate::model::decision::{Decision, DenyStatus, Reason};
 
 /// The identity headers we set on allow (after the configured prefix).
 pub const IDENTITY_HEADERS: [&str; 6] = ["user", "issuer", "tenant", "client", "groups", "scopes"];
@@ -312,8 +312,8 @@ fn metadata(fields: &[(&str, &str)]) -> Struct {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identify::Identity;
-    use crate::permission::{Grant, Permission, QuayScope};
+    use crate::model::identity::Identity;
+    use crate::model::permission::{Grant, Permission, QuayScope};
 
     fn settings() -> ResponseSettings {
         ResponseSettings::new(

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::identify::Identity;
-use crate::permission::{Grant, Permission};
+use crate::model::identity::Identity;
+use crate::model::permission::{Grant, Permission};
 
 /// Why a request was allowed, passed through or denied. The `code` of each is stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

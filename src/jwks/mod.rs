@@ -30,6 +30,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 use serde_json::Value;
+
+pub mod client;
 use tokio::sync::{Notify, watch};
 
 use crate::config::{Config, JwksSettings, KeyLocation, KeySourceConfig, SigningAlgorithm};
@@ -292,7 +294,7 @@ impl FetchSetup {
         // The CA bundle and proxy were checked when the configuration loaded, so this should
         // not fail; if it does, say so loudly and fetch without them — still with the timeouts
         // and the same-origin redirect policy.
-        let client = crate::tls::configure_fetch_client(base(), &settings)
+        let client = client::configure_fetch_client(base(), &settings)
             .and_then(|builder| builder.build())
             .or_else(|error| {
                 tracing::error!(%error, "cannot build the JWKS client with jwks.ca_file and jwks.proxy");
@@ -1315,12 +1317,15 @@ mod tests {
         panic!("{what}");
     }
 
-    async fn dev_issuer() -> crate::dev_issuer::DevIssuer {
-        crate::dev_issuer::DevIssuer::start("127.0.0.1:0".parse().expect("addr"))
+    // Tests with a live issuer need the `dev` feature (on by default); the rest run without.
+    #[cfg(feature = "dev")]
+    async fn dev_issuer() -> crate::dev::issuer::DevIssuer {
+        crate::dev::issuer::DevIssuer::start("127.0.0.1:0".parse().expect("addr"))
             .await
             .expect("issuer")
     }
 
+    #[cfg(feature = "dev")]
     #[tokio::test]
     async fn unknown_kid_lookups_share_one_fetch_and_then_answer_without_the_idp() {
         let issuer = dev_issuer().await;
@@ -1348,6 +1353,7 @@ mod tests {
         assert!(!source.gate.in_flight.load(Ordering::Acquire));
     }
 
+    #[cfg(feature = "dev")]
     #[tokio::test]
     async fn pruned_sources_are_dropped_and_their_refreshers_stop() {
         let issuer = dev_issuer().await;

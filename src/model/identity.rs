@@ -1,0 +1,22 @@
+//! The verified caller: what authentication found out, and the only thing policy, the
+//! response and the audit event read about a token.
+
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The configured issuer's name (rules, metrics, headers).
+    pub issuer: String,
+    /// The token's `iss`.
+    pub iss: String,
+    pub subject: String,
+    /// First present claim of the issuer's `username_claims` chain.
+    pub username: String,
+    pub tenant: Option<String>,
+    /// The client application: `azp` (Entra v2, OIDC) or `appid` (Entra v1).
+    pub client: Option<String>,
+    pub audiences: Vec<String>,
+    pub groups: Vec<String>,
+    pub claims: Map<String, Value>,
+    pub expires_at: u64,
+}
