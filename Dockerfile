@@ -35,9 +35,10 @@ COPY src ./src
 COPY benches ./benches
 # COPY keeps the files' modification times, which can be older than the stub build's outputs;
 # touching them makes cargo rebuild the crate from the real sources.
-# Only the service: the image does not ship the benchmark binary.
+# Only the service: no benchmark binary, and without the `dev` feature, so neither the
+# development issuer (it mints tokens for anyone) nor the bench tooling is compiled in.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin quay-authz \
+    && cargo build --release --locked --no-default-features --bin quay-authz \
     && install -D -m 0755 target/release/quay-authz /out/quay-authz
 
 # --- runtime -------------------------------------------------------------------------------------

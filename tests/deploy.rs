@@ -1057,6 +1057,12 @@ fn dockerfile_builds_and_runs_what_the_manifests_expect() {
 
     let runs = all("RUN").join("\n");
     assert!(runs.contains("cargo build --release --locked"), "{runs}");
+    // The image is the service alone: no `dev` feature (the development issuer mints tokens
+    // for anyone), no bench binary.
+    assert!(
+        runs.contains("cargo build --release --locked --no-default-features --bin quay-authz"),
+        "{runs}"
+    );
     assert!(
         all("ARG").contains(&"QUAY_AUTHZ_GIT_REVISION=unknown")
             && all("ENV").contains(&"QUAY_AUTHZ_GIT_REVISION=${QUAY_AUTHZ_GIT_REVISION}"),
