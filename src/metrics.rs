@@ -145,11 +145,6 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        self.render_with_key_sets(std::iter::empty())
-    }
-
     /// The exposition plus `quay_authz_jwks_key_set_age_seconds` for the key sets published at
     /// scrape time. The gauge is built per scrape rather than registered: a key source dropped
     /// by a reload disappears from it, and concurrent scrapes cannot see each other's values.

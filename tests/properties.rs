@@ -78,7 +78,6 @@ fn identity(repository: &str) -> Identity {
     Identity {
         issuer: "github".into(),
         iss: "https://token.actions.githubusercontent.com".into(),
-        subject: "s".into(),
         username: "u".into(),
         tenant: None,
         client: None,

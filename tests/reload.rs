@@ -117,7 +117,7 @@ async fn reload_drops_the_key_sources_of_removed_issuers() {
     let service = TestService::start(&config_for(&issuer, ""), true).await;
     let store = &service.running.service.key_store;
     assert_eq!(
-        store.len(),
+        store.source_count(),
         2,
         "entra's JWKS and the dev issuer's discovery"
     );
@@ -143,7 +143,7 @@ async fn reload_drops_the_key_sources_of_removed_issuers() {
         .expect("config");
     let config = quay_authz::config::Config::parse(&without_entra, "reload").expect("config");
     service.running.service.apply(config);
-    assert_eq!(store.len(), 1, "the entra key source was dropped");
+    assert_eq!(store.source_count(), 1, "the entra key source was dropped");
     let (_, metrics) = service.http_get("/metrics").await;
     assert!(
         !metrics.contains(r#"quay_authz_jwks_keys{issuer="entra""#),

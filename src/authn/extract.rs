@@ -20,7 +20,6 @@ pub struct RequestFacts {
     pub method: String,
     /// Envoy's `:path`, query included.
     pub path: String,
-    pub host: String,
     /// The request headers the pipeline reads (only `authorization`), by lowercase name as Envoy
     /// sends them: the rest are not copied on each Check.
     pub headers: HashMap<String, String>,
@@ -56,7 +55,6 @@ impl RequestFacts {
         Self {
             method: http.method.clone(),
             path: http.path.clone(),
-            host: http.host.clone(),
             headers: http
                 .headers
                 .get_key_value("authorization")

@@ -411,11 +411,6 @@ pub fn check_claims(
         }
     }
 
-    let subject = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
     let username = issuer
         .username_claims
         .iter()
@@ -455,7 +450,6 @@ pub fn check_claims(
     Ok(Identity {
         issuer: issuer.name.clone(),
         iss: iss.to_string(),
-        subject,
         username,
         tenant,
         client,

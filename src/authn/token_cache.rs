@@ -318,7 +318,6 @@ mod tests {
         Arc::new(Identity {
             issuer: "i".into(),
             iss: "https://i".into(),
-            subject: name.into(),
             username: name.into(),
             tenant: None,
             client: None,

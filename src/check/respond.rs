@@ -370,7 +370,6 @@ mod tests {
         let identity = Identity {
             issuer: "github".into(),
             iss: "https://token.actions.githubusercontent.com".into(),
-            subject: "repo:acme/app:ref:refs/heads/main".into(),
             username: "repo:acme/app:ref:refs/heads/main\r\nx-evil: 1".into(),
             tenant: None,
             client: None,

@@ -733,13 +733,9 @@ impl KeyStore {
         }
     }
 
-    /// How many key sources the store holds.
-    pub fn len(&self) -> usize {
+    /// How many key sources the store holds (reload prunes the ones no issuer uses).
+    pub fn source_count(&self) -> usize {
         self.sources.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sources.is_empty()
     }
 
     /// Installs a fixed key set for `config` that is never refreshed (offline `explain` with
@@ -1375,7 +1371,7 @@ mod tests {
         drop(removed_source);
 
         store.prune(&config);
-        assert_eq!(store.len(), 1);
+        assert_eq!(store.source_count(), 1);
         assert!(weak.upgrade().is_none(), "the pruned source is dropped");
         // Its refresher sleeps until the keys' refresh time, 10 min away: it must end now.
         wait_for("the pruned source's refresher stops", || {

@@ -9,7 +9,6 @@ pub struct Identity {
     pub issuer: String,
     /// The token's `iss`.
     pub iss: String,
-    pub subject: String,
     /// First present claim of the issuer's `username_claims` chain.
     pub username: String,
     pub tenant: Option<String>,

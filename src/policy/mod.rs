@@ -689,7 +689,6 @@ mod tests {
         Identity {
             issuer: issuer.into(),
             iss: "https://issuer.example".into(),
-            subject: "sub-1".into(),
             username: "alice".into(),
             tenant: Some("11111111-2222-3333-4444-555555555555".into()),
             client: Some("client-1".into()),

@@ -202,13 +202,6 @@ impl RunningServer {
         let all = futures::future::join_all(self.tasks);
         tokio::time::timeout(grace, all).await.is_ok()
     }
-
-    /// Waits until the servers stop by themselves (they don't, unless a listener fails).
-    pub async fn wait(&mut self) {
-        for task in &mut self.tasks {
-            let _ = task.await;
-        }
-    }
 }
 
 /// Binds a listener and reports the address it really got (port 0 picks one).
