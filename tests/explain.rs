@@ -125,3 +125,69 @@ async fn explain_asks_a_running_instance() {
         "{stdout}"
     );
 }
+
+/// Issue 11: `explain` observes the real pipeline run instead of re-running its phases beside
+/// it. Against a running instance that has just answered a Check for the token, the identity
+/// comes from the verified-token cache — the real run's path, which a re-run of parsing and
+/// verification beside it would never show — and a path that needs no token stops after the
+/// route, as the pipeline does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_narrates_the_real_run_cache_and_early_stops_included() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let token = issuer
+        .mint(
+            SigningKeyKind::Rsa,
+            &entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]),
+        )
+        .expect("mint");
+    let response = service
+        .check_bearer("GET", "/api/v1/repository/acme/app", &token)
+        .await;
+    assert_eq!(common::service::decision(&response).0, "allow");
+    let server = service.running.admin_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        let cached = explain(&[
+            "--server",
+            &server,
+            "--token",
+            &token,
+            "--path",
+            "/api/v1/repository/acme/app",
+        ]);
+        let not_protected = explain(&[
+            "--server",
+            &server,
+            "--token",
+            &token,
+            "--path",
+            "/oauth/authorize",
+        ]);
+        (cached, not_protected)
+    })
+    .await
+    .expect("explain");
+    let ((code, stdout, stderr), (other_code, other_stdout, _)) = output;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("token      verified before: taken from the verified-token cache"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("JWT, alg"),
+        "the token was not parsed again: {stdout}"
+    );
+    assert!(
+        stdout.contains("decision   allow (allowed), HTTP 200"),
+        "{stdout}"
+    );
+    assert_eq!(other_code, 0, "{other_stdout}");
+    assert!(
+        other_stdout.contains("route      not an API or registry path: not protected"),
+        "{other_stdout}"
+    );
+    assert!(
+        !other_stdout.contains("identity"),
+        "the pipeline stops at the route; so does the narration: {other_stdout}"
+    );
+}

@@ -5,11 +5,12 @@
 use serde::Serialize;
 
 use crate::authn::extract::{Credential, RequestFacts};
-use crate::authn::identify;
-use crate::check::pipeline::Pipeline;
+use crate::authn::identify::{IdentifyError, IssuerMatch, ParsedToken};
+use crate::check::pipeline::{PhaseObserver, Pipeline};
 use crate::check::respond::build_response;
 use crate::model::decision::Decision;
-use crate::policy;
+use crate::model::identity::Identity;
+use crate::policy::PolicyOutcome;
 use crate::route::RouteOutcome;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -40,121 +41,24 @@ impl Explanation {
     }
 }
 
-/// Runs the decision and narrates each phase. The narration re-runs the pure stages beside
-/// the real decision (keys are cached by then), so what it shows is what the pipeline did.
+/// Runs the real decision with an observer that narrates each phase as it runs: the steps
+/// are what the pipeline did, never a re-run beside it. A phase the decision never reached
+/// (a token on a path that needs none) has no step.
 pub async fn explain(pipeline: &Pipeline, facts: &RequestFacts, now: u64) -> Explanation {
-    let decision = pipeline.decide(facts, now).await;
-    let mut steps = Vec::new();
+    let mut narrator = Narrator {
+        steps: vec![Step {
+            phase: "request".into(),
+            result: format!("{} {}", facts.method, facts.path_without_query()),
+        }],
+    };
+    let decision = pipeline.decide_observed(facts, now, &mut narrator).await;
+    let mut steps = narrator.steps;
     let mut step = |phase: &str, result: String| {
         steps.push(Step {
             phase: phase.to_string(),
             result,
         })
     };
-
-    step(
-        "request",
-        format!("{} {}", facts.method, facts.path_without_query()),
-    );
-    step(
-        "route",
-        match pipeline
-            .routes()
-            .classify(&facts.method, &facts.path, facts.body.as_deref())
-        {
-            RouteOutcome::NotProtected => "not an API or registry path: not protected".into(),
-            RouteOutcome::Ambiguous(why) => format!("ambiguous path: {why}"),
-            RouteOutcome::Unclassified => "no Quay route matches".into(),
-            RouteOutcome::Requires(required) if required.is_empty() => {
-                "requires any valid identity".into()
-            }
-            RouteOutcome::Requires(required) => format!(
-                "requires {}",
-                required
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" and ")
-            ),
-        },
-    );
-    match facts.credential() {
-        Credential::None => step("token", "no bearer token".into()),
-        Credential::Other => step(
-            "token",
-            "credentials of another scheme (not a bearer token)".into(),
-        ),
-        Credential::Bearer(token) => {
-            match identify::parse_token(token, pipeline.config.max_token_bytes) {
-                Err(error) => step("token", format!("refused: {error}")),
-                Ok(parsed) => {
-                    step(
-                        "token",
-                        format!(
-                            "JWT, alg {}, kid {}, iss {}",
-                            parsed.algorithm,
-                            parsed.key_id.as_deref().unwrap_or("(none)"),
-                            parsed.iss
-                        ),
-                    );
-                    match identify::match_issuer(&pipeline.config, &parsed.iss) {
-                        None => step(
-                            "issuer",
-                            "not configured: this token is not from a trusted issuer".into(),
-                        ),
-                        Some(matched) => step(
-                            "issuer",
-                            format!(
-                                "{} ({:?} preset{})",
-                                matched.issuer.name,
-                                matched.issuer.preset,
-                                matched
-                                    .tenant
-                                    .map(|t| format!(", tenant {t}"))
-                                    .unwrap_or_default()
-                            ),
-                        ),
-                    }
-                }
-            }
-            match pipeline.identify_token(token, now).await {
-                Err(error) => step("identity", format!("refused: {error}")),
-                Ok(identity) => {
-                    step(
-                        "identity",
-                        format!(
-                            "user {}, issuer {}, tenant {}, client {}, audiences [{}], groups [{}]",
-                            identity.username,
-                            identity.issuer,
-                            identity.tenant.as_deref().unwrap_or("-"),
-                            identity.client.as_deref().unwrap_or("-"),
-                            identity.audiences.join(", "),
-                            identity.groups.join(", ")
-                        ),
-                    );
-                    let outcome = policy::evaluate(&pipeline.config.rules, &identity);
-                    if outcome.grants.is_empty() {
-                        step("policy", "no rule granted anything".into());
-                    }
-                    for rule in &outcome.matched_rules {
-                        let grants: Vec<String> = outcome
-                            .grants
-                            .iter()
-                            .filter(|(_, from)| from == rule)
-                            .map(|(grant, _)| grant.to_string())
-                            .collect();
-                        step(
-                            "policy",
-                            format!("rule {rule} granted {}", grants.join(", ")),
-                        );
-                    }
-                    for dropped in &outcome.dropped {
-                        step("policy", dropped.clone());
-                    }
-                }
-            }
-        }
-    }
     if let Decision::Deny { detail, .. } = &decision {
         step("deny", detail.clone());
     }
@@ -175,5 +79,126 @@ pub async fn explain(pipeline: &Pipeline, facts: &RequestFacts, now: u64) -> Exp
         reason: decision.reason().code().to_string(),
         http_status,
         steps,
+    }
+}
+
+/// The observer `explain` runs the pipeline with: one step per report, in the phases' order.
+struct Narrator {
+    steps: Vec<Step>,
+}
+
+impl Narrator {
+    fn step(&mut self, phase: &str, result: String) {
+        self.steps.push(Step {
+            phase: phase.to_string(),
+            result,
+        });
+    }
+}
+
+impl PhaseObserver for Narrator {
+    fn route(&mut self, outcome: &RouteOutcome) {
+        let result = match outcome {
+            RouteOutcome::NotProtected => "not an API or registry path: not protected".into(),
+            RouteOutcome::Ambiguous(why) => format!("ambiguous path: {why}"),
+            RouteOutcome::Unclassified => "no Quay route matches".into(),
+            RouteOutcome::Requires(required) if required.is_empty() => {
+                "requires any valid identity".into()
+            }
+            RouteOutcome::Requires(required) => format!(
+                "requires {}",
+                required
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+        };
+        self.step("route", result);
+    }
+
+    fn credential(&mut self, credential: &Credential<'_>) {
+        match credential {
+            Credential::None => self.step("token", "no bearer token".into()),
+            Credential::Other => self.step(
+                "token",
+                "credentials of another scheme (not a bearer token)".into(),
+            ),
+            // Told by `cached` or `token` next.
+            Credential::Bearer(_) => {}
+        }
+    }
+
+    fn cached(&mut self) {
+        self.step(
+            "token",
+            "verified before: taken from the verified-token cache".into(),
+        );
+    }
+
+    fn token(&mut self, parsed: Result<&ParsedToken<'_>, &IdentifyError>) {
+        let result = match parsed {
+            Err(error) => format!("refused: {error}"),
+            Ok(parsed) => format!(
+                "JWT, alg {}, kid {}, iss {}",
+                parsed.algorithm,
+                parsed.key_id.as_deref().unwrap_or("(none)"),
+                parsed.iss
+            ),
+        };
+        self.step("token", result);
+    }
+
+    fn issuer(&mut self, matched: Option<&IssuerMatch<'_>>) {
+        let result = match matched {
+            None => "not configured: this token is not from a trusted issuer".into(),
+            Some(matched) => format!(
+                "{} ({:?} preset{})",
+                matched.issuer.name,
+                matched.issuer.preset,
+                matched
+                    .tenant
+                    .map(|t| format!(", tenant {t}"))
+                    .unwrap_or_default()
+            ),
+        };
+        self.step("issuer", result);
+    }
+
+    fn identity(&mut self, result: Result<&Identity, &IdentifyError>) {
+        let result = match result {
+            Err(error) => format!("refused: {error}"),
+            Ok(identity) => format!(
+                "user {}, issuer {}, tenant {}, client {}, audiences [{}], groups [{}]",
+                identity.username,
+                identity.issuer,
+                identity.tenant.as_deref().unwrap_or("-"),
+                identity.client.as_deref().unwrap_or("-"),
+                identity.audiences.join(", "),
+                identity.groups.join(", ")
+            ),
+        };
+        self.step("identity", result);
+    }
+
+    fn policy(&mut self, outcome: &PolicyOutcome) {
+        if outcome.grants.is_empty() {
+            self.step("policy", "no rule granted anything".into());
+        }
+        for rule in &outcome.matched_rules {
+            let grants: Vec<String> = outcome
+                .grants
+                .iter()
+                .filter(|(_, from)| from == rule)
+                .map(|(grant, _)| grant.to_string())
+                .collect();
+            self.step(
+                "policy",
+                format!("rule {rule} granted {}", grants.join(", ")),
+            );
+        }
+        for dropped in &outcome.dropped {
+            self.step("policy", dropped.clone());
+        }
     }
 }

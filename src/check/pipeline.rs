@@ -10,7 +10,7 @@ use std::time::Instant;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
 use crate::authn::extract::{Credential, RequestFacts};
-use crate::authn::identify::{self, IdentifyError};
+use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
 use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
 use crate::check::audit::AllowSampler;
 use crate::check::respond::{ResponseSettings, build_response, remove_also};
@@ -21,8 +21,33 @@ use crate::model::clock::unix_now;
 use crate::model::decision::{Decision, Reason};
 use crate::model::identity::Identity;
 use crate::model::permission::Permission;
-use crate::policy;
+use crate::policy::{self, PolicyOutcome};
 use crate::route::{RouteOutcome, RouteTable};
+
+/// What the phases of one decision report as they run, in order. `explain` is an observer (it
+/// turns the reports into its steps), so what it shows is the real run and never a second
+/// implementation beside it; a Check passes [`Unobserved`], whose empty methods compile away.
+pub trait PhaseObserver: Send {
+    /// Phase 1: what the route table demands.
+    fn route(&mut self, _outcome: &RouteOutcome) {}
+    /// Phase 2: the credential the request carries.
+    fn credential(&mut self, _credential: &Credential<'_>) {}
+    /// Phase 3, from the verified-token cache: no parsing or verification ran.
+    fn cached(&mut self) {}
+    /// Phase 3: the token split and decoded (or why it could not be).
+    fn token(&mut self, _parsed: Result<&ParsedToken<'_>, &IdentifyError>) {}
+    /// Phase 3: the configured issuer the token's `iss` names, if any.
+    fn issuer(&mut self, _matched: Option<&IssuerMatch<'_>>) {}
+    /// Phase 3's result: the verified identity, or why there is none.
+    fn identity(&mut self, _result: Result<&Identity, &IdentifyError>) {}
+    /// Phase 4: what the rules granted.
+    fn policy(&mut self, _outcome: &PolicyOutcome) {}
+}
+
+/// The observer of a Check: nobody is watching.
+pub struct Unobserved;
+
+impl PhaseObserver for Unobserved {}
 
 /// One configuration, compiled and bound to its key sources.
 pub struct Pipeline {
@@ -85,18 +110,6 @@ impl Pipeline {
         &self.responses
     }
 
-    /// Verifies a bearer token alone (no route, no policy): for `explain`.
-    pub async fn identify_token(
-        &self,
-        token: &str,
-        now: u64,
-    ) -> Result<Arc<Identity>, IdentifyError> {
-        self.identify(token, now)
-            .await
-            .map(|(identity, _)| identity)
-            .map_err(|(error, _)| error)
-    }
-
     /// Answers one Check, recording metrics and the audit event.
     pub async fn check(&self, request: &CheckRequest) -> CheckResponse {
         let started = Instant::now();
@@ -113,12 +126,23 @@ impl Pipeline {
 
     /// The decision for one request at `now` (Unix seconds).
     pub async fn decide(&self, facts: &RequestFacts, now: u64) -> Decision {
+        self.decide_observed(facts, now, &mut Unobserved).await
+    }
+
+    /// The decision, with every phase reporting to `observer` as it runs (`explain`).
+    pub async fn decide_observed<O: PhaseObserver>(
+        &self,
+        facts: &RequestFacts,
+        now: u64,
+        observer: &mut O,
+    ) -> Decision {
         // Phase 1 — route: what does this request need? Ambiguous paths stop here, before any
         // token work, whoever sends them.
-        let required = match self
+        let route = self
             .routes
-            .classify(&facts.method, &facts.path, facts.body.as_deref())
-        {
+            .classify(&facts.method, &facts.path, facts.body.as_deref());
+        observer.route(&route);
+        let required = match route {
             RouteOutcome::NotProtected => {
                 return match self.config.non_api {
                     NonApi::Passthrough => Decision::Passthrough {
@@ -139,7 +163,9 @@ impl Pipeline {
 
         // Phase 2 — extract the credential. No bearer JWT from a configured issuer is Quay's
         // business (Basic, its own OAuth tokens) unless configured to deny.
-        let token = match facts.credential() {
+        let credential = facts.credential();
+        observer.credential(&credential);
+        let token = match credential {
             Credential::Bearer(token) => token,
             Credential::Other | Credential::None => {
                 return self.unauthenticated(Reason::NoCredentials, challenge_scope);
@@ -147,7 +173,7 @@ impl Pipeline {
         };
 
         // Phase 3 — identify: parse, match the issuer, find the key, verify, check claims.
-        let (identity, candidate) = match self.identify(token, now).await {
+        let (identity, candidate) = match self.identify(token, now, observer).await {
             Ok(identified) => identified,
             Err((error, issuer)) => {
                 if issuer.is_none() && error.reason != Reason::TokenTooLarge {
@@ -178,6 +204,7 @@ impl Pipeline {
             };
         };
         let outcome = policy::evaluate(&self.config.rules, &identity);
+        observer.policy(&outcome);
         for dropped in &outcome.dropped {
             tracing::warn!(issuer = %identity.issuer, "{dropped}");
         }
@@ -224,19 +251,37 @@ impl Pipeline {
     /// comes with its cache `Candidate`, admitted once policy has granted it something.
     /// Errors carry the issuer name once the token is known to be one of ours: from then on a
     /// failure is always a deny.
-    async fn identify(
+    async fn identify<O: PhaseObserver>(
         &self,
         token: &str,
         now: u64,
+        observer: &mut O,
+    ) -> Result<(Arc<Identity>, Option<Candidate>), (IdentifyError, Option<String>)> {
+        let result = self.identify_unreported(token, now, observer).await;
+        observer.identity(
+            result
+                .as_ref()
+                .map(|(identity, _)| identity.as_ref())
+                .map_err(|(error, _)| error),
+        );
+        result
+    }
+
+    async fn identify_unreported<O: PhaseObserver>(
+        &self,
+        token: &str,
+        now: u64,
+        observer: &mut O,
     ) -> Result<(Arc<Identity>, Option<Candidate>), (IdentifyError, Option<String>)> {
         // The size limit comes first: an oversized token is refused unread, not even hashed
         // for the cache lookup.
         identify::check_size(token, self.config.max_token_bytes).map_err(|e| (e, None))?;
         let digest = TokenDigest::of(token);
         if let Some(identity) = self.token_cache.get(&digest, now) {
+            observer.cached();
             return Ok((identity, None));
         }
-        let (identity, key, valid_until) = self.verify(token, now).await?;
+        let (identity, key, valid_until) = self.verify(token, now, observer).await?;
         let identity = Arc::new(identity);
         let candidate = Candidate::new(digest, identity.clone(), &key, valid_until);
         Ok((identity, Some(candidate)))
@@ -245,14 +290,18 @@ impl Pipeline {
     /// Full verification; also returns the key that verified the token and until when the
     /// token stays valid, for the verified-token cache.
     #[allow(clippy::type_complexity)]
-    async fn verify(
+    async fn verify<O: PhaseObserver>(
         &self,
         token: &str,
         now: u64,
+        observer: &mut O,
     ) -> Result<(Identity, Arc<VerificationKey>, u64), (IdentifyError, Option<String>)> {
-        let parsed =
-            identify::parse_token(token, self.config.max_token_bytes).map_err(|e| (e, None))?;
-        let Some(matched) = identify::match_issuer(&self.config, &parsed.iss) else {
+        let parsed = identify::parse_token(token, self.config.max_token_bytes);
+        observer.token(parsed.as_ref());
+        let parsed = parsed.map_err(|e| (e, None))?;
+        let matched = identify::match_issuer(&self.config, &parsed.iss);
+        observer.issuer(matched.as_ref());
+        let Some(matched) = matched else {
             return Err((
                 IdentifyError::new(
                     Reason::IssuerNotConfigured,
