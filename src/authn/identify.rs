@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::config::{Config, IssuerConfig, Preset, SigningAlgorithm, TenantBinding};
 use crate::jwks::VerificationKey;
-use crate::model::claims::{audience_equal, scalar_text, truncate};
+use crate::model::claims::{audience_equal, scalar_text, truncate, values};
 use crate::model::decision::Reason;
 use crate::model::identity::Identity;
 
@@ -241,11 +241,7 @@ fn entra_tenant_of(iss: &str) -> Option<&str> {
             iss.strip_prefix("https://login.microsoftonline.com/")
                 .and_then(|rest| rest.strip_suffix("/v2.0"))
         })?;
-    // A tenant id is a UUID, 8-4-4-4-12 lower-case hex as Entra writes it: a looser check let
-    // `tenants: any` take 36 dashes for a tenant.
-    let valid = crate::model::claims::is_tenant_id(tenant)
-        && !tenant.contains(|c: char| c.is_ascii_uppercase());
-    valid.then_some(tenant)
+    crate::model::claims::is_tenant_id(tenant).then_some(tenant)
 }
 
 /// The algorithm the token names, if the issuer allows it. `none` and HMAC never pass.
@@ -524,12 +520,6 @@ fn required_claim_holds(actual: Option<&Value>, expected: &Value) -> bool {
     let Some(actual) = actual else {
         return false;
     };
-    fn values(value: &Value) -> &[Value] {
-        match value {
-            Value::Array(items) => items,
-            other => std::slice::from_ref(other),
-        }
-    }
     let expected = values(expected);
     values(actual).iter().any(|value| expected.contains(value))
 }

@@ -15,6 +15,15 @@ pub fn audience_equal(a: &str, b: &str) -> bool {
     a == b || (a.contains("://") && b.contains("://") && trimmed(a) == trimmed(b))
 }
 
+/// A claim's values: an array's items, or the value itself. The one reading of "a claim may be
+/// one value or a list" for required claims, rule conditions and their compilation.
+pub fn values(value: &Value) -> &[Value] {
+    match value {
+        Value::Array(items) => items,
+        other => std::slice::from_ref(other),
+    }
+}
+
 /// A JSON scalar as text (strings as they are, numbers and booleans printed); None otherwise.
 pub fn scalar_text(value: &Value) -> Option<String> {
     match value {
@@ -34,12 +43,17 @@ pub fn truncate(text: &str, max: usize) -> &str {
     }
 }
 
-/// A tenant id as Entra prints it: a GUID (lowercase hex with dashes).
-pub(crate) fn is_tenant_id(value: &str) -> bool {
+/// A tenant id as Entra writes it in `iss` and `tid`: a UUID, 8-4-4-4-12 lower-case hex. The
+/// one check for tenants in tokens and in the configuration (which lower-cases what an
+/// operator wrote first): a looser check once let `tenants: any` take 36 dashes for a tenant.
+pub fn is_tenant_id(value: &str) -> bool {
     let groups: Vec<&str> = value.split('-').collect();
     let lengths = [8, 4, 4, 4, 12];
     groups.len() == 5
         && groups.iter().zip(lengths).all(|(group, length)| {
-            group.len() == length && group.chars().all(|c| c.is_ascii_hexdigit())
+            group.len() == length
+                && group
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || matches!(c, 'a'..='f'))
         })
 }

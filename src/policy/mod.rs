@@ -12,10 +12,9 @@
 use std::collections::BTreeMap;
 
 use regex::Regex;
-use serde_json::Value;
 
 use crate::config::raw;
-use crate::model::claims::{audience_equal, scalar_text, truncate};
+use crate::model::claims::{audience_equal, scalar_text, truncate, values};
 use crate::model::identity::Identity;
 use crate::model::permission::{Grant, Permission, QuayScope, is_repository_path};
 
@@ -332,12 +331,8 @@ fn compile_conditions(
 ) -> Conditions {
     let mut claims = Vec::new();
     for (name, expected) in &raw.claims {
-        let values: Vec<&Value> = match expected {
-            Value::Array(items) => items.iter().collect(),
-            other => vec![other],
-        };
         let mut matchers = Vec::new();
-        for value in values {
+        for value in values(expected) {
             match scalar_text(value) {
                 Some(text) if text.contains('*') => matchers.push(ValueMatcher::Glob(text)),
                 Some(text) => matchers.push(ValueMatcher::Exact(text)),
@@ -638,13 +633,10 @@ fn conditions_hold(when: &Conditions, identity: &Identity) -> bool {
         let Some(value) = identity.claims.get(name) else {
             return false;
         };
-        let values: Vec<String> = match value {
-            Value::Array(items) => items.iter().filter_map(scalar_text).collect(),
-            other => scalar_text(other).into_iter().collect(),
-        };
-        values
+        values(value)
             .iter()
-            .any(|value| matchers.iter().any(|matcher| matcher.matches(value)))
+            .filter_map(scalar_text)
+            .any(|value| matchers.iter().any(|matcher| matcher.matches(&value)))
     })
 }
 
@@ -672,6 +664,7 @@ pub fn glob_matches(pattern: &str, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn rules(yaml: &str) -> Vec<CompiledRule> {
         let raw_rules: Vec<raw::Rule> = serde_yaml::from_str(yaml).expect("yaml");
