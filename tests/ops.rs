@@ -996,9 +996,39 @@ async fn sigterm_finishes_checks_in_flight_then_exits_zero() {
             })
         })
         .collect();
-    // In flight: the refetch has reached the issuer, which is holding it.
+    // In flight: the refetch has reached the issuer, which is holding it, and every one of
+    // the eight Checks has reached the server (each looked its token up in the cache and
+    // missed). Without the second wait a loaded machine may not have sent them all before the
+    // SIGTERM, and a Check the server never saw cannot be "finished in flight".
     while issuer.jwks_fetches() == fetches {
         assert!(started.elapsed() < DEADLINE, "no refetch");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    loop {
+        let text = http
+            .get(format!("http://{}/metrics", server.http))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        let metrics = parse_metrics(&text);
+        let misses = metrics
+            .get(r#"quay_authz_token_cache_lookups_total{result="miss"}"#)
+            .copied()
+            .unwrap_or_default();
+        if misses >= 8.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "only {misses} Checks reached the server"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     server.signal(libc::SIGTERM);
