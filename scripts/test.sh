@@ -26,6 +26,7 @@ step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 
 step "scripts/dev/module_graph.py (no import cycles; the layout's rules)"
+python3 scripts/dev/module_graph.py --self-test
 python3 scripts/dev/module_graph.py
 
 step "cargo clippy --all-targets -- -D warnings"

@@ -3,6 +3,7 @@
 
     scripts/dev/module_graph.py            # prints the graph; exit 1 if there is a cycle
     scripts/dev/module_graph.py --dot      # the graph in Graphviz dot
+    scripts/dev/module_graph.py --self-test   # the checker on a scratch tree with known cycles
 
 A module is a top-level item of the library (`src/<name>.rs` or `src/<name>/`), or one of the
 submodules in OWN_NODES (`config::raw`); an edge A -> B means some file of A names `crate::B`
@@ -113,6 +114,38 @@ FORBIDDEN = {
 }
 
 
+def self_test():
+    """The checker checked: a scratch tree with a cycle, a broken rule, and imports hidden in
+    comments, strings and test modules must give exactly the expected findings."""
+    import tempfile
+
+    global ROOT
+    saved = ROOT
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {
+            "lib.rs": "pub mod a; pub mod b; pub mod model; pub mod policy;",
+            "a.rs": "use crate::b::Thing;\n// crate::policy in a comment\nconst S: &str = \"crate::policy\";",
+            "b.rs": "pub struct Thing;\nfn f() { crate::a::g(); }\n#[cfg(test)]\nmod tests { use crate::policy; }",
+            "model/mod.rs": "use crate::policy::Rule; const C: char = '\"';",
+            "policy/mod.rs": "use crate::model::Grant;",
+        }
+        for name, text in files.items():
+            path = os.path.join(scratch, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        ROOT = scratch
+        try:
+            edges = graph()
+        finally:
+            ROOT = saved
+    expected = {"a": {"b"}, "b": {"a"}, "model": {"policy"}, "policy": {"model"}}
+    assert edges == expected, edges
+    assert sorted(map(sorted, cycles(edges))) == [["a", "b"], ["model", "policy"]], cycles(edges)
+    assert any("model may import only" in p for p in broken_promises(edges)), broken_promises(edges)
+    print("module_graph self-test: cycles, rules and hidden imports found as expected")
+
+
 def top_modules():
     """node -> its files. A node is a top-level module (`src/<name>.rs` or `src/<name>/`),
     except the submodules of OWN_NODES, which are nodes of their own."""
@@ -153,6 +186,9 @@ def graph():
         for file in files:
             with open(file, encoding="utf-8") as f:
                 text = strip_test_modules(strip_comments_and_strings(f.read()))
+            if name == "cli":
+                # The binary's own modules reach the library as `quay_authz::…`.
+                text = re.sub(r"\bquay_authz::", "crate::", text)
             targets = set()
             for m in path.finditer(text):
                 segments = m.group(1).split("::")
@@ -186,8 +222,10 @@ def broken_promises(edges):
     for name, never in FORBIDDEN.items():
         for target in sorted(edges.get(name, set()) & never):
             out.append(f"{name} must never import {target}")
+    # `cli` (the binary's edge) reaches `dev` for the dev-issuer and dev-upstream commands,
+    # and only behind the `dev` feature; the library's serving path never does.
     for name in sorted(edges):
-        if name != "dev" and "dev" in edges[name]:
+        if name not in ("dev", "cli") and "dev" in edges[name]:
             out.append(f"{name} imports dev: the serving path must not reach development tooling")
     return out
 
@@ -226,6 +264,9 @@ def cycles(edges):
 
 
 def main():
+    if "--self-test" in sys.argv:
+        self_test()
+        return 0
     edges = graph()
     if "--dot" in sys.argv:
         print("digraph modules {")
