@@ -14,11 +14,12 @@ use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
 use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
 use crate::check::audit::AllowSampler;
 use crate::check::respond::{ResponseSettings, build_response, remove_also};
+use crate::config::raw::Upstream;
 use crate::config::{Config, NonApi, Unauthenticated};
 use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::model::clock::unix_now;
-use crate::model::decision::{Decision, Reason};
+use crate::model::decision::{Decision, Reason, UpstreamCredential};
 use crate::model::identity::Identity;
 use crate::model::permission::Permission;
 use crate::policy::{self, PolicyOutcome};
@@ -219,7 +220,9 @@ impl Pipeline {
         match outcome.authorize(&required) {
             Ok(rules) => {
                 let rules = rules.into_iter().map(str::to_string).collect();
+                let upstream = self.upstream_credential(&identity);
                 Decision::Allow {
+                    upstream,
                     required,
                     grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
                     rules,
@@ -232,6 +235,24 @@ impl Pipeline {
                 required: Some(missing.clone()),
                 issuer: Some(identity.issuer.clone()),
             },
+        }
+    }
+
+    /// What Quay receives for an allowed request of `identity` (its issuer's `upstream`).
+    fn upstream_credential(&self, identity: &Identity) -> UpstreamCredential {
+        let upstream = self
+            .config
+            .issuers
+            .iter()
+            .find(|issuer| issuer.name == identity.issuer)
+            .map(|issuer| issuer.upstream)
+            .unwrap_or_default();
+        match upstream {
+            Upstream::Forward => UpstreamCredential::Forward,
+            Upstream::Strip => UpstreamCredential::Strip,
+            // The configuration refuses `exchange` until the identity bridge signs tokens;
+            // should one get here, Quay must not receive a token it does not trust.
+            Upstream::Exchange => UpstreamCredential::Strip,
         }
     }
 

@@ -18,7 +18,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue, value::Kind
 use envoy_types::pb::google::rpc::Status;
 
 use crate::config::HeaderSettings;
-use crate::model::decision::{Decision, DenyStatus, Reason};
+use crate::model::decision::{Decision, DenyStatus, Reason, UpstreamCredential};
 
 /// The identity headers we set on allow (after the configured prefix).
 pub const IDENTITY_HEADERS: [&str; 6] = ["user", "issuer", "tenant", "client", "groups", "scopes"];
@@ -58,7 +58,10 @@ pub fn build_response(
 ) -> CheckResponse {
     match decision {
         Decision::Allow {
-            identity, grants, ..
+            identity,
+            grants,
+            upstream,
+            ..
         } => {
             let groups = identity.groups.join(",");
             let scopes = grants
@@ -83,8 +86,17 @@ pub fn build_response(
                     _ => headers_to_remove.push(name.clone()),
                 }
             }
-            if settings.headers.remove_authorization {
-                headers_to_remove.push("authorization".into());
+            // What Quay receives (the issuer's `upstream`); `headers.remove_authorization`
+            // strips the caller's token whatever the issuer says, unless we replace it.
+            match upstream {
+                UpstreamCredential::Bearer(token) => {
+                    headers.push(header("authorization", &format!("Bearer {token}")));
+                }
+                UpstreamCredential::Strip => headers_to_remove.push("authorization".into()),
+                UpstreamCredential::Forward if settings.headers.remove_authorization => {
+                    headers_to_remove.push("authorization".into());
+                }
+                UpstreamCredential::Forward => {}
             }
             let metadata = metadata(&[
                 ("decision", "allow"),
@@ -383,6 +395,7 @@ mod tests {
             grants: Grant::parse("repository:acme/app:pull,push").expect("grant"),
             rules: vec!["ci".into()],
             required: Vec::new(),
+            upstream: UpstreamCredential::Forward,
         };
         let response = build_response(&decision, &settings(), false);
         let (set, removed, status) = headers(&response);
@@ -409,6 +422,49 @@ mod tests {
                 "authorization"
             ]
         );
+    }
+
+    /// The issuer's `upstream` decides what Quay receives: the caller's header untouched, none,
+    /// or a bridge token that overwrites whatever the client sent.
+    #[test]
+    fn allow_writes_the_upstream_credential() {
+        let identity = std::sync::Arc::new(Identity {
+            issuer: "github".into(),
+            iss: "https://token.actions.githubusercontent.com".into(),
+            username: "ci".into(),
+            tenant: None,
+            client: None,
+            audiences: vec![],
+            groups: vec![],
+            claims: Default::default(),
+            expires_at: 0,
+        });
+        let mut settings = settings();
+        settings.headers.remove_authorization = false;
+        let allow = |upstream| Decision::Allow {
+            identity: identity.clone(),
+            grants: Grant::parse("repository:acme/app:pull").expect("grant"),
+            rules: vec!["ci".into()],
+            required: Vec::new(),
+            upstream,
+        };
+        let forward = build_response(&allow(UpstreamCredential::Forward), &settings, false);
+        assert_eq!(header_value(&forward, "authorization"), None);
+        assert!(!headers(&forward).1.contains(&"authorization".to_string()));
+
+        let strip = build_response(&allow(UpstreamCredential::Strip), &settings, false);
+        assert_eq!(header_value(&strip, "authorization"), None);
+        assert!(headers(&strip).1.contains(&"authorization".to_string()));
+
+        let bearer = allow(UpstreamCredential::Bearer("bridge.jwt.sig".into()));
+        let exchange = build_response(&bearer, &settings, false);
+        let (set, removed, _) = headers(&exchange);
+        assert!(set.contains(&(
+            "authorization".into(),
+            "Bearer bridge.jwt.sig".into(),
+            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+        )));
+        assert!(!removed.contains(&"authorization".to_string()));
     }
 
     #[test]

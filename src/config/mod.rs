@@ -263,6 +263,8 @@ pub struct IssuerConfig {
     pub required: bool,
     /// Tokens whose `typ` or `nonce` mark them as ID tokens are accepted (opt-in, warned).
     pub accept_id_tokens: bool,
+    /// What Quay receives once this issuer's token is allowed.
+    pub upstream: raw::Upstream,
 }
 
 #[derive(Debug, Clone)]
@@ -965,6 +967,16 @@ fn build_issuer(
         }
     }
 
+    // The identity bridge (`bridge:`) signs the tokens `exchange` hands to Quay; until it is
+    // configured there is nothing to exchange for.
+    if raw.upstream == raw::Upstream::Exchange {
+        issues.push(
+            format!("{field}.upstream"),
+            "exchange needs the identity bridge (a `bridge:` section), which is not configured; \
+             use forward or strip",
+        );
+    }
+
     if raw.accept_id_tokens {
         warnings.push(format!(
             "issuer {:?} accepts ID tokens as access tokens (accept_id_tokens: true): an ID \
@@ -991,6 +1003,7 @@ fn build_issuer(
         required_claims: raw.required_claims.clone(),
         required: raw.required.unwrap_or(true),
         accept_id_tokens: raw.accept_id_tokens,
+        upstream: raw.upstream,
     })
 }
 
@@ -1644,6 +1657,26 @@ issuers:
         )
         .expect("valid");
         assert!(!glob.warnings.is_empty());
+    }
+
+    /// `upstream` per issuer: forward by default, strip accepted, exchange refused until the
+    /// identity bridge (`bridge:`) is configured to sign what Quay receives.
+    #[test]
+    fn upstream_modes_and_exchange_needs_the_bridge() {
+        let with = |mode: &str| {
+            format!(
+                "{MINIMAL}  - name: extra\n    issuer: https://sso.example.com/x\n    audiences: [x]\n    upstream: {mode}\n"
+            )
+        };
+        let config = Config::parse(&with("strip"), "t").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.issuers[2].upstream, raw::Upstream::Strip);
+        assert_eq!(config.issuers[0].upstream, raw::Upstream::Forward);
+        let message = errors(&with("exchange"));
+        assert!(
+            message.contains("issuers[2].upstream: exchange needs the identity bridge"),
+            "{message}"
+        );
+        assert!(errors(&with("rewrite")).contains("upstream"));
     }
 
     #[test]

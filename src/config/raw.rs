@@ -284,6 +284,24 @@ pub struct Issuer {
     /// other than JWT/at+jwt). Only for an IdP that marks its access tokens so.
     #[serde(default)]
     pub accept_id_tokens: bool,
+    /// What Quay receives once a request with this issuer's token is allowed: the caller's
+    /// token (`forward`), a bridge token quay-authz signs (`exchange`, needs `bridge:`), or no
+    /// `Authorization` at all (`strip`).
+    #[serde(default)]
+    pub upstream: Upstream,
+}
+
+/// What Quay receives from an allowed request (README, "Identity bridge").
+#[derive(Debug, Deserialize, JsonSchema, Serialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Upstream {
+    /// The caller's token, unchanged: for IdPs Quay trusts itself (Quay ≥ 3.18 with Entra).
+    #[default]
+    Forward,
+    /// A short-lived token quay-authz signs as one of Quay's OIDC login providers.
+    Exchange,
+    /// No `Authorization`: only the identity headers (upstreams that trust the mesh).
+    Strip,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -180,6 +180,19 @@ impl DenyStatus {
     }
 }
 
+/// What Quay receives in `Authorization` once a request is allowed (the issuer's `upstream`,
+/// README "Identity bridge"). Set by the pipeline, written into the OK response by `respond`
+/// with `OVERWRITE_IF_EXISTS_OR_ADD`, so what the client sent never survives beside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamCredential {
+    /// The caller's own header, unchanged (`upstream: forward`).
+    Forward,
+    /// No `Authorization` at all (`upstream: strip`).
+    Strip,
+    /// `Authorization: Bearer <token>`: a bridge token quay-authz signed (`upstream: exchange`).
+    Bearer(Arc<str>),
+}
+
 /// The outcome of one Check.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -191,6 +204,8 @@ pub enum Decision {
         rules: Vec<String>,
         /// What the route required (empty: any valid identity), for the audit log.
         required: Vec<Permission>,
+        /// The credential Quay receives (the issuer's `upstream`).
+        upstream: UpstreamCredential,
     },
     /// Not ours to judge (no bearer JWT from a configured issuer, or a path outside the API):
     /// Quay authenticates it itself. Identity headers are still stripped.
