@@ -243,6 +243,15 @@ async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denie
         .expect("superuser API at Quay");
     assert_eq!(response.status(), 200, "{}", quay.log_tail());
 
+    // The superuser API answers user lookups (so the 404 at the end means "no such user").
+    let response = http
+        .get(quay.url("/api/v1/superuser/users/admin"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("superuser lookup at Quay");
+    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+
     // Through Envoy the policy grants admin no `super:user`: refused by quay-authz, and Quay
     // never sees the request — neither the read nor the user creation.
     let denied_marker = unique("denied");
@@ -325,4 +334,358 @@ async fn strip_quay_receives_no_authorization_and_answers_as_anonymous() {
     assert_eq!(status, 401, "{body}");
     assert!(body.get("reason").is_none(), "denied by quay-authz: {body}");
     assert_eq!(body["error_message"], "Requires authentication", "{body}");
+}
+
+// --- exchange: quay-authz as Quay's second OIDC login provider (issue 12 items 2–6) --------
+
+/// A fresh RSA-2048 signing key for the bridge, as PKCS#8 PEM in `dir/name`.
+fn write_signing_key(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use aws_lc_rs::encoding::AsDer;
+    use base64::Engine as _;
+    let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+        .expect("generate an RSA key");
+    let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair).expect("PKCS#8 DER");
+    let body = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|chunk| std::str::from_utf8(chunk).expect("base64 is ASCII"))
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            lines.join("\n")
+        ),
+    )
+    .expect("write the signing key");
+    path
+}
+
+/// The audience GitHub Actions tokens carry for this Quay (`actions/…` `audience:` input).
+const GITHUB_AUDIENCE: &str = "quay-e2e";
+
+/// A GitHub Actions OIDC token (GitHub's claim set) for repository `owner_id`/`repo_id`, signed
+/// by the shared loopback issuer while carrying GitHub's real `iss`. Quay does not trust it.
+fn github_token(issuer: &DevIssuer, owner_id: &str, repo_id: &str) -> String {
+    let now = now();
+    issuer
+        .mint(
+            SigningKeyKind::Rsa,
+            &json!({
+                "iss": "https://token.actions.githubusercontent.com", "aud": GITHUB_AUDIENCE,
+                "sub": format!("repo:acme-{owner_id}/app-{repo_id}:ref:refs/heads/main"),
+                "repository": format!("acme-{owner_id}/app-{repo_id}"),
+                "repository_owner": format!("acme-{owner_id}"),
+                "repository_id": repo_id, "repository_owner_id": owner_id,
+                "ref": "refs/heads/main", "workflow": "release", "actor": "octocat",
+                "event_name": "push", "runner_environment": "github-hosted",
+                "iat": now, "nbf": now, "exp": now + 600,
+            }),
+        )
+        .expect("mint a GitHub-shaped token")
+}
+
+/// The Quay username the bridge config below templates for a GitHub repository.
+fn github_user(owner_id: &str, repo_id: &str) -> String {
+    format!("gh-{owner_id}-{repo_id}")
+}
+
+/// quay-authz with the bridge on (the names of DESIGN.md "Identity bridge", as the shared Quay's
+/// second login provider expects them) and a `github-actions` issuer in `exchange` mode whose
+/// tokens from repository owner `owner_id` may read their Quay user and pull and push in the
+/// namespace of that user, repository `app` only.
+fn exchange_config(
+    shared: &SharedQuay,
+    signing_keys: &[&std::path::Path],
+    owner_id: &str,
+) -> String {
+    let keys: Vec<String> = signing_keys
+        .iter()
+        .map(|path| format!("\"{}\"", path.display()))
+        .collect();
+    format!(
+        r#"
+quay:
+  service: 127.0.0.1:{envoy_port}
+  realm: http://127.0.0.1:{envoy_port}/v2/auth
+bridge:
+  issuer: {bridge_issuer}
+  audience: {audience}
+  signing_keys: [{keys}]
+  token_lifetime_seconds: 300
+issuers:
+  - name: github
+    preset: github-actions
+    audiences: [{GITHUB_AUDIENCE}]
+    jwks_uri: {jwks}
+    allow_insecure_http: true
+    upstream: exchange
+    subject: "gh:{{claims.repository_owner_id}}:{{claims.repository_id}}"
+    username: "gh-{{claims.repository_owner_id}}-{{claims.repository_id}}"
+rules:
+  - name: ci-owner
+    issuers: [github]
+    when: {{claims: {{repository_owner_id: "{owner_id}"}}}}
+    grant:
+      - "user:read"
+      - "repository:gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/app:pull,push"
+      - "repo:write on gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/app"
+"#,
+        envoy_port = shared.envoy_port,
+        bridge_issuer = shared.bridge_issuer(),
+        audience = common::quay::BRIDGE_AUDIENCE,
+        keys = keys.join(", "),
+        jwks = shared.issuer.jwks_url(),
+    )
+}
+
+/// Looks `name` up with the superuser API straight at Quay: 200 when the user exists, 404 when not.
+async fn quay_user_status(shared: &SharedQuay, name: &str) -> u16 {
+    let admin = user_token(&shared.issuer, "admin", &["admins"]);
+    reqwest::Client::new()
+        .get(shared.quay.url(&format!("/api/v1/superuser/users/{name}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("superuser lookup at Quay")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the bridge"]
+async fn exchange_quay_answers_as_the_templated_user_and_creates_it_on_first_use() {
+    let Some(bin) = require_envoy() else { return };
+    let Some(shared) = SharedQuay::get() else {
+        return;
+    };
+    let _bridge = shared.bridge_lock().await;
+    let quay = &shared.quay;
+    let keys = tempfile::tempdir().expect("a directory for the signing keys");
+    let key = write_signing_key(keys.path(), "bridge-1.pem");
+    let owner_id = unique("");
+    let (owner_id, repo_id) = (owner_id.replace('x', "0"), "4242".to_string());
+    let service = common::service::start_with_http_port(
+        shared.bridge_port,
+        &exchange_config(shared, &[&key], &owner_id),
+    )
+    .await;
+    let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), quay.port).await;
+    let http = reqwest::Client::new();
+
+    // Quay's OIDC client reads the discovery document at OIDC_SERVER; its issuer must match.
+    let discovery: serde_json::Value = http
+        .get(format!(
+            "{}/.well-known/openid-configuration",
+            shared.bridge_issuer()
+        ))
+        .send()
+        .await
+        .expect("discovery")
+        .json()
+        .await
+        .expect("discovery JSON");
+    assert_eq!(
+        discovery["issuer"],
+        shared.bridge_issuer().as_str(),
+        "{discovery}"
+    );
+
+    // Quay has never seen this repository's user.
+    let user = github_user(&owner_id, &repo_id);
+    assert_eq!(
+        quay_user_status(shared, &user).await,
+        404,
+        "{user} exists already"
+    );
+
+    // A GitHub token Quay does not trust: through Envoy Quay receives a bridge token instead,
+    // creates the templated user, and answers as it — twice, as the same user.
+    let token = github_token(&shared.issuer, &owner_id, &repo_id);
+    for _ in 0..2 {
+        let response = http
+            .get(envoy.url("/api/v1/user/"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("GET /api/v1/user/ through Envoy");
+        assert_eq!(response.status(), 200, "{}", quay.log_tail());
+        let body: serde_json::Value = response.json().await.expect("Quay's JSON");
+        assert_eq!(body["username"], user.as_str(), "{body}");
+    }
+    assert_eq!(quay_user_status(shared, &user).await, 200);
+
+    // Straight at Quay the GitHub token itself is refused: only the bridge token is trusted.
+    let response = http
+        .get(quay.url("/api/v1/user/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /api/v1/user/ at Quay");
+    assert_eq!(response.status(), 401, "{}", quay.log_tail());
+
+    // A repository of another owner: no rule grants it, so no bridge token is minted and Quay
+    // never creates its user.
+    let stranger_owner = format!("{owner_id}9");
+    let stranger = github_user(&stranger_owner, &repo_id);
+    let response = http
+        .get(envoy.url("/api/v1/user/"))
+        .bearer_auth(github_token(&shared.issuer, &stranger_owner, &repo_id))
+        .send()
+        .await
+        .expect("GET /api/v1/user/ through Envoy");
+    assert_eq!(response.status(), 403, "{}", envoy.log());
+    assert_eq!(
+        quay_user_status(shared, &stranger).await,
+        404,
+        "{stranger} was created"
+    );
+}
+
+/// `make_oci` of `.quay/smoke.py`: a one-layer OCI image layout with tag `latest` at `dir`.
+fn make_oci(quay_dir: &std::path::Path, dir: &std::path::Path) {
+    let output = std::process::Command::new(quay_dir.join(".venv/bin/python"))
+        .args([
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import smoke; smoke.make_oci(sys.argv[2])",
+        ])
+        .arg(quay_dir)
+        .arg(dir)
+        .output()
+        .expect("run .quay/.venv/bin/python");
+    assert!(
+        output.status.success(),
+        "make_oci: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `skopeo copy` of the image at `oci` to `docker://{destination}` with `--dest-creds`.
+fn skopeo_copy(oci: &std::path::Path, destination: &str, creds: &str) -> std::process::Output {
+    std::process::Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false", "--dest-creds", creds])
+        .arg(format!("oci:{}:latest", oci.display()))
+        .arg(format!("docker://{destination}"))
+        .output()
+        .expect("run skopeo (Debian's skopeo: scripts/setup.sh installs it)")
+}
+
+/// The claims of a JWT, read without verification (Quay's own registry token, to see what it
+/// granted).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the bridge"]
+async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_grants() {
+    let Some(bin) = require_envoy() else { return };
+    let Some(shared) = SharedQuay::get() else {
+        return;
+    };
+    let _bridge = shared.bridge_lock().await;
+    let quay = &shared.quay;
+    let keys = tempfile::tempdir().expect("a directory for the signing keys");
+    let key = write_signing_key(keys.path(), "bridge-1.pem");
+    let owner_id = unique("").replace('x', "0");
+    let repo_id = "7".to_string();
+    let service = common::service::start_with_http_port(
+        shared.bridge_port,
+        &exchange_config(shared, &[&key], &owner_id),
+    )
+    .await;
+    // On the port Quay's SERVER_HOSTNAME names: the /v2/ challenge sends skopeo to this Envoy.
+    let envoy = Envoy::start_listening(
+        &bin,
+        shared.envoy_port,
+        service.running.grpc_addr.port(),
+        quay.port,
+    )
+    .await;
+    let registry = format!("127.0.0.1:{}", shared.envoy_port);
+    let namespace = github_user(&owner_id, &repo_id);
+    let token = github_token(&shared.issuer, &owner_id, &repo_id);
+    let image = tempfile::tempdir().expect("a directory for the image");
+    make_oci(&common::quay::quay_dir(), image.path());
+
+    // `docker login -u anything -p "$GITHUB_TOKEN"`, as skopeo does it: a push the policy
+    // grants, with Quay's /v2/auth issuing the registry token after its own checks.
+    let pushed = skopeo_copy(
+        image.path(),
+        &format!("{registry}/{namespace}/app:latest"),
+        &format!("oidc:{token}"),
+    );
+    assert!(
+        pushed.status.success(),
+        "push to {namespace}/app: {}\n{}",
+        String::from_utf8_lossy(&pushed.stderr),
+        quay.log_tail()
+    );
+    let http = reqwest::Client::new();
+    let response = http
+        .get(envoy.url(&format!(
+            "/api/v1/repository/{namespace}/app/tag/?specificTag=latest"
+        )))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("the tag through Envoy");
+    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+    let body: serde_json::Value = response.json().await.expect("Quay's JSON");
+    assert_eq!(body["tags"][0]["name"], "latest", "{body}");
+
+    // The same user's own namespace, another repository: Quay would allow it, the policy
+    // does not.
+    let refused = skopeo_copy(
+        image.path(),
+        &format!("{registry}/{namespace}/notgranted:latest"),
+        &format!("oidc:{token}"),
+    );
+    assert!(!refused.status.success(), "pushed outside the grants");
+
+    // The scopes Quay receives at /v2/auth are the downscoped ones: the granted repository
+    // keeps its actions, the other one is gone before Quay sees the request.
+    let marker = unique("auth");
+    let response = http
+        .get(envoy.url(&format!(
+            "/v2/auth?service={registry}&scope=repository:{namespace}/app:push,pull\
+             &scope=repository:{namespace}/notgranted:push,pull&account={marker}"
+        )))
+        .basic_auth("oidc", Some(&token))
+        .send()
+        .await
+        .expect("/v2/auth through Envoy");
+    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+    let body: serde_json::Value = response.json().await.expect("Quay's JSON");
+    let registry_token = body["token"].as_str().expect("Quay's registry token");
+    let access = jwt_claims(registry_token)["access"].clone();
+    let granted: Vec<&serde_json::Value> = access
+        .as_array()
+        .expect("an access list")
+        .iter()
+        .filter(|entry| entry["actions"].as_array().is_some_and(|a| !a.is_empty()))
+        .collect();
+    assert_eq!(granted.len(), 1, "{access}");
+    assert_eq!(granted[0]["name"], format!("{namespace}/app"), "{access}");
+    // `account` is ignored by Quay and kept by quay-authz: it finds this request's log line.
+    let log = quay_logged(quay, &marker).await;
+    let auth_lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("/v2/auth") && line.contains(&namespace))
+        .collect();
+    assert!(
+        !auth_lines.is_empty(),
+        "Quay logged no /v2/auth for {namespace}"
+    );
+    assert!(
+        auth_lines.iter().all(|line| !line.contains("notgranted")),
+        "Quay received an ungranted scope: {auth_lines:?}"
+    );
 }
