@@ -37,6 +37,9 @@ const DEPLOY_UPSTREAM_PORT: &str = "port_value: 8080";
 const DEPLOY_AUTHZ_PORT: &str = "port_value: 9191";
 const DEPLOY_ADMIN_PORT: &str = "port_value: 9901";
 const DEPLOY_LISTEN_ADDRESS: &str = "address: 0.0.0.0";
+/// quay-authz's HTTP port in the deploy config (the identity bridge's discovery and JWKS): an
+/// `extra` needle for [`Envoy::start_config`].
+pub const DEPLOY_AUTHZ_HTTP_PORT: &str = "port_value: 9090";
 
 /// `deploy/envoy/envoy.yaml` in this checkout.
 pub fn deploy_config_path() -> PathBuf {
