@@ -689,3 +689,93 @@ async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_gran
         "Quay received an ungranted scope: {auth_lines:?}"
     );
 }
+
+/// The `kid` in a JWT's header.
+fn jwt_kid(token: &str) -> String {
+    use base64::Engine as _;
+    let header = token.split('.').next().expect("a JWT header");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .expect("base64url header");
+    let header: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON header");
+    header["kid"].as_str().expect("a kid").to_string()
+}
+
+/// The bridge token quay-authz would hand Quay for `token` (the Check's `Authorization`).
+async fn bridge_token_for(service: &TestService, token: &str) -> String {
+    let response = service.check_bearer("GET", "/api/v1/user/", token).await;
+    let authorization = common::service::response_header(&response, "authorization")
+        .unwrap_or_else(|| panic!("no Authorization in the allow: {response:?}"));
+    authorization
+        .strip_prefix("Bearer ")
+        .expect("a bearer credential")
+        .to_string()
+}
+
+/// Quay's answer to `GET /api/v1/user/` with `bridge_token`, straight at Quay: status and
+/// username.
+async fn quay_user(quay: &common::quay::Quay, bridge_token: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(quay.url("/api/v1/user/"))
+        .bearer_auth(bridge_token)
+        .send()
+        .await
+        .expect("GET /api/v1/user/ at Quay");
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (status, body["username"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the bridge"]
+async fn key_rotation_quay_accepts_the_new_kid_and_tokens_minted_before() {
+    let Some(bin) = require_envoy() else { return };
+    let Some(shared) = SharedQuay::get() else {
+        return;
+    };
+    let _bridge = shared.bridge_lock().await;
+    let quay = &shared.quay;
+    let keys = tempfile::tempdir().expect("a directory for the signing keys");
+    let old = write_signing_key(keys.path(), "2026-11.pem");
+    let owner_id = unique("").replace('x', "0");
+    let repo_id = "11".to_string();
+    let service = common::service::start_with_http_port(
+        shared.bridge_port,
+        &exchange_config(shared, &[&old], &owner_id),
+    )
+    .await;
+    let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), quay.port).await;
+    let user = github_user(&owner_id, &repo_id);
+    let token = github_token(&shared.issuer, &owner_id, &repo_id);
+
+    // Before: Quay verifies the bridge token with the one published key.
+    let before = bridge_token_for(&service, &token).await;
+    assert_eq!(quay_user(quay, &before).await, (200, json!(user)));
+
+    // Rotation: a second key file added last, the configuration reloaded.
+    let new = write_signing_key(keys.path(), "2026-12.pem");
+    let reloaded = quay_authz::config::Config::parse(
+        &format!(
+            "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:0\n{}",
+            shared.bridge_port,
+            exchange_config(shared, &[&old, &new], &owner_id)
+        ),
+        "rotated config",
+    )
+    .unwrap_or_else(|error| panic!("{error}"));
+    service.running.service.apply(reloaded);
+
+    // After: the new key signs, Quay fetches the JWKS again for the unknown kid and accepts it,
+    // and the token minted before still works until it expires.
+    let after = bridge_token_for(&service, &token).await;
+    assert_ne!(jwt_kid(&after), jwt_kid(&before), "the new key signs");
+    assert_eq!(quay_user(quay, &after).await, (200, json!(user)));
+    assert_eq!(quay_user(quay, &before).await, (200, json!(user)));
+    let response = reqwest::Client::new()
+        .get(envoy.url("/api/v1/user/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET /api/v1/user/ through Envoy");
+    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+}
