@@ -232,4 +232,16 @@ fn check_config_prints_the_quay_login_provider_each_forward_issuer_needs() {
         stdout.contains("issuer mesh (upstream: strip): Quay receives no Authorization"),
         "{stdout}"
     );
+
+    // Without the flag the summary says per issuer what Quay receives.
+    let (code, stdout, stderr) = quay_authz(&["check-config", &path], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("upstream: forward (Quay receives the caller's token, unchanged)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("upstream: strip (Quay receives no Authorization"),
+        "{stdout}"
+    );
 }

@@ -95,6 +95,10 @@ fn summarize(config: &Config) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
+        text.push_str(&format!(
+            "      upstream: {}\n",
+            upstream_summary(issuer.upstream)
+        ));
         for string in &issuer.issuer_strings {
             text.push_str(&format!("      iss {}\n", string.iss));
         }
@@ -125,6 +129,16 @@ fn summarize(config: &Config) -> String {
         text.push_str(&format!("warning: {warning}\n"));
     }
     text
+}
+
+/// What Quay receives from an allowed request of an issuer in this mode (README, "Identity
+/// bridge").
+fn upstream_summary(upstream: Upstream) -> &'static str {
+    match upstream {
+        Upstream::Forward => "forward (Quay receives the caller's token, unchanged)",
+        Upstream::Exchange => "exchange (Quay receives a bridge token quay-authz signs)",
+        Upstream::Strip => "strip (Quay receives no Authorization: it answers as anonymous)",
+    }
 }
 
 // === --quay-config: the Quay side of each issuer's `upstream` ===

@@ -37,7 +37,8 @@ fn require(files: &[&str]) -> Option<PathBuf> {
         return Some(dir);
     }
     super::tools::skip_unless_ci(
-        "Quay is not installed in .quay/: run scripts/setup.sh (it copies ../shared/quay)",
+        "Quay is not installed in .quay/: run scripts/setup.sh (it copies ../shared/quay, or the \
+         folder QUAY_SRC names, and builds it there)",
     );
     None
 }
