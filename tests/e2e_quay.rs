@@ -138,6 +138,18 @@ async fn leading_slashes_delete_nothing_in_a_real_quay() {
     assert_eq!(response.status(), 200, "alice/hello was deleted");
 }
 
+/// `GET url` with `token` as the bearer: the status and the JSON body (`null` when not JSON).
+async fn bearer_get(url: impl reqwest::IntoUrl, token: &str) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("an HTTP answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
 /// A name no earlier run used: the shared Quay's database outlives test runs.
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -222,48 +234,30 @@ async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denie
     // know the user by), creates the user on first sight and answers as them.
     let name = unique("fwd");
     let token = user_token(issuer, &name, &["users"]);
-    let response = http
-        .get(envoy.url("/api/v1/user/"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET /api/v1/user/ through Envoy");
-    assert_eq!(response.status(), 200, "{}", quay.log_tail());
-    let body: serde_json::Value = response.json().await.expect("Quay's JSON");
+    let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
     assert_eq!(body["username"], name.as_str(), "{body}");
     assert_eq!(body["anonymous"], false, "{body}");
 
     // `admin` is a Quay superuser (SUPER_USERS): straight at Quay, the token lists users.
     let admin = user_token(issuer, "admin", &["admins"]);
-    let response = http
-        .get(quay.url("/api/v1/superuser/users/"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("superuser API at Quay");
-    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+    let (status, _) = bearer_get(quay.url("/api/v1/superuser/users/"), &admin).await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
 
     // The superuser API answers user lookups (so the 404 at the end means "no such user").
-    let response = http
-        .get(quay.url("/api/v1/superuser/users/admin"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("superuser lookup at Quay");
-    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+    let (status, _) = bearer_get(quay.url("/api/v1/superuser/users/admin"), &admin).await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
 
     // Through Envoy the policy grants admin no `super:user`: refused by quay-authz, and Quay
     // never sees the request — neither the read nor the user creation.
     let denied_marker = unique("denied");
     let victim = unique("mallory");
-    let response = http
-        .get(envoy.url(&format!("/api/v1/superuser/users/?m={denied_marker}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("superuser read through Envoy");
-    assert_eq!(response.status(), 403, "{}", envoy.log());
-    let body: serde_json::Value = response.json().await.expect("quay-authz's JSON");
+    let (status, body) = bearer_get(
+        envoy.url(&format!("/api/v1/superuser/users/?m={denied_marker}")),
+        &admin,
+    )
+    .await;
+    assert_eq!(status, 403, "{}", envoy.log());
     assert_eq!(body["reason"], "insufficient_scope", "{body}");
     let response = http
         .post(envoy.url(&format!("/api/v1/superuser/users/?m={denied_marker}")))
@@ -278,25 +272,23 @@ async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denie
 
     // An allowed request after them: once Quay logged it, it would have logged the denied ones.
     let allowed_marker = unique("allowed");
-    let response = http
-        .get(envoy.url(&format!("/api/v1/user/?m={allowed_marker}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("allowed request through Envoy");
-    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+    let (status, _) = bearer_get(
+        envoy.url(&format!("/api/v1/user/?m={allowed_marker}")),
+        &admin,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
     let log = quay_logged(quay, &allowed_marker).await;
     assert!(
         !log.contains(&denied_marker),
         "Quay saw a request quay-authz denied"
     );
-    let response = http
-        .get(quay.url(&format!("/api/v1/superuser/users/{victim}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("look the user up at Quay");
-    assert_eq!(response.status(), 404, "{victim} was created");
+    let (status, _) = bearer_get(
+        quay.url(&format!("/api/v1/superuser/users/{victim}")),
+        &admin,
+    )
+    .await;
+    assert_eq!(status, 404, "{victim} was created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,29 +300,16 @@ async fn strip_quay_receives_no_authorization_and_answers_as_anonymous() {
     let (quay, issuer) = (&shared.quay, &shared.issuer);
     let service = TestService::start(&mode_config(issuer, "strip"), true).await;
     let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), quay.port).await;
-    let http = reqwest::Client::new();
     let name = unique("strip");
     let token = user_token(issuer, &name, &["users"]);
 
     // The token is one Quay accepts: straight at Quay it names the user.
-    let response = http
-        .get(quay.url("/api/v1/user/"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET /api/v1/user/ at Quay");
-    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+    let (status, _) = bearer_get(quay.url("/api/v1/user/"), &token).await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
 
     // Through Envoy quay-authz allows it (identity headers only) and Quay, with no
     // Authorization left, answers as it answers anonymous callers: 401 in its own words.
-    let response = http
-        .get(envoy.url("/api/v1/user/"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET /api/v1/user/ through Envoy");
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.expect("Quay's JSON");
+    let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
     assert_eq!(status, 401, "{body}");
     assert!(body.get("reason").is_none(), "denied by quay-authz: {body}");
     assert_eq!(body["error_message"], "Requires authentication", "{body}");
@@ -444,14 +423,39 @@ rules:
 /// Looks `name` up with the superuser API straight at Quay: 200 when the user exists, 404 when not.
 async fn quay_user_status(shared: &SharedQuay, name: &str) -> u16 {
     let admin = user_token(&shared.issuer, "admin", &["admins"]);
-    reqwest::Client::new()
-        .get(shared.quay.url(&format!("/api/v1/superuser/users/{name}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .expect("superuser lookup at Quay")
-        .status()
-        .as_u16()
+    let url = shared.quay.url(&format!("/api/v1/superuser/users/{name}"));
+    bearer_get(url, &admin).await.0
+}
+
+/// quay-authz with the bridge on, listening where the shared Quay's second login provider looks
+/// (one bridge at a time: the port is held for the test), signing with a fresh key, for a fresh
+/// repository owner (the shared database outlives test runs).
+struct BridgeRun {
+    service: TestService,
+    keys: tempfile::TempDir,
+    key: std::path::PathBuf,
+    owner_id: String,
+    // Last: released once the service above is gone.
+    _port: tokio::sync::MutexGuard<'static, ()>,
+}
+
+async fn start_bridge(shared: &'static SharedQuay) -> BridgeRun {
+    let port = shared.bridge_lock().await;
+    let keys = tempfile::tempdir().expect("a directory for the signing keys");
+    let key = write_signing_key(keys.path(), "2026-11.pem");
+    let owner_id = unique("").replace('x', "0");
+    let service = common::service::start_with_http_port(
+        shared.bridge_port,
+        &exchange_config(shared, &[&key], &owner_id),
+    )
+    .await;
+    BridgeRun {
+        service,
+        keys,
+        key,
+        owner_id,
+        _port: port,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,17 +465,9 @@ async fn exchange_quay_answers_as_the_templated_user_and_creates_it_on_first_use
     let Some(shared) = SharedQuay::get() else {
         return;
     };
-    let _bridge = shared.bridge_lock().await;
     let quay = &shared.quay;
-    let keys = tempfile::tempdir().expect("a directory for the signing keys");
-    let key = write_signing_key(keys.path(), "bridge-1.pem");
-    let owner_id = unique("");
-    let (owner_id, repo_id) = (owner_id.replace('x', "0"), "4242".to_string());
-    let service = common::service::start_with_http_port(
-        shared.bridge_port,
-        &exchange_config(shared, &[&key], &owner_id),
-    )
-    .await;
+    let bridge = start_bridge(shared).await;
+    let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "4242");
     let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), quay.port).await;
     let http = reqwest::Client::new();
 
@@ -494,7 +490,7 @@ async fn exchange_quay_answers_as_the_templated_user_and_creates_it_on_first_use
     );
 
     // Quay has never seen this repository's user.
-    let user = github_user(&owner_id, &repo_id);
+    let user = github_user(owner_id, repo_id);
     assert_eq!(
         quay_user_status(shared, &user).await,
         404,
@@ -503,40 +499,28 @@ async fn exchange_quay_answers_as_the_templated_user_and_creates_it_on_first_use
 
     // A GitHub token Quay does not trust: through Envoy Quay receives a bridge token instead,
     // creates the templated user, and answers as it — twice, as the same user.
-    let token = github_token(&shared.issuer, &owner_id, &repo_id);
+    let token = github_token(&shared.issuer, owner_id, repo_id);
     for _ in 0..2 {
-        let response = http
-            .get(envoy.url("/api/v1/user/"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("GET /api/v1/user/ through Envoy");
-        assert_eq!(response.status(), 200, "{}", quay.log_tail());
-        let body: serde_json::Value = response.json().await.expect("Quay's JSON");
+        let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
+        assert_eq!(status, 200, "{}", quay.log_tail());
         assert_eq!(body["username"], user.as_str(), "{body}");
     }
     assert_eq!(quay_user_status(shared, &user).await, 200);
 
     // Straight at Quay the GitHub token itself is refused: only the bridge token is trusted.
-    let response = http
-        .get(quay.url("/api/v1/user/"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET /api/v1/user/ at Quay");
-    assert_eq!(response.status(), 401, "{}", quay.log_tail());
+    let (status, _) = bearer_get(quay.url("/api/v1/user/"), &token).await;
+    assert_eq!(status, 401, "{}", quay.log_tail());
 
     // A repository of another owner: no rule grants it, so no bridge token is minted and Quay
     // never creates its user.
     let stranger_owner = format!("{owner_id}9");
-    let stranger = github_user(&stranger_owner, &repo_id);
-    let response = http
-        .get(envoy.url("/api/v1/user/"))
-        .bearer_auth(github_token(&shared.issuer, &stranger_owner, &repo_id))
-        .send()
-        .await
-        .expect("GET /api/v1/user/ through Envoy");
-    assert_eq!(response.status(), 403, "{}", envoy.log());
+    let stranger = github_user(&stranger_owner, repo_id);
+    let (status, _) = bearer_get(
+        envoy.url("/api/v1/user/"),
+        &github_token(&shared.issuer, &stranger_owner, repo_id),
+    )
+    .await;
+    assert_eq!(status, 403, "{}", envoy.log());
     assert_eq!(
         quay_user_status(shared, &stranger).await,
         404,
@@ -572,15 +556,15 @@ fn skopeo_copy(oci: &std::path::Path, destination: &str, creds: &str) -> std::pr
         .expect("run skopeo (Debian's skopeo: scripts/setup.sh installs it)")
 }
 
-/// The claims of a JWT, read without verification (Quay's own registry token, to see what it
-/// granted).
-fn jwt_claims(token: &str) -> serde_json::Value {
+/// Segment `index` of a JWT (0: header, 1: claims), read without verification: what Quay's
+/// registry token granted, which key signed a bridge token.
+fn jwt_segment(token: &str, index: usize) -> serde_json::Value {
     use base64::Engine as _;
-    let payload = token.split('.').nth(1).expect("a JWT payload");
+    let segment = token.split('.').nth(index).expect("a JWT segment");
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .expect("base64url payload");
-    serde_json::from_slice(&bytes).expect("JSON claims")
+        .decode(segment)
+        .expect("base64url segment");
+    serde_json::from_slice(&bytes).expect("a JSON segment")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,17 +574,9 @@ async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_gran
     let Some(shared) = SharedQuay::get() else {
         return;
     };
-    let _bridge = shared.bridge_lock().await;
     let quay = &shared.quay;
-    let keys = tempfile::tempdir().expect("a directory for the signing keys");
-    let key = write_signing_key(keys.path(), "bridge-1.pem");
-    let owner_id = unique("").replace('x', "0");
-    let repo_id = "7".to_string();
-    let service = common::service::start_with_http_port(
-        shared.bridge_port,
-        &exchange_config(shared, &[&key], &owner_id),
-    )
-    .await;
+    let bridge = start_bridge(shared).await;
+    let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "7");
     // On the port Quay's SERVER_HOSTNAME names: the /v2/ challenge sends skopeo to this Envoy.
     let envoy = Envoy::start_listening(
         &bin,
@@ -610,8 +586,8 @@ async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_gran
     )
     .await;
     let registry = format!("127.0.0.1:{}", shared.envoy_port);
-    let namespace = github_user(&owner_id, &repo_id);
-    let token = github_token(&shared.issuer, &owner_id, &repo_id);
+    let namespace = github_user(owner_id, repo_id);
+    let token = github_token(&shared.issuer, owner_id, repo_id);
     let image = tempfile::tempdir().expect("a directory for the image");
     make_oci(&common::quay::quay_dir(), image.path());
 
@@ -629,16 +605,14 @@ async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_gran
         quay.log_tail()
     );
     let http = reqwest::Client::new();
-    let response = http
-        .get(envoy.url(&format!(
+    let (status, body) = bearer_get(
+        envoy.url(&format!(
             "/api/v1/repository/{namespace}/app/tag/?specificTag=latest"
-        )))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("the tag through Envoy");
-    assert_eq!(response.status(), 200, "{}", quay.log_tail());
-    let body: serde_json::Value = response.json().await.expect("Quay's JSON");
+        )),
+        &token,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
     assert_eq!(body["tags"][0]["name"], "latest", "{body}");
 
     // The same user's own namespace, another repository: Quay would allow it, the policy
@@ -665,7 +639,7 @@ async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_gran
     assert_eq!(response.status(), 200, "{}", quay.log_tail());
     let body: serde_json::Value = response.json().await.expect("Quay's JSON");
     let registry_token = body["token"].as_str().expect("Quay's registry token");
-    let access = jwt_claims(registry_token)["access"].clone();
+    let access = jwt_segment(registry_token, 1)["access"].clone();
     let granted: Vec<&serde_json::Value> = access
         .as_array()
         .expect("an access list")
@@ -690,17 +664,6 @@ async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_gran
     );
 }
 
-/// The `kid` in a JWT's header.
-fn jwt_kid(token: &str) -> String {
-    use base64::Engine as _;
-    let header = token.split('.').next().expect("a JWT header");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .expect("base64url header");
-    let header: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON header");
-    header["kid"].as_str().expect("a kid").to_string()
-}
-
 /// The bridge token quay-authz would hand Quay for `token` (the Check's `Authorization`).
 async fn bridge_token_for(service: &TestService, token: &str) -> String {
     let response = service.check_bearer("GET", "/api/v1/user/", token).await;
@@ -715,14 +678,7 @@ async fn bridge_token_for(service: &TestService, token: &str) -> String {
 /// Quay's answer to `GET /api/v1/user/` with `bridge_token`, straight at Quay: status and
 /// username.
 async fn quay_user(quay: &common::quay::Quay, bridge_token: &str) -> (u16, serde_json::Value) {
-    let response = reqwest::Client::new()
-        .get(quay.url("/api/v1/user/"))
-        .bearer_auth(bridge_token)
-        .send()
-        .await
-        .expect("GET /api/v1/user/ at Quay");
-    let status = response.status().as_u16();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let (status, body) = bearer_get(quay.url("/api/v1/user/"), bridge_token).await;
     (status, body["username"].clone())
 }
 
@@ -733,32 +689,25 @@ async fn key_rotation_quay_accepts_the_new_kid_and_tokens_minted_before() {
     let Some(shared) = SharedQuay::get() else {
         return;
     };
-    let _bridge = shared.bridge_lock().await;
     let quay = &shared.quay;
-    let keys = tempfile::tempdir().expect("a directory for the signing keys");
-    let old = write_signing_key(keys.path(), "2026-11.pem");
-    let owner_id = unique("").replace('x', "0");
-    let repo_id = "11".to_string();
-    let service = common::service::start_with_http_port(
-        shared.bridge_port,
-        &exchange_config(shared, &[&old], &owner_id),
-    )
-    .await;
+    let bridge = start_bridge(shared).await;
+    let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "11");
+    let old = &bridge.key;
     let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), quay.port).await;
-    let user = github_user(&owner_id, &repo_id);
-    let token = github_token(&shared.issuer, &owner_id, &repo_id);
+    let user = github_user(owner_id, repo_id);
+    let token = github_token(&shared.issuer, owner_id, repo_id);
 
     // Before: Quay verifies the bridge token with the one published key.
-    let before = bridge_token_for(&service, &token).await;
+    let before = bridge_token_for(service, &token).await;
     assert_eq!(quay_user(quay, &before).await, (200, json!(user)));
 
     // Rotation: a second key file added last, the configuration reloaded.
-    let new = write_signing_key(keys.path(), "2026-12.pem");
+    let new = write_signing_key(bridge.keys.path(), "2026-12.pem");
     let reloaded = quay_authz::config::Config::parse(
         &format!(
             "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:{}\n  admin: 127.0.0.1:0\n{}",
             shared.bridge_port,
-            exchange_config(shared, &[&old, &new], &owner_id)
+            exchange_config(shared, &[old, &new], owner_id)
         ),
         "rotated config",
     )
@@ -767,15 +716,14 @@ async fn key_rotation_quay_accepts_the_new_kid_and_tokens_minted_before() {
 
     // After: the new key signs, Quay fetches the JWKS again for the unknown kid and accepts it,
     // and the token minted before still works until it expires.
-    let after = bridge_token_for(&service, &token).await;
-    assert_ne!(jwt_kid(&after), jwt_kid(&before), "the new key signs");
+    let after = bridge_token_for(service, &token).await;
+    assert_ne!(
+        jwt_segment(&after, 0)["kid"],
+        jwt_segment(&before, 0)["kid"],
+        "the new key signs"
+    );
     assert_eq!(quay_user(quay, &after).await, (200, json!(user)));
     assert_eq!(quay_user(quay, &before).await, (200, json!(user)));
-    let response = reqwest::Client::new()
-        .get(envoy.url("/api/v1/user/"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET /api/v1/user/ through Envoy");
-    assert_eq!(response.status(), 200, "{}", quay.log_tail());
+    let (status, _) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
 }
