@@ -24,56 +24,15 @@ use common::service::TestService;
 use quay_authz::dev::issuer::{DevIssuer, SigningKeyKind};
 use serde_json::json;
 
-/// quay-authz trusts the same issuer Quay trusts; `pushers` get pull and push on `alice/*`.
-fn config(issuer: &DevIssuer) -> String {
-    format!(
-        r#"
-quay:
-  service: localhost
-  realm: http://localhost/v2/auth
-issuers:
-  - name: dev
-    issuer: {iss}
-    audiences: [quay]
-    algorithms: [RS256]
-    allow_insecure_http: true
-rules:
-  - name: alice-pushers
-    issuers: [dev]
-    when: {{groups_any: [pushers]}}
-    grant: ["repository:alice/*:pull,push"]
-"#,
-        iss = issuer.issuer(),
-    )
-}
-
-/// A token both accept: `aud` is Quay's client id, `preferred_username` names alice (a Quay
-/// superuser in `.quay`'s config; Quay creates her on first sight).
-fn alice_token(issuer: &DevIssuer) -> String {
-    let now = now();
-    issuer
-        .mint(
-            SigningKeyKind::Rsa,
-            &json!({
-                "iss": issuer.issuer(), "aud": "quay", "sub": "alice",
-                "preferred_username": "alice", "groups": ["pushers"],
-                "iat": now, "exp": now + 600,
-            }),
-        )
-        .expect("mint alice's token")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leading_slashes_delete_nothing_in_a_real_quay() {
-    let Some(bin) = require_envoy() else { return };
-    let Some(shared) = SharedQuay::get() else {
+    let Some((shared, _service, envoy)) = quay_behind_envoy("forward").await else {
         return;
     };
     let (quay, issuer) = (&shared.quay, &shared.issuer);
-    let service = TestService::start(&config(issuer), true).await;
-    let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), quay.port).await;
     let http = reqwest::Client::new();
-    let token = alice_token(issuer);
+    // A token both accept; alice is a Quay superuser in `.quay`'s config.
+    let token = user_token(issuer, "alice", &["pushers"]);
     let repository = "/api/v1/repository/alice/hello";
 
     // Straight at Quay, as alice: a fresh alice/hello (a previous run may have left one).
@@ -174,8 +133,9 @@ fn user_token(issuer: &DevIssuer, name: &str, groups: &[&str]) -> String {
         .expect("mint a user token")
 }
 
-/// quay-authz with one issuer (the shared one) in `mode`, granting `users` `user:read` and
-/// `admins` pull on everything — never `super:user`.
+/// quay-authz trusting the issuer Quay trusts (the shared one), in `mode`: `pushers` get pull
+/// and push on `alice/*`, `users` `user:read`, `admins` pull on everything — nobody
+/// `super:user`.
 fn mode_config(issuer: &DevIssuer, mode: &str) -> String {
     format!(
         r#"
@@ -190,6 +150,10 @@ issuers:
     allow_insecure_http: true
     upstream: {mode}
 rules:
+  - name: alice-pushers
+    issuers: [dev]
+    when: {{groups_any: [pushers]}}
+    grant: ["repository:alice/*:pull,push"]
   - name: users-read-themselves
     issuers: [dev]
     when: {{groups_any: [users]}}
@@ -201,6 +165,16 @@ rules:
 "#,
         iss = issuer.issuer(),
     )
+}
+
+/// The shared Quay behind the deploy Envoy, asking a quay-authz in `mode` ([`mode_config`]), or
+/// `None` when Envoy or Quay is not installed (the test is skipped with a notice).
+async fn quay_behind_envoy(mode: &str) -> Option<(&'static SharedQuay, TestService, Envoy)> {
+    let bin = require_envoy()?;
+    let shared = SharedQuay::get()?;
+    let service = TestService::start(&mode_config(&shared.issuer, mode), true).await;
+    let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), shared.quay.port).await;
+    Some((shared, service, envoy))
 }
 
 /// Waits until Quay's access log has a line containing `marker` (gunicorn writes one per
@@ -221,13 +195,10 @@ async fn quay_logged(quay: &common::quay::Quay, marker: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denies() {
-    let Some(bin) = require_envoy() else { return };
-    let Some(shared) = SharedQuay::get() else {
+    let Some((shared, _service, envoy)) = quay_behind_envoy("forward").await else {
         return;
     };
     let (quay, issuer) = (&shared.quay, &shared.issuer);
-    let service = TestService::start(&mode_config(issuer, "forward"), true).await;
-    let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), quay.port).await;
     let http = reqwest::Client::new();
 
     // A plain user: Quay receives the token unchanged (it is the only credential Quay could
@@ -293,13 +264,10 @@ async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strip_quay_receives_no_authorization_and_answers_as_anonymous() {
-    let Some(bin) = require_envoy() else { return };
-    let Some(shared) = SharedQuay::get() else {
+    let Some((shared, _service, envoy)) = quay_behind_envoy("strip").await else {
         return;
     };
     let (quay, issuer) = (&shared.quay, &shared.issuer);
-    let service = TestService::start(&mode_config(issuer, "strip"), true).await;
-    let envoy = Envoy::start(&bin, service.running.grpc_addr.port(), quay.port).await;
     let name = unique("strip");
     let token = user_token(issuer, &name, &["users"]);
 
