@@ -67,8 +67,9 @@ apt_install prometheus
 # absent or changed (its own `.venv` and `var` are never copied: they are built here), and its
 # `setup.sh` builds the venv and the database (first run ~3 min: apt + pip; later a few seconds).
 # Quay's source is never part of this repository. In CI (`CI=true`) a missing Quay is a failure;
-# elsewhere the Quay tests say they are skipped.
-quay_shared="$(dirname "$repo_root")/shared/quay"
+# elsewhere the Quay tests say they are skipped. `QUAY_SRC` names another copy of that folder
+# (`../shared/quay` of a checkout that has one: its README, setup.sh, run.sh and Quay's `src/`).
+quay_shared="${QUAY_SRC:-$(dirname "$repo_root")/shared/quay}"
 quay_local="$repo_root/.quay"
 quay_fingerprint() {
   # Path, size and modification time of every file but the venv and run-time state: cheap, and
@@ -101,7 +102,7 @@ elif [ "${CI:-}" = true ]; then
   say "error: no Quay at $quay_shared (CI=true needs it for the route oracle and the Quay end-to-end test)" >&2
   exit 1
 else
-  say "warning: no Quay at $quay_shared; the route oracle and the Quay end-to-end test will be skipped"
+  say "warning: no Quay at $quay_shared; the route oracle and the Quay end-to-end test will be skipped (QUAY_SRC=/path/to/shared/quay scripts/setup.sh installs one)"
 fi
 
 # --- Envoy ----------------------------------------------------------------------------------------

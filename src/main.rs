@@ -42,7 +42,13 @@ enum Command {
         config: PathBuf,
     },
     /// Validate a configuration and print what it means.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        file: PathBuf,
+        /// Print instead the Quay `config.yaml` fragment that pairs with it: a login provider
+        /// per `forward` issuer, one for the identity bridge when an issuer uses `exchange`.
+        #[arg(long)]
+        quay_config: bool,
+    },
     /// Run the full decision for one token and request and print every step.
     Explain(cli::explain::ExplainArgs),
     /// FOR LOCAL TESTING ONLY: a development OIDC issuer on loopback, with a matching
@@ -105,7 +111,9 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { config } => cli::serve::run(config).await,
-        Command::CheckConfig { file } => Ok(cli::check_config::run(&file)),
+        Command::CheckConfig { file, quay_config } => {
+            Ok(cli::check_config::run(&file, quay_config))
+        }
         Command::Explain(args) => cli::explain::run(args).await,
         Command::DevIssuer {
             listen,

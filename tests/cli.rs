@@ -177,3 +177,71 @@ fn dev_issuer_listens_on_loopback_unless_told_otherwise() {
     assert_eq!(code, None, "{stderr}");
     assert!(wrote && !stderr.contains("non-loopback"), "{stderr}");
 }
+
+/// `check-config --quay-config`: the Quay login provider for a `forward` Entra issuer (v1 and
+/// v2 issuers, an OBO audience, the clients its rules allow), nothing for a `strip` one — and
+/// what it prints is YAML Quay can merge.
+#[test]
+fn check_config_prints_the_quay_login_provider_each_forward_issuer_needs() {
+    let tenant = "11111111-2222-3333-4444-555555555555";
+    let yaml = format!(
+        "{HEAD}  - name: entra\n    preset: entra\n    tenants: [{tenant}]\n    \
+         audiences: [6f1c2d3e-0000-4000-8000-000000000001, api://quay-api]\n  \
+         - name: mesh\n    issuer: https://mesh.example.com\n    audiences: [quay]\n    upstream: strip\n\
+         rules:\n  - name: backstage\n    issuers: [entra]\n    when: {{clients: [backstage]}}\n    \
+         grant: [\"repo:read on acme/*\"]\n"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).expect("write");
+    let path = path.to_string_lossy().into_owned();
+    let (code, stdout, stderr) = quay_authz(&["check-config", "--quay-config", &path], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let fragment: serde_json::Value = serde_yaml::from_str(&stdout).expect("YAML");
+    let entra = &fragment["ENTRA_LOGIN_CONFIG"];
+    assert_eq!(
+        entra["OIDC_SERVER"],
+        format!("https://login.microsoftonline.com/{tenant}/v2.0/"),
+        "{stdout}"
+    );
+    assert_eq!(
+        entra["OIDC_ISSUERS"],
+        serde_json::json!([
+            format!("https://sts.windows.net/{tenant}/"),
+            format!("https://login.microsoftonline.com/{tenant}/v2.0"),
+        ]),
+        "{stdout}"
+    );
+    assert_eq!(entra["CLIENT_ID"], "6f1c2d3e-0000-4000-8000-000000000001");
+    assert_eq!(
+        entra["OIDC_AUDIENCES"],
+        serde_json::json!(["6f1c2d3e-0000-4000-8000-000000000001", "api://quay-api"])
+    );
+    assert_eq!(
+        entra["OIDC_ALLOWED_CLIENTS"],
+        serde_json::json!(["backstage"])
+    );
+    assert_eq!(entra["PREFERRED_USERNAME_CLAIM_NAME"], "preferred_username");
+    assert!(entra.get("DEBUGGING").is_none(), "{stdout}");
+    assert_eq!(
+        fragment.as_object().map(|keys| keys.len()),
+        Some(1),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("issuer mesh (upstream: strip): Quay receives no Authorization"),
+        "{stdout}"
+    );
+
+    // Without the flag the summary says per issuer what Quay receives.
+    let (code, stdout, stderr) = quay_authz(&["check-config", &path], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("upstream: forward (Quay receives the caller's token, unchanged)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("upstream: strip (Quay receives no Authorization"),
+        "{stdout}"
+    );
+}

@@ -285,3 +285,88 @@ fn closed_port() -> u16 {
         .expect("bind a free port")
         .port()
 }
+
+/// The identity bridge's discovery document and JWKS are public documents Quay fetches through
+/// the edge: their two exact paths (GET) reach quay-authz's HTTP port without a Check — even
+/// with the authz gRPC service down — while every other path, near misses included, is still
+/// checked (fails closed here) and nothing reaches quay-authz's HTTP port.
+#[tokio::test]
+async fn bridge_discovery_and_jwks_skip_the_check_and_nothing_else_does() {
+    let Some(bin) = require_envoy() else { return };
+    let quay = RecordingUpstream::start().await;
+    let bridge = RecordingUpstream::start().await;
+    let envoy = Envoy::start_config(
+        &bin,
+        &common::envoy::deploy_config_path(),
+        closed_port(),
+        quay.port,
+        &[(
+            common::envoy::DEPLOY_AUTHZ_HTTP_PORT,
+            format!("port_value: {}", bridge.port),
+        )],
+    )
+    .await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("build an HTTP client");
+
+    for path in [
+        "/quay-authz/.well-known/openid-configuration",
+        "/quay-authz/.well-known/jwks.json",
+    ] {
+        let response = client
+            .get(envoy.url(path))
+            .send()
+            .await
+            .expect("GET through Envoy");
+        assert_eq!(response.status(), 200, "GET {path}: {}", envoy.log());
+        let served = bridge.last_request().expect("the bridge saw the request");
+        assert_eq!(served.path, path);
+    }
+    let served = bridge.requests().len();
+
+    for (method, path) in [
+        (
+            reqwest::Method::POST,
+            "/quay-authz/.well-known/openid-configuration",
+        ),
+        (reqwest::Method::GET, "/quay-authz/.well-known/"),
+        (reqwest::Method::GET, "/quay-authz/metrics"),
+        (reqwest::Method::GET, "/quay-authz/.well-known/jwks.json/x"),
+        (reqwest::Method::GET, "/quay-authz//.well-known/jwks.json"),
+        (reqwest::Method::GET, "/QUAY-AUTHZ/.well-known/jwks.json"),
+        (
+            reqwest::Method::GET,
+            "/quay-authz/.well-known/openid-configuration?x=1/../../api",
+        ),
+        (reqwest::Method::GET, "/.well-known/openid-configuration"),
+    ] {
+        let response = client
+            .request(method.clone(), envoy.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{method} {path} through Envoy: {err}"));
+        let status = response.status().as_u16();
+        // The query-string case is the one exact path (Envoy's `path` match ignores the query):
+        // still the bridge's document, never Quay.
+        if path.contains('?') {
+            assert_eq!(status, 200, "{method} {path}: {}", envoy.log());
+            continue;
+        }
+        assert_eq!(
+            status,
+            503,
+            "{method} {path} was not checked: {}",
+            envoy.log()
+        );
+    }
+    assert!(quay.requests().is_empty(), "{:?}", quay.requests());
+    assert_eq!(
+        bridge.requests().len(),
+        served + 1,
+        "{:?}",
+        bridge.requests()
+    );
+}

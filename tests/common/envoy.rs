@@ -37,6 +37,9 @@ const DEPLOY_UPSTREAM_PORT: &str = "port_value: 8080";
 const DEPLOY_AUTHZ_PORT: &str = "port_value: 9191";
 const DEPLOY_ADMIN_PORT: &str = "port_value: 9901";
 const DEPLOY_LISTEN_ADDRESS: &str = "address: 0.0.0.0";
+/// quay-authz's HTTP port in the deploy config (the identity bridge's discovery and JWKS): an
+/// `extra` needle for [`Envoy::start_config`].
+pub const DEPLOY_AUTHZ_HTTP_PORT: &str = "port_value: 9090";
 
 /// `deploy/envoy/envoy.yaml` in this checkout.
 pub fn deploy_config_path() -> PathBuf {
@@ -127,6 +130,36 @@ impl Envoy {
         upstream_port: u16,
         extra: &[(&str, String)],
     ) -> Envoy {
+        Self::start_config_on(bin, template, None, authz_grpc_port, upstream_port, extra).await
+    }
+
+    /// Like `start`, listening on `listen_port` (a port a client was told about before Envoy
+    /// started, such as Quay's `SERVER_HOSTNAME`).
+    pub async fn start_listening(
+        bin: &Path,
+        listen_port: u16,
+        authz_grpc_port: u16,
+        upstream_port: u16,
+    ) -> Envoy {
+        Self::start_config_on(
+            bin,
+            &deploy_config_path(),
+            Some(listen_port),
+            authz_grpc_port,
+            upstream_port,
+            &[],
+        )
+        .await
+    }
+
+    async fn start_config_on(
+        bin: &Path,
+        template: &Path,
+        fixed_listen_port: Option<u16>,
+        authz_grpc_port: u16,
+        upstream_port: u16,
+        extra: &[(&str, String)],
+    ) -> Envoy {
         let (listen_port, admin_port) = {
             // Both sockets are held until both ports are known so the two differ. The ports are
             // free again once dropped; another process could take one before Envoy binds it, in
@@ -134,7 +167,8 @@ impl Envoy {
             let listen = TcpListener::bind("127.0.0.1:0").expect("bind a free port for Envoy");
             let admin = TcpListener::bind("127.0.0.1:0").expect("bind a free port for Envoy");
             (
-                listen.local_addr().expect("local address").port(),
+                fixed_listen_port
+                    .unwrap_or_else(|| listen.local_addr().expect("local address").port()),
                 admin.local_addr().expect("local address").port(),
             )
         };

@@ -113,6 +113,24 @@ pub async fn start_running(listen_extra: &str, config_yaml: &str) -> RunningServ
         .expect("server starts")
 }
 
+/// Starts quay-authz with `config_yaml` and its HTTP listener on `http_port` (a port another
+/// component was configured with first, such as the bridge's issuer URL in Quay's config).
+pub async fn start_with_http_port(http_port: u16, config_yaml: &str) -> TestService {
+    let text = format!(
+        "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:{http_port}\n  admin: 127.0.0.1:0\n{config_yaml}"
+    );
+    let config = Config::parse(&text, "test config").unwrap_or_else(|e| panic!("{e}"));
+    let running = quay_authz::server::start(config)
+        .await
+        .expect("server starts");
+    let client = AuthorizationClient::connect(format!("http://{}", running.grpc_addr))
+        .await
+        .expect("gRPC client connects");
+    let service = TestService { running, client };
+    service.wait_ready().await;
+    service
+}
+
 /// Waits until `running` has the keys of its required issuers (a hang guard of 10 s).
 pub async fn wait_until_ready(running: &RunningServer) {
     for _ in 0..400 {
