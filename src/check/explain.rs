@@ -102,6 +102,11 @@ impl PhaseObserver for Narrator {
             RouteOutcome::NotProtected => "not an API or registry path: not protected".into(),
             RouteOutcome::Ambiguous(why) => format!("ambiguous path: {why}"),
             RouteOutcome::Unclassified => "no Quay route matches".into(),
+            RouteOutcome::RegistryToken(scopes) => format!(
+                "Quay's registry token endpoint: requires any valid identity; {} scope \
+                 parameter(s) cut to the grants",
+                scopes.len()
+            ),
             RouteOutcome::Requires(required) if required.is_empty() => {
                 "requires any valid identity".into()
             }
@@ -124,8 +129,12 @@ impl PhaseObserver for Narrator {
                 "token",
                 "credentials of another scheme (not a bearer token)".into(),
             ),
-            // Told by `cached` or `token` next.
-            Credential::Bearer(_) => {}
+            Credential::Multiple => self.step(
+                "token",
+                "more than one credential in Authorization".into(),
+            ),
+            // Told by `cached` or `token` next (a Basic JWT password counts on /v2/auth only).
+            Credential::Bearer(_) | Credential::BasicJwt(_) => {}
         }
     }
 

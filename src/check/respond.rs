@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckResponse, DeniedHttpResponse, OkHttpResponse,
@@ -61,6 +61,7 @@ pub fn build_response(
             identity,
             grants,
             upstream,
+            registry_scopes,
             ..
         } => {
             let groups = identity.groups.join(",");
@@ -92,6 +93,9 @@ pub fn build_response(
                 UpstreamCredential::Bearer(token) => {
                     headers.push(header("authorization", &format!("Bearer {token}")));
                 }
+                UpstreamCredential::Basic(credentials) => {
+                    headers.push(header("authorization", &format!("Basic {credentials}")));
+                }
                 UpstreamCredential::Strip => headers_to_remove.push("authorization".into()),
                 UpstreamCredential::Forward if settings.headers.remove_authorization => {
                     headers_to_remove.push("authorization".into());
@@ -106,7 +110,13 @@ pub fn build_response(
                 ("tenant", identity.tenant.as_deref().unwrap_or("")),
                 ("client", identity.client.as_deref().unwrap_or("")),
             ]);
-            ok_response(headers, headers_to_remove, metadata)
+            let mut response = ok_response(headers, headers_to_remove, metadata);
+            if let (Some(scopes), Some(HttpResponse::OkResponse(ok))) =
+                (registry_scopes, response.http_response.as_mut())
+            {
+                set_scopes(ok, scopes);
+            }
+            response
         }
         Decision::Passthrough { reason } => {
             let metadata = metadata(&[("decision", "passthrough"), ("reason", reason.code())]);
@@ -172,6 +182,17 @@ pub fn remove_also(response: &mut CheckResponse, names: &[String]) {
             }
         }
     }
+}
+
+/// Replaces every `scope` query parameter with `scopes` (Envoy's query mutation in the OK
+/// response), so Quay reads exactly the scopes we judged, spelled by us.
+fn set_scopes(ok: &mut OkHttpResponse, scopes: &[String]) {
+    ok.query_parameters_to_remove.push("scope".into());
+    ok.query_parameters_to_set
+        .extend(scopes.iter().map(|scope| QueryParameter {
+            key: "scope".into(),
+            value: scope.clone(),
+        }));
 }
 
 fn ok_response(
@@ -396,6 +417,7 @@ mod tests {
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream: UpstreamCredential::Forward,
+            registry_scopes: None,
         };
         let response = build_response(&decision, &settings(), false);
         let (set, removed, status) = headers(&response);
@@ -447,6 +469,7 @@ mod tests {
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream,
+            registry_scopes: None,
         };
         let forward = build_response(&allow(UpstreamCredential::Forward), &settings, false);
         assert_eq!(header_value(&forward, "authorization"), None);
@@ -465,6 +488,59 @@ mod tests {
             HeaderAppendAction::OverwriteIfExistsOrAdd as i32
         )));
         assert!(!removed.contains(&"authorization".to_string()));
+        let Some(HttpResponse::OkResponse(ok)) = exchange.http_response else {
+            panic!("not ok")
+        };
+        assert!(ok.query_parameters_to_set.is_empty() && ok.query_parameters_to_remove.is_empty());
+    }
+
+    /// Quay's registry token endpoint: the credential is rewritten to Basic and every `scope`
+    /// parameter replaced by the downscoped ones.
+    #[test]
+    fn allow_on_the_registry_token_endpoint_rewrites_credential_and_scopes() {
+        let identity = std::sync::Arc::new(Identity {
+            issuer: "github".into(),
+            iss: "https://token.actions.githubusercontent.com".into(),
+            username: "ci".into(),
+            tenant: None,
+            client: None,
+            audiences: vec![],
+            groups: vec![],
+            claims: Default::default(),
+            expires_at: 0,
+        });
+        let allow = |scopes: &[&str]| Decision::Allow {
+            identity: identity.clone(),
+            grants: Grant::parse("repository:acme/app:pull").expect("grant"),
+            rules: vec!["ci".into()],
+            required: Vec::new(),
+            upstream: UpstreamCredential::Bearer("bridge.jwt.sig".into())
+                .for_registry_token("idp.jwt.sig"),
+            registry_scopes: Some(scopes.iter().map(|s| s.to_string()).collect()),
+        };
+        let response = build_response(&allow(&["repository:acme/app:pull"]), &settings(), true);
+        assert_eq!(
+            header_value(&response, "authorization").as_deref(),
+            Some("Basic JG9hdXRodG9rZW46YnJpZGdlLmp3dC5zaWc=")
+        );
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not ok")
+        };
+        assert_eq!(ok.query_parameters_to_remove, ["scope"]);
+        assert_eq!(
+            ok.query_parameters_to_set
+                .iter()
+                .map(|p| (p.key.as_str(), p.value.as_str()))
+                .collect::<Vec<_>>(),
+            [("scope", "repository:acme/app:pull")]
+        );
+        // Nothing granted: every scope goes.
+        let response = build_response(&allow(&[]), &settings(), true);
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not ok")
+        };
+        assert_eq!(ok.query_parameters_to_remove, ["scope"]);
+        assert!(ok.query_parameters_to_set.is_empty());
     }
 
     #[test]
