@@ -19,7 +19,7 @@ use crate::config::{Config, NonApi, Unauthenticated};
 use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::model::clock::unix_now;
-use crate::model::decision::{Decision, Reason, UpstreamCredential};
+use crate::model::decision::{Decision, Reason, ScopeRewrite, UpstreamCredential};
 use crate::model::identity::Identity;
 use crate::model::permission::Permission;
 use crate::policy::{self, PolicyOutcome};
@@ -236,7 +236,7 @@ impl Pipeline {
             Ok(rules) => {
                 let rules = rules.into_iter().map(str::to_string).collect();
                 let mut upstream = self.upstream_credential(&identity);
-                let registry_scopes = registry_scopes.map(|scopes| {
+                let scopes = registry_scopes.map_or(ScopeRewrite::Unchanged, |scopes| {
                     // Quay's `/v2/auth` reads Basic only, and is given only what is granted.
                     upstream = upstream.clone().for_registry_token(token);
                     let host = &self.config.quay.service;
@@ -253,7 +253,7 @@ impl Pipeline {
                 });
                 Decision::Allow {
                     upstream,
-                    registry_scopes,
+                    scopes,
                     required,
                     grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
                     rules,

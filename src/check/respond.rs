@@ -18,7 +18,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue, value::Kind
 use envoy_types::pb::google::rpc::Status;
 
 use crate::config::HeaderSettings;
-use crate::model::decision::{Decision, DenyStatus, Reason, UpstreamCredential};
+use crate::model::decision::{Decision, DenyStatus, Reason, ScopeRewrite, UpstreamCredential};
 
 /// The identity headers we set on allow (after the configured prefix).
 pub const IDENTITY_HEADERS: [&str; 6] = ["user", "issuer", "tenant", "client", "groups", "scopes"];
@@ -61,7 +61,7 @@ pub fn build_response(
             identity,
             grants,
             upstream,
-            registry_scopes,
+            scopes: registry_scopes,
             ..
         } => {
             let groups = identity.groups.join(",");
@@ -111,10 +111,8 @@ pub fn build_response(
                 ("client", identity.client.as_deref().unwrap_or("")),
             ]);
             let mut response = ok_response(headers, headers_to_remove, metadata);
-            if let (Some(scopes), Some(HttpResponse::OkResponse(ok))) =
-                (registry_scopes, response.http_response.as_mut())
-            {
-                set_scopes(ok, scopes);
+            if let Some(HttpResponse::OkResponse(ok)) = response.http_response.as_mut() {
+                rewrite_scopes(ok, registry_scopes);
             }
             response
         }
@@ -184,15 +182,18 @@ pub fn remove_also(response: &mut CheckResponse, names: &[String]) {
     }
 }
 
-/// Replaces every `scope` query parameter with `scopes` (Envoy's query mutation in the OK
-/// response), so Quay reads exactly the scopes we judged, spelled by us.
-fn set_scopes(ok: &mut OkHttpResponse, scopes: &[String]) {
-    ok.query_parameters_to_remove.push("scope".into());
-    ok.query_parameters_to_set
-        .extend(scopes.iter().map(|scope| QueryParameter {
+/// The `scope` query parameters Quay's registry token endpoint receives. Envoy applies
+/// `query_parameters_to_set` by overwriting every value of the raw key, then
+/// `query_parameters_to_remove` (checked against Envoy 1.40 in tests/e2e_registry_token.rs).
+fn rewrite_scopes(ok: &mut OkHttpResponse, scopes: &ScopeRewrite) {
+    match scopes {
+        ScopeRewrite::Unchanged => {}
+        ScopeRewrite::Only(scope) => ok.query_parameters_to_set.push(QueryParameter {
             key: "scope".into(),
             value: scope.clone(),
-        }));
+        }),
+        ScopeRewrite::Removed => ok.query_parameters_to_remove.push("scope".into()),
+    }
 }
 
 fn ok_response(
@@ -417,7 +418,7 @@ mod tests {
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream: UpstreamCredential::Forward,
-            registry_scopes: None,
+            scopes: ScopeRewrite::Unchanged,
         };
         let response = build_response(&decision, &settings(), false);
         let (set, removed, status) = headers(&response);
@@ -469,7 +470,7 @@ mod tests {
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream,
-            registry_scopes: None,
+            scopes: ScopeRewrite::Unchanged,
         };
         let forward = build_response(&allow(UpstreamCredential::Forward), &settings, false);
         assert_eq!(header_value(&forward, "authorization"), None);
@@ -509,16 +510,17 @@ mod tests {
             claims: Default::default(),
             expires_at: 0,
         });
-        let allow = |scopes: &[&str]| Decision::Allow {
+        let allow = |scopes: ScopeRewrite| Decision::Allow {
             identity: identity.clone(),
             grants: Grant::parse("repository:acme/app:pull").expect("grant"),
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream: UpstreamCredential::Bearer("bridge.jwt.sig".into())
                 .for_registry_token("idp.jwt.sig"),
-            registry_scopes: Some(scopes.iter().map(|s| s.to_string()).collect()),
+            scopes,
         };
-        let response = build_response(&allow(&["repository:acme/app:pull"]), &settings(), true);
+        let only = ScopeRewrite::Only("repository:acme/app:pull".into());
+        let response = build_response(&allow(only), &settings(), true);
         assert_eq!(
             header_value(&response, "authorization").as_deref(),
             Some("Basic JG9hdXRodG9rZW46YnJpZGdlLmp3dC5zaWc=")
@@ -526,7 +528,7 @@ mod tests {
         let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
             panic!("not ok")
         };
-        assert_eq!(ok.query_parameters_to_remove, ["scope"]);
+        assert!(ok.query_parameters_to_remove.is_empty());
         assert_eq!(
             ok.query_parameters_to_set
                 .iter()
@@ -535,7 +537,7 @@ mod tests {
             [("scope", "repository:acme/app:pull")]
         );
         // Nothing granted: every scope goes.
-        let response = build_response(&allow(&[]), &settings(), true);
+        let response = build_response(&allow(ScopeRewrite::Removed), &settings(), true);
         let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
             panic!("not ok")
         };

@@ -224,6 +224,21 @@ impl UpstreamCredential {
     }
 }
 
+/// What Quay's registry token endpoint receives as `scope` parameters (Envoy's query
+/// mutation in the OK response). Envoy matches the raw key and *overwrites*: it can leave the
+/// parameters alone, remove them all, or put one value in their place — never several.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ScopeRewrite {
+    /// Every scope asked for is granted in full: Quay reads exactly what was judged.
+    #[default]
+    Unchanged,
+    /// Something was cut: Quay receives this one scope (a partial grant, which the Docker
+    /// token spec allows) instead of every `scope` the caller sent.
+    Only(String),
+    /// Nothing asked for is granted: every `scope` parameter is removed.
+    Removed,
+}
+
 /// The outcome of one Check.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -237,9 +252,9 @@ pub enum Decision {
         required: Vec<Permission>,
         /// The credential Quay receives (the issuer's `upstream`).
         upstream: UpstreamCredential,
-        /// On Quay's registry token endpoint, the `scope` parameters Quay receives in place of
-        /// the caller's (cut to the grants); `None` elsewhere: the query is left alone.
-        registry_scopes: Option<Vec<String>>,
+        /// On Quay's registry token endpoint, what becomes of the `scope` parameters;
+        /// `Unchanged` everywhere else.
+        scopes: ScopeRewrite,
     },
     /// Not ours to judge (no bearer JWT from a configured issuer, or a path outside the API):
     /// Quay authenticates it itself. Identity headers are still stripped.

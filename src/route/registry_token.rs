@@ -9,6 +9,7 @@
 //! judged on exactly the text Quay will act on, and what Quay receives is rewritten by us in one
 //! canonical spelling: a scope we cannot read as Quay does is never passed on.
 
+use crate::model::decision::ScopeRewrite;
 use crate::model::permission::{Permission, QuayScope, is_namespace_name, is_repository_path};
 use crate::route::percent_decode;
 
@@ -147,10 +148,39 @@ fn is_grammar_name(text: &str) -> bool {
     })
 }
 
-/// The `scope` values Quay receives: each request cut to the actions `allows` grants, in
-/// Quay's grammar; a scope left with nothing, or one we cannot judge, is dropped (the Docker
-/// token spec lets the server grant less than asked).
-pub fn downscope(requests: &[ScopeRequest], allows: impl Fn(&Permission) -> bool) -> Vec<String> {
+/// What Quay receives: the requests unchanged when every one is granted in full (Quay then
+/// reads exactly the values judged here); otherwise the first request cut to the actions
+/// `allows` grants, in Quay's grammar, alone — Envoy can set one value per key — or none.
+/// A scope left with nothing, or one we cannot judge, is dropped (the Docker token spec lets
+/// the server grant less than asked).
+pub fn downscope(
+    requests: &[ScopeRequest],
+    allows: impl Fn(&Permission) -> bool,
+) -> ScopeRewrite {
+    let granted = granted_scopes(requests, &allows);
+    let in_full = requests.iter().all(|request| match request {
+        ScopeRequest::Repository {
+            namespace,
+            name,
+            actions,
+        } => actions
+            .iter()
+            .all(|action| allows(&Permission::repository(action.scope(), namespace, name))),
+        ScopeRequest::Unjudgeable | ScopeRequest::Invalid => false,
+    });
+    match granted.into_iter().next() {
+        _ if in_full => ScopeRewrite::Unchanged,
+        Some(first) => ScopeRewrite::Only(first),
+        None => ScopeRewrite::Removed,
+    }
+}
+
+/// Each request cut to the actions `allows` grants, in Quay's grammar, in order; requests left
+/// with nothing are dropped.
+pub fn granted_scopes(
+    requests: &[ScopeRequest],
+    allows: impl Fn(&Permission) -> bool,
+) -> Vec<String> {
     requests
         .iter()
         .filter_map(|request| {
@@ -301,12 +331,38 @@ mod tests {
             ScopeRequest::Invalid,
         ];
         assert_eq!(
-            downscope(&requests, allows),
+            granted_scopes(&requests, allows),
             [
                 "repository:acme/app:pull,push",
                 "repository:acme/team/base:pull"
             ]
         );
-        assert!(downscope(&[], allows).is_empty());
+        // Envoy sets one value per key: the first granted one goes alone.
+        assert_eq!(
+            downscope(&requests, allows),
+            ScopeRewrite::Only("repository:acme/app:pull,push".into())
+        );
+        assert_eq!(
+            downscope(&requests[2..], allows),
+            ScopeRewrite::Removed
+        );
+        // All granted in full: Quay reads what was judged, whatever the count.
+        assert_eq!(
+            downscope(
+                &[repo("acme", "app", &[Push, Pull]), repo("acme", "team/x", &[Pull])],
+                allows
+            ),
+            ScopeRewrite::Unchanged
+        );
+        assert_eq!(downscope(&[], allows), ScopeRewrite::Unchanged);
+        // A scope we cannot judge (the library namespace) is never left for Quay to grant.
+        assert_eq!(
+            downscope(&[repo("acme", "app", &[Pull]), ScopeRequest::Unjudgeable], allows),
+            ScopeRewrite::Only("repository:acme/app:pull".into())
+        );
+        assert_eq!(
+            downscope(&[ScopeRequest::Invalid], allows),
+            ScopeRewrite::Removed
+        );
     }
 }
