@@ -202,3 +202,27 @@ async fn basic_with_a_jwt_password_elsewhere_stays_quays_business() {
         assert_eq!(query_mutation(&response), (Vec::new(), Vec::new()));
     }
 }
+
+#[tokio::test]
+async fn remove_authorization_keeps_the_idp_token_from_quay_on_v2_auth_too() {
+    let issuer = start_issuer().await;
+    let service = TestService::start(
+        &config_for(&issuer, "headers: {remove_authorization: true}"),
+        true,
+    )
+    .await;
+    let token = entra_token(&issuer, &["Quay.acme.write"]);
+    let response = service
+        .check(
+            "GET",
+            "/v2/auth?scope=repository:acme/app:pull",
+            &[("authorization", &basic("u", &token))],
+        )
+        .await;
+    assert_eq!(decision(&response).0, "allow");
+    assert_eq!(response_header(&response, "authorization"), None);
+    let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+        panic!("not OK")
+    };
+    assert!(ok.headers_to_remove.contains(&"authorization".to_string()));
+}

@@ -238,7 +238,14 @@ impl Pipeline {
                 let mut upstream = self.upstream_credential(&identity);
                 let scopes = registry_scopes.map_or(ScopeRewrite::Unchanged, |scopes| {
                     // Quay's `/v2/auth` reads Basic only, and is given only what is granted.
-                    upstream = upstream.clone().for_registry_token(token);
+                    // `remove_authorization` means Quay never sees the caller's token: not
+                    // inside a Basic credential either.
+                    upstream = match upstream.clone() {
+                        UpstreamCredential::Forward if self.config.headers.remove_authorization => {
+                            UpstreamCredential::Strip
+                        }
+                        other => other.for_registry_token(token),
+                    };
                     let host = &self.config.quay.service;
                     let requests: Vec<_> = scopes
                         .iter()
