@@ -87,7 +87,11 @@ async fn quay_receives_downscoped_scopes_and_basic_oauthtoken() {
         "{}",
         seen.path
     );
-    assert!(seen.path.contains("service=quay.example.com"), "{}", seen.path);
+    assert!(
+        seen.path.contains("service=quay.example.com"),
+        "{}",
+        seen.path
+    );
     // The credential Quay's /v2/auth reads: $oauthtoken with the verified JWT (forward).
     assert_eq!(
         seen.header_values("authorization"),
@@ -143,7 +147,11 @@ async fn quay_receives_downscoped_scopes_and_basic_oauthtoken() {
         .await
         .expect("request");
     assert_eq!(response.status(), 400, "{}", envoy.log());
-    assert_eq!(upstream.requests().len(), count, "Quay saw a refused request");
+    assert_eq!(
+        upstream.requests().len(),
+        count,
+        "Quay saw a refused request"
+    );
 
     // Basic with a JWT password anywhere else is Quay's business, as before: untouched.
     let response = get("/v2/acme/app/manifests/latest", &basic("u", &token))

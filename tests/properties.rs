@@ -329,20 +329,31 @@ fn scope_value() -> impl Strategy<Value = String> {
         1 => Just("%20"),
         1 => Just("&scope=repository:other/app:push"),
     ];
-    (prefix, name, prop_oneof![Just(":"), Just("%3A")], actions, suffix)
-        .prop_map(|(prefix, name, colon, actions, suffix)| format!("{prefix}{name}{colon}{actions}{suffix}"))
+    (
+        prefix,
+        name,
+        prop_oneof![Just(":"), Just("%3A")],
+        actions,
+        suffix,
+    )
+        .prop_map(|(prefix, name, colon, actions, suffix)| {
+            format!("{prefix}{name}{colon}{actions}{suffix}")
+        })
 }
 
 /// Envoy 1.40's query mutation as observed (tests/e2e_registry_token.rs): the raw key is
 /// matched; a set overwrites every value of it; removals come after.
 fn envoy_mutates(query: &str, scopes: &quay_authz::model::decision::ScopeRewrite) -> String {
     use quay_authz::model::decision::ScopeRewrite;
-    let others = query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != "scope");
+    let others = query.split('&').filter(|pair| {
+        !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != "scope"
+    });
     match scopes {
         ScopeRewrite::Unchanged => query.to_string(),
-        ScopeRewrite::Only(scope) => others.chain([format!("scope={scope}").as_str()]).collect::<Vec<_>>().join("&"),
+        ScopeRewrite::Only(scope) => others
+            .chain([format!("scope={scope}").as_str()])
+            .collect::<Vec<_>>()
+            .join("&"),
         ScopeRewrite::Removed => others.collect::<Vec<_>>().join("&"),
     }
 }

@@ -50,7 +50,11 @@ async fn docker_login_with_an_idp_token_is_validated_and_downscoped() {
     };
 
     // A login probe (no scope): allowed, the credential rewritten for Quay's SSO-JWT path.
-    let response = check("/v2/auth?account=anything&service=quay.example.com", basic("anything", &token)).await;
+    let response = check(
+        "/v2/auth?account=anything&service=quay.example.com",
+        basic("anything", &token),
+    )
+    .await;
     assert_eq!(decision(&response), ("allow".into(), "allowed".into()));
     assert_eq!(
         response_header(&response, "authorization"),
@@ -109,7 +113,11 @@ async fn docker_login_with_an_idp_token_is_validated_and_downscoped() {
     let expired = issuer
         .mint(quay_authz::dev::issuer::SigningKeyKind::Rsa, &expired)
         .expect("mint");
-    let response = check("/v2/auth?scope=repository:acme/app:pull", basic("u", &expired)).await;
+    let response = check(
+        "/v2/auth?scope=repository:acme/app:pull",
+        basic("u", &expired),
+    )
+    .await;
     assert_eq!(decision(&response), ("deny".into(), "token_expired".into()));
     assert_eq!(http_status(&response), 401);
 }
@@ -145,7 +153,11 @@ async fn two_credentials_are_refused() {
     for (path, authorization) in [
         (
             "/v2/auth?scope=repository:acme/app:pull",
-            format!("{},{}", basic("u", &token), basic("ns+robot", "robot-token")),
+            format!(
+                "{},{}",
+                basic("u", &token),
+                basic("ns+robot", "robot-token")
+            ),
         ),
         (
             "/v2/auth",

@@ -318,7 +318,10 @@ fn judge(table: &RouteTable, answer: &Answer, scopes: &ScopeFacts, counts: &mut 
         .map_or("a valid identity".to_string(), ToString::to_string);
     match &outcome {
         RouteOutcome::Unclassified | RouteOutcome::Ambiguous(_) => counts.denied += 1,
-        RouteOutcome::NotProtected => counts.less.push(describe(&outcome, &needed_text)),
+        // The registry token endpoint is never an API route: counted as a miss if it were.
+        RouteOutcome::NotProtected | RouteOutcome::RegistryToken(_) => {
+            counts.less.push(describe(&outcome, &needed_text))
+        }
         RouteOutcome::Requires(required) => {
             let resolved = args["repository"].as_str();
             let at_least = match &needed {

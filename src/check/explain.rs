@@ -129,10 +129,9 @@ impl PhaseObserver for Narrator {
                 "token",
                 "credentials of another scheme (not a bearer token)".into(),
             ),
-            Credential::Multiple => self.step(
-                "token",
-                "more than one credential in Authorization".into(),
-            ),
+            Credential::Multiple => {
+                self.step("token", "more than one credential in Authorization".into())
+            }
             // Told by `cached` or `token` next (a Basic JWT password counts on /v2/auth only).
             Credential::Bearer(_) | Credential::BasicJwt(_) => {}
         }

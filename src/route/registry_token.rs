@@ -153,10 +153,7 @@ fn is_grammar_name(text: &str) -> bool {
 /// `allows` grants, in Quay's grammar, alone — Envoy can set one value per key — or none.
 /// A scope left with nothing, or one we cannot judge, is dropped (the Docker token spec lets
 /// the server grant less than asked).
-pub fn downscope(
-    requests: &[ScopeRequest],
-    allows: impl Fn(&Permission) -> bool,
-) -> ScopeRewrite {
+pub fn downscope(requests: &[ScopeRequest], allows: impl Fn(&Permission) -> bool) -> ScopeRewrite {
     let granted = granted_scopes(requests, &allows);
     let in_full = requests.iter().all(|request| match request {
         ScopeRequest::Repository {
@@ -243,7 +240,10 @@ mod tests {
             ),
             // The library namespace, and names Quay refuses: never granted.
             ("repository:app:pull", ScopeRequest::Unjudgeable),
-            ("repository:quay.example.com/app:pull", ScopeRequest::Unjudgeable),
+            (
+                "repository:quay.example.com/app:pull",
+                ScopeRequest::Unjudgeable,
+            ),
             ("repository:Acme/app:pull", ScopeRequest::Unjudgeable),
             ("repository:acme/App:pull", ScopeRequest::Unjudgeable),
             ("repository:acme/..:pull", ScopeRequest::Unjudgeable),
@@ -257,7 +257,10 @@ mod tests {
             ("repository:/acme/app:pull", ScopeRequest::Invalid),
             ("repository:acme/app/:pull", ScopeRequest::Invalid),
             ("repository:acme/app:pull\n\n", ScopeRequest::Invalid),
-            ("repository:acme/app:pull repository:x/y:push", ScopeRequest::Invalid),
+            (
+                "repository:acme/app:pull repository:x/y:push",
+                ScopeRequest::Invalid,
+            ),
             ("repository:acme/app", ScopeRequest::Invalid),
             ("Repository:acme/app:pull", ScopeRequest::Invalid),
             (" repository:acme/app:pull", ScopeRequest::Invalid),
@@ -276,7 +279,10 @@ mod tests {
         );
         // A namespace spelled like the host would lose that part to Quay's strip.
         assert_eq!(
-            parse_scope("repository:other.example.com/x/y:pull", "other.example.com/x"),
+            parse_scope(
+                "repository:other.example.com/x/y:pull",
+                "other.example.com/x"
+            ),
             ScopeRequest::Unjudgeable
         );
     }
@@ -342,14 +348,14 @@ mod tests {
             downscope(&requests, allows),
             ScopeRewrite::Only("repository:acme/app:pull,push".into())
         );
-        assert_eq!(
-            downscope(&requests[2..], allows),
-            ScopeRewrite::Removed
-        );
+        assert_eq!(downscope(&requests[2..], allows), ScopeRewrite::Removed);
         // All granted in full: Quay reads what was judged, whatever the count.
         assert_eq!(
             downscope(
-                &[repo("acme", "app", &[Push, Pull]), repo("acme", "team/x", &[Pull])],
+                &[
+                    repo("acme", "app", &[Push, Pull]),
+                    repo("acme", "team/x", &[Pull])
+                ],
                 allows
             ),
             ScopeRewrite::Unchanged
@@ -357,7 +363,10 @@ mod tests {
         assert_eq!(downscope(&[], allows), ScopeRewrite::Unchanged);
         // A scope we cannot judge (the library namespace) is never left for Quay to grant.
         assert_eq!(
-            downscope(&[repo("acme", "app", &[Pull]), ScopeRequest::Unjudgeable], allows),
+            downscope(
+                &[repo("acme", "app", &[Pull]), ScopeRequest::Unjudgeable],
+                allows
+            ),
             ScopeRewrite::Only("repository:acme/app:pull".into())
         );
         assert_eq!(
