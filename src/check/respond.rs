@@ -447,11 +447,9 @@ mod tests {
         );
     }
 
-    /// The issuer's `upstream` decides what Quay receives: the caller's header untouched, none,
-    /// or a bridge token that overwrites whatever the client sent.
-    #[test]
-    fn allow_writes_the_upstream_credential() {
-        let identity = std::sync::Arc::new(Identity {
+    /// A GitHub Actions identity `ci`, for the tests of what Quay receives.
+    fn ci_identity() -> std::sync::Arc<Identity> {
+        std::sync::Arc::new(Identity {
             issuer: "github".into(),
             iss: "https://token.actions.githubusercontent.com".into(),
             username: "ci".into(),
@@ -461,7 +459,14 @@ mod tests {
             groups: vec![],
             claims: Default::default(),
             expires_at: 0,
-        });
+        })
+    }
+
+    /// The issuer's `upstream` decides what Quay receives: the caller's header untouched, none,
+    /// or a bridge token that overwrites whatever the client sent.
+    #[test]
+    fn allow_writes_the_upstream_credential() {
+        let identity = ci_identity();
         let mut settings = settings();
         settings.headers.remove_authorization = false;
         let allow = |upstream| Decision::Allow {
@@ -499,17 +504,7 @@ mod tests {
     /// parameter replaced by the downscoped ones.
     #[test]
     fn allow_on_the_registry_token_endpoint_rewrites_credential_and_scopes() {
-        let identity = std::sync::Arc::new(Identity {
-            issuer: "github".into(),
-            iss: "https://token.actions.githubusercontent.com".into(),
-            username: "ci".into(),
-            tenant: None,
-            client: None,
-            audiences: vec![],
-            groups: vec![],
-            claims: Default::default(),
-            expires_at: 0,
-        });
+        let identity = ci_identity();
         let allow = |scopes: ScopeRewrite| Decision::Allow {
             identity: identity.clone(),
             grants: Grant::parse("repository:acme/app:pull").expect("grant"),
