@@ -8,7 +8,7 @@ use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{IdentifyError, IssuerMatch, ParsedToken};
 use crate::check::pipeline::{PhaseObserver, Pipeline};
 use crate::check::respond::build_response;
-use crate::model::decision::Decision;
+use crate::model::decision::{Decision, ScopeRewrite};
 use crate::model::identity::Identity;
 use crate::policy::PolicyOutcome;
 use crate::route::RouteOutcome;
@@ -62,8 +62,15 @@ pub async fn explain(pipeline: &Pipeline, facts: &RequestFacts, now: u64) -> Exp
     if let Decision::Deny { detail, .. } = &decision {
         step("deny", detail.clone());
     }
-    if let Decision::Allow { rules, .. } = &decision {
+    if let Decision::Allow { rules, scopes, .. } = &decision {
         step("allow", format!("granted by {}", rules.join(", ")));
+        // Quay's registry token endpoint: what its `scope` parameters become.
+        match scopes {
+            ScopeRewrite::Unchanged if facts.path_without_query() != "/v2/auth" => {}
+            ScopeRewrite::Unchanged => step("scopes", "every scope granted in full".into()),
+            ScopeRewrite::Only(scope) => step("scopes", format!("Quay receives only {scope}")),
+            ScopeRewrite::Removed => step("scopes", "nothing granted: every scope removed".into()),
+        }
     }
     let response = build_response(&decision, pipeline.response_settings(), facts.is_registry());
     let http_status = match &response.http_response {
