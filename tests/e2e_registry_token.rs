@@ -129,6 +129,23 @@ async fn quay_receives_downscoped_scopes_and_basic_oauthtoken() {
         seen.path
     );
 
+    // A bare `scope` key (Werkzeug reads an empty value) beside one that is cut: Quay reads
+    // only the scope quay-authz wrote.
+    let response = get(
+        "/v2/auth?scope&scope=repository:acme/app:pull,*&scope=",
+        &basic("u", &token),
+    )
+    .await
+    .expect("request");
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last_request().expect("upstream saw the request");
+    assert_eq!(
+        scopes_read_by_quay(&seen.path),
+        ["repository:acme/app:pull"],
+        "{}",
+        seen.path
+    );
+
     // A key that Werkzeug decodes to `scope` but Envoy would not overwrite: refused.
     let count = upstream.requests().len();
     let response = get(

@@ -17,6 +17,11 @@ use crate::route::percent_decode;
 /// returns them. A key that only decodes to `scope` is ambiguous: Envoy's query mutation and
 /// Werkzeug might not agree that it is the same parameter.
 pub fn scope_params(query: Option<&str>) -> Result<Vec<String>, &'static str> {
+    // gunicorn ends the query at a `#` (`urlsplit`) and Envoy may not: the two would read
+    // different scopes.
+    if query.is_some_and(|query| query.contains('#')) {
+        return Err("fragment (#) in the query");
+    }
     let mut scopes = Vec::new();
     for pair in query
         .unwrap_or_default()
@@ -307,6 +312,7 @@ mod tests {
         assert_eq!(scope_params(None), Ok(Vec::new()));
         assert!(scope_params(Some("sc%6Fpe=repository:acme/app:push")).is_err());
         assert!(scope_params(Some("scop%65=x&scope=y")).is_err());
+        assert!(scope_params(Some("scope=repository:acme/app:pull#&scope=x")).is_err());
         // Not `scope` to Werkzeug either: ignored.
         assert_eq!(scope_params(Some("Scope=x&scope_=y")), Ok(Vec::new()));
     }
