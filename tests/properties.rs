@@ -252,16 +252,14 @@ proptest! {
 
 // === Registry token scopes (issue 12 item 5) ===
 
-/// Quay's scope pattern (`endpoints/v2/v2auth.py`, SERVER_HOSTNAME `quay.example.com`), with
-/// Python's `$` (end, or before one final newline), written independently of the service.
-fn quay_scope_regex() -> &'static regex::Regex {
-    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    RE.get_or_init(|| {
-        regex::Regex::new(
-            r"\Arepository:((?:quay\.example\.com/)?((?:[.a-zA-Z0-9_-]+/)*[.a-zA-Z0-9_-]+)):((?:push|pull|\*)(?:,(?:push|pull|\*))*)\n?\z",
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-    })
+/// Quay's scope pattern (`endpoints/v2/v2auth.py`) for a `SERVER_HOSTNAME`, with Python's `$`
+/// (end, or before one final newline), written independently of the service.
+fn quay_scope_regex(server_hostname: &str) -> regex::Regex {
+    regex::Regex::new(&format!(
+        r"\Arepository:((?:{}/)?((?:[.a-zA-Z0-9_-]+/)*[.a-zA-Z0-9_-]+)):((?:push|pull|\*)(?:,(?:push|pull|\*))*)\n?\z",
+        regex::escape(server_hostname)
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn scope_key() -> impl Strategy<Value = String> {
@@ -363,10 +361,12 @@ proptest! {
 
     /// Whatever the spelling, every repository action Quay's `/v2/auth` reads from the query it
     /// receives after Envoy applied our mutation is one the policy grants: pull on acme/app,
-    /// write on acme/team/*; never the library namespace, another namespace, or `*`.
+    /// write on acme/team/*; never the library namespace, another namespace, or `*`. Also when
+    /// Quay's `SERVER_HOSTNAME` carries a port that `quay.service` lacks.
     #[test]
     fn registry_token_scopes_never_exceed_the_grants(
-        pairs in prop::collection::vec((scope_key(), scope_value()), 0..4)
+        pairs in prop::collection::vec((scope_key(), scope_value()), 0..4),
+        server_hostname in prop_oneof![Just("quay.example.com"), Just("quay.example.com:8443")],
     ) {
         use quay_authz::model::permission::{Grant, Permission, QuayScope};
         use quay_authz::route::registry_token::{downscope, parse_scope};
@@ -388,7 +388,7 @@ proptest! {
         let mut parsed = Vec::new();
         for scope in &scopes {
             if scope.is_empty() { continue; }
-            let Some(captures) = quay_scope_regex().captures(scope) else { return Ok(()); };
+            let Some(captures) = quay_scope_regex(server_hostname).captures(scope) else { return Ok(()); };
             parsed.push((captures[2].to_string(), captures[3].to_string()));
         }
         for (namespace_and_repo, actions) in parsed {

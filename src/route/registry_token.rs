@@ -88,6 +88,9 @@ pub enum ScopeRequest {
         namespace: String,
         name: String,
         actions: Vec<Action>,
+        /// Spelled without Quay's host prefix and without a final newline: Quay reads it the
+        /// same whatever its `SERVER_HOSTNAME` is, so it may reach Quay as sent.
+        plain: bool,
     },
     /// Matches Quay's grammar but names no repository we can judge: a one-part name (Quay puts
     /// it in its `LIBRARY_NAMESPACE`, which we do not know), or a namespace or name Quay's
@@ -101,7 +104,10 @@ pub enum ScopeRequest {
 /// (`quay.service`): Quay's pattern lets it prefix the name and strips it.
 pub fn parse_scope(value: &str, host: &str) -> ScopeRequest {
     // Python's `$` also matches before one final newline, and the groups exclude it.
-    let value = value.strip_suffix('\n').unwrap_or(value);
+    let (value, mut plain) = match value.strip_suffix('\n') {
+        Some(stripped) => (stripped, false),
+        None => (value, true),
+    };
     let Some(rest) = value.strip_prefix("repository:") else {
         return ScopeRequest::Invalid;
     };
@@ -123,7 +129,10 @@ pub fn parse_scope(value: &str, host: &str) -> ScopeRequest {
         .strip_prefix(host)
         .and_then(|rest| rest.strip_prefix('/'))
     {
-        Some(stripped) if !host.is_empty() && is_grammar_name(stripped) => stripped,
+        Some(stripped) if !host.is_empty() && is_grammar_name(stripped) => {
+            plain = false;
+            stripped
+        }
         _ if is_grammar_name(name_part) => name_part,
         _ => return ScopeRequest::Invalid,
     };
@@ -140,6 +149,7 @@ pub fn parse_scope(value: &str, host: &str) -> ScopeRequest {
         namespace: namespace.to_string(),
         name: name.to_string(),
         actions,
+        plain,
     }
 }
 
@@ -165,9 +175,15 @@ pub fn downscope(requests: &[ScopeRequest], allows: impl Fn(&Permission) -> bool
             namespace,
             name,
             actions,
-        } => actions
-            .iter()
-            .all(|action| allows(&Permission::repository(action.scope(), namespace, name))),
+            plain,
+        } => {
+            // A host-prefixed spelling is rewritten: if `quay.service` were not Quay's
+            // `SERVER_HOSTNAME`, Quay would read the host as the namespace.
+            *plain
+                && actions
+                    .iter()
+                    .all(|action| allows(&Permission::repository(action.scope(), namespace, name)))
+        }
         ScopeRequest::Unjudgeable | ScopeRequest::Invalid => false,
     });
     match granted.into_iter().next() {
@@ -190,6 +206,7 @@ pub fn granted_scopes(
                 namespace,
                 name,
                 actions,
+                ..
             } = request
             else {
                 return None;
@@ -216,6 +233,25 @@ mod tests {
             namespace: namespace.into(),
             name: name.into(),
             actions: actions.to_vec(),
+            plain: true,
+        }
+    }
+
+    /// Read through Quay's host prefix or a final newline: never left as sent.
+    fn unplain(request: ScopeRequest) -> ScopeRequest {
+        match request {
+            ScopeRequest::Repository {
+                namespace,
+                name,
+                actions,
+                ..
+            } => ScopeRequest::Repository {
+                namespace,
+                name,
+                actions,
+                plain: false,
+            },
+            other => other,
         }
     }
 
@@ -234,10 +270,13 @@ mod tests {
             ),
             (
                 "repository:quay.example.com/acme/app:push",
-                repo("acme", "app", &[Push]),
+                unplain(repo("acme", "app", &[Push])),
             ),
             // Python's `$` before a final newline.
-            ("repository:acme/app:pull\n", repo("acme", "app", &[Pull])),
+            (
+                "repository:acme/app:pull\n",
+                unplain(repo("acme", "app", &[Pull])),
+            ),
             // A host that is not Quay's is the namespace, as Quay reads it.
             (
                 "repository:other.example.com/acme/app:pull",
@@ -280,7 +319,7 @@ mod tests {
         // Quay on a port: the host carries a `:`.
         assert_eq!(
             parse_scope("repository:localhost:8080/acme/app:pull", "localhost:8080"),
-            repo("acme", "app", &[Pull])
+            unplain(repo("acme", "app", &[Pull]))
         );
         // A namespace spelled like the host would lose that part to Quay's strip.
         assert_eq!(
@@ -367,6 +406,11 @@ mod tests {
             ScopeRewrite::Unchanged
         );
         assert_eq!(downscope(&[], allows), ScopeRewrite::Unchanged);
+        // Granted, but spelled with Quay's host: rewritten without it.
+        assert_eq!(
+            downscope(&[unplain(repo("acme", "app", &[Pull]))], allows),
+            ScopeRewrite::Only("repository:acme/app:pull".into())
+        );
         // A scope we cannot judge (the library namespace) is never left for Quay to grant.
         assert_eq!(
             downscope(
