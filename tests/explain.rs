@@ -75,6 +75,28 @@ async fn offline_explain_with_jwks_file_narrates_each_step() {
         );
     }
 
+    // Quay's registry token endpoint: what its scope parameters become.
+    let (code, stdout, stderr) = explain(
+        &[
+            &base[..],
+            &[
+                "--path",
+                "/v2/auth?scope=repository:acme/app:pull,push,*&scope=repository:other/x:pull",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for expected in [
+        "route      Quay's registry token endpoint",
+        "scopes     Quay receives only repository:acme/app:pull,push",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+
     let (code, stdout, _) = explain(
         &[
             &base[..],

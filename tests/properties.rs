@@ -249,3 +249,158 @@ proptest! {
         }
     }
 }
+
+// === Registry token scopes (issue 12 item 5) ===
+
+/// Quay's scope pattern (`endpoints/v2/v2auth.py`) for a `SERVER_HOSTNAME`, with Python's `$`
+/// (end, or before one final newline), written independently of the service.
+fn quay_scope_regex(server_hostname: &str) -> regex::Regex {
+    regex::Regex::new(&format!(
+        r"\Arepository:((?:{}/)?((?:[.a-zA-Z0-9_-]+/)*[.a-zA-Z0-9_-]+)):((?:push|pull|\*)(?:,(?:push|pull|\*))*)\n?\z",
+        regex::escape(server_hostname)
+    ))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn scope_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => Just("scope".to_string()),
+        2 => spelled("scope"),
+        1 => Just("Scope".to_string()),
+        1 => Just("scope+".to_string()),
+        1 => Just("sco%2570e".to_string()),
+        1 => Just("service".to_string()),
+    ]
+}
+
+fn scope_value() -> impl Strategy<Value = String> {
+    let prefix = prop_oneof![
+        6 => Just("repository:"),
+        1 => Just("repository%3A"),
+        1 => Just("repository%3a"),
+        1 => Just("Repository:"),
+        1 => Just(""),
+        1 => Just("registry:catalog:"),
+    ];
+    let name = prop_oneof![
+        Just("acme/app"),
+        Just("acme/team/app"),
+        Just("acme/team"),
+        Just("acme/teamx/app"),
+        Just("other/app"),
+        Just("app"),
+        Just("library/app"),
+        Just("acme%2Fapp"),
+        Just("acme%2fteam%2Fapp"),
+        Just("acme/App"),
+        Just("Acme/app"),
+        Just("acme/.."),
+        Just("acme//app"),
+        Just("acme/app/"),
+        Just("quay.example.com/acme/app"),
+        Just("quay.example.com/other/app"),
+        Just("quay.example.com/app"),
+        Just("quay.example.com/acme/team/x"),
+        Just("other.example.com/acme/app"),
+        Just("acme/app+"),
+        Just("acme/a%70p"),
+    ];
+    let actions = prop_oneof![
+        Just("pull"),
+        Just("push"),
+        Just("*"),
+        Just("%2A"),
+        Just("pull,push"),
+        Just("push,pull,*"),
+        Just("pull%2Cpush"),
+        Just("pull,"),
+        Just("PULL"),
+        Just("pull+push"),
+        Just("delete"),
+        Just("pull,pull"),
+    ];
+    let suffix = prop_oneof![
+        6 => Just(""),
+        1 => Just("%0A"),
+        1 => Just("%0a%0a"),
+        1 => Just("+"),
+        1 => Just("%20"),
+        1 => Just("&scope=repository:other/app:push"),
+    ];
+    (
+        prefix,
+        name,
+        prop_oneof![Just(":"), Just("%3A")],
+        actions,
+        suffix,
+    )
+        .prop_map(|(prefix, name, colon, actions, suffix)| {
+            format!("{prefix}{name}{colon}{actions}{suffix}")
+        })
+}
+
+/// Envoy 1.40's query mutation as observed (tests/e2e_registry_token.rs): the raw key is
+/// matched; a set overwrites every value of it; removals come after.
+fn envoy_mutates(query: &str, scopes: &quay_authz::model::decision::ScopeRewrite) -> String {
+    use quay_authz::model::decision::ScopeRewrite;
+    let others = query.split('&').filter(|pair| {
+        !pair.is_empty() && pair.split_once('=').map_or(*pair, |(k, _)| k) != "scope"
+    });
+    match scopes {
+        ScopeRewrite::Unchanged => query.to_string(),
+        ScopeRewrite::Only(scope) => others
+            .chain([format!("scope={scope}").as_str()])
+            .collect::<Vec<_>>()
+            .join("&"),
+        ScopeRewrite::Removed => others.collect::<Vec<_>>().join("&"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Whatever the spelling, every repository action Quay's `/v2/auth` reads from the query it
+    /// receives after Envoy applied our mutation is one the policy grants: pull on acme/app,
+    /// write on acme/team/*; never the library namespace, another namespace, or `*`. Also when
+    /// Quay's `SERVER_HOSTNAME` carries a port that `quay.service` lacks.
+    #[test]
+    fn registry_token_scopes_never_exceed_the_grants(
+        pairs in prop::collection::vec((scope_key(), scope_value()), 0..4),
+        server_hostname in prop_oneof![Just("quay.example.com"), Just("quay.example.com:8443")],
+    ) {
+        use quay_authz::model::permission::{Grant, Permission, QuayScope};
+        use quay_authz::route::registry_token::{downscope, parse_scope};
+        let grants = Grant::parse("repository:acme/app:pull").and_then(|mut g| {
+            g.extend(Grant::parse("repo:write on acme/team/*")?);
+            Ok(g)
+        }).unwrap_or_else(|e| panic!("{e}"));
+        let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let path = format!("/v2/auth?service=quay.example.com&{query}");
+        let RouteOutcome::RegistryToken(values) = table().classify("GET", &path, None) else {
+            // Refused before any token work: nothing reaches Quay.
+            return Ok(());
+        };
+        let requests: Vec<_> = values.iter().map(|v| parse_scope(v, "quay.example.com")).collect();
+        let rewrite = downscope(&requests, |p| grants.iter().any(|g| g.satisfies(p)));
+        let received = envoy_mutates(path.split_once('?').map_or("", |(_, q)| q), &rewrite);
+        let scopes: Vec<String> = werkzeug_args(&received).into_iter().filter(|(k, _)| k == "scope").map(|(_, v)| v).collect();
+        // Quay refuses the whole request (400) when one scope is outside its grammar.
+        let mut parsed = Vec::new();
+        for scope in &scopes {
+            if scope.is_empty() { continue; }
+            let Some(captures) = quay_scope_regex(server_hostname).captures(scope) else { return Ok(()); };
+            parsed.push((captures[2].to_string(), captures[3].to_string()));
+        }
+        for (namespace_and_repo, actions) in parsed {
+            let (namespace, repo) = namespace_and_repo.split_once('/').unwrap_or(("library", &namespace_and_repo));
+            for action in actions.split(',') {
+                let scope = match action { "pull" => QuayScope::RepoRead, "push" => QuayScope::RepoWrite, _ => QuayScope::RepoAdmin };
+                let permission = Permission::repository(scope, namespace, repo);
+                prop_assert!(
+                    grants.iter().any(|g| g.satisfies(&permission)),
+                    "{} reached Quay as {:?}: {} not granted", path, received, permission
+                );
+            }
+        }
+    }
+}

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 
 /// What the request carries in the way of credentials.
@@ -9,8 +11,16 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 pub enum Credential<'r> {
     /// `Authorization: Bearer <token>` (RFC 6750 §2.1).
     Bearer(&'r str),
+    /// `Authorization: Basic base64(user:password)` whose password is shaped like a JWS
+    /// (three base64url parts): `docker login -u anything -p "$IDP_TOKEN"`. Ours on Quay's
+    /// registry token endpoint only; anywhere else it is Basic, Quay's business.
+    BasicJwt(String),
     /// Some other scheme (Basic, Quay's own): Quay's business.
     Other,
+    /// More than one credential in one request (a repeated `Authorization` header, which
+    /// Envoy joins with `,`), one of them a bearer token or a Basic one: which one Quay reads
+    /// is not ours to guess (RFC 6750 §3.1, `invalid_request`).
+    Multiple,
     None,
 }
 
@@ -110,6 +120,18 @@ impl RequestFacts {
         if value.eq_ignore_ascii_case("bearer") {
             return Credential::None;
         }
+        // Neither a token68 (RFC 9110 §11.2) nor a JWS contains `,`: a comma joins headers.
+        if value.contains(',') {
+            let credentials = value.split(',').filter(|part| !part.trim().is_empty());
+            if credentials.clone().count() > 1
+                && credentials.clone().any(|part| {
+                    let scheme = part.trim().split(' ').next().unwrap_or_default();
+                    scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("basic")
+                })
+            {
+                return Credential::Multiple;
+            }
+        }
         match value.split_once(' ') {
             // The scheme is case-insensitive (RFC 9110 §11.1).
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
@@ -120,6 +142,9 @@ impl RequestFacts {
                     Credential::Bearer(token)
                 }
             }
+            Some((scheme, encoded)) if scheme.eq_ignore_ascii_case("basic") => {
+                basic_jwt_password(encoded.trim()).map_or(Credential::Other, Credential::BasicJwt)
+            }
             _ => Credential::Other,
         }
     }
@@ -129,6 +154,24 @@ impl RequestFacts {
     pub fn is_registry(&self) -> bool {
         crate::route::area(&self.path) == crate::route::Area::Registry
     }
+}
+
+/// The password of a Basic credential (RFC 7617) when it is shaped like a compact JWS:
+/// three non-empty base64url parts. The user name is ignored (`docker login -u anything`;
+/// Quay's `$oauthtoken`). Anything else (a Quay password, robot or app token) is not ours.
+fn basic_jwt_password(encoded: &str) -> Option<String> {
+    let decoded = STANDARD.decode(encoded).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (_user, password) = decoded.split_once(':')?;
+    let parts: Vec<&str> = password.split('.').collect();
+    let is_jws = parts.len() == 3
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    is_jws.then(|| password.to_string())
 }
 
 /// Whether `name`, lower-cased with `_` read as `-` (as WSGI folds them), starts with `prefix`.
@@ -175,6 +218,40 @@ mod tests {
             Credential::Other
         );
         assert_eq!(facts(Some("Bearer ")).credential(), Credential::None);
+        // docker login -u anything -p <JWT>
+        let basic = |text: &str| format!("Basic {}", STANDARD.encode(text));
+        assert_eq!(
+            facts(Some(&basic("anything:eyJh.eyJz.c2ln"))).credential(),
+            Credential::BasicJwt("eyJh.eyJz.c2ln".into())
+        );
+        assert_eq!(
+            facts(Some(&basic("$oauthtoken:a.b.c"))).credential(),
+            Credential::BasicJwt("a.b.c".into())
+        );
+        for not_a_jwt in [
+            "user:password",
+            "ns+robot:TOKEN",
+            "user:a.b",
+            "user:a..c",
+            "user:a.b.c.d",
+            "user:a.b.c=",
+            "no-colon-a.b.c",
+        ] {
+            assert_eq!(
+                facts(Some(&basic(not_a_jwt))).credential(),
+                Credential::Other,
+                "{not_a_jwt}"
+            );
+        }
+        assert_eq!(facts(Some("Basic !!!")).credential(), Credential::Other);
+        // Two headers, joined by Envoy.
+        for two in [
+            "Bearer a.b.c,Bearer d.e.f",
+            "Bearer a.b.c, Basic dXNlcjpwYXNz",
+            &format!("{}, {}", basic("u:a.b.c"), basic("u:p")),
+        ] {
+            assert_eq!(facts(Some(two)).credential(), Credential::Multiple, "{two}");
+        }
         assert_eq!(facts(None).credential(), Credential::None);
         assert_eq!(
             facts(None).path_without_query(),

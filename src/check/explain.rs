@@ -8,7 +8,7 @@ use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{IdentifyError, IssuerMatch, ParsedToken};
 use crate::check::pipeline::{PhaseObserver, Pipeline};
 use crate::check::respond::build_response;
-use crate::model::decision::Decision;
+use crate::model::decision::{Decision, ScopeRewrite};
 use crate::model::identity::Identity;
 use crate::policy::PolicyOutcome;
 use crate::route::RouteOutcome;
@@ -62,8 +62,15 @@ pub async fn explain(pipeline: &Pipeline, facts: &RequestFacts, now: u64) -> Exp
     if let Decision::Deny { detail, .. } = &decision {
         step("deny", detail.clone());
     }
-    if let Decision::Allow { rules, .. } = &decision {
+    if let Decision::Allow { rules, scopes, .. } = &decision {
         step("allow", format!("granted by {}", rules.join(", ")));
+        // Quay's registry token endpoint: what its `scope` parameters become.
+        match scopes {
+            ScopeRewrite::Unchanged if facts.path_without_query() != "/v2/auth" => {}
+            ScopeRewrite::Unchanged => step("scopes", "every scope granted in full".into()),
+            ScopeRewrite::Only(scope) => step("scopes", format!("Quay receives only {scope}")),
+            ScopeRewrite::Removed => step("scopes", "nothing granted: every scope removed".into()),
+        }
     }
     let response = build_response(&decision, pipeline.response_settings(), facts.is_registry());
     let http_status = match &response.http_response {
@@ -102,6 +109,11 @@ impl PhaseObserver for Narrator {
             RouteOutcome::NotProtected => "not an API or registry path: not protected".into(),
             RouteOutcome::Ambiguous(why) => format!("ambiguous path: {why}"),
             RouteOutcome::Unclassified => "no Quay route matches".into(),
+            RouteOutcome::RegistryToken(scopes) => format!(
+                "Quay's registry token endpoint: requires any valid identity; {} scope \
+                 parameter(s) cut to the grants",
+                scopes.len()
+            ),
             RouteOutcome::Requires(required) if required.is_empty() => {
                 "requires any valid identity".into()
             }
@@ -124,8 +136,11 @@ impl PhaseObserver for Narrator {
                 "token",
                 "credentials of another scheme (not a bearer token)".into(),
             ),
-            // Told by `cached` or `token` next.
-            Credential::Bearer(_) => {}
+            Credential::Multiple => {
+                self.step("token", "more than one credential in Authorization".into())
+            }
+            // Told by `cached` or `token` next (a Basic JWT password counts on /v2/auth only).
+            Credential::Bearer(_) | Credential::BasicJwt(_) => {}
         }
     }
 

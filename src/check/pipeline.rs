@@ -19,11 +19,11 @@ use crate::config::{Config, NonApi, Unauthenticated};
 use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::model::clock::unix_now;
-use crate::model::decision::{Decision, Reason, UpstreamCredential};
+use crate::model::decision::{Decision, Reason, ScopeRewrite, UpstreamCredential};
 use crate::model::identity::Identity;
 use crate::model::permission::Permission;
 use crate::policy::{self, PolicyOutcome};
-use crate::route::{RouteOutcome, RouteTable};
+use crate::route::{RouteOutcome, RouteTable, registry_token};
 
 /// What the phases of one decision report as they run, in order. `explain` is an observer (it
 /// turns the reports into its steps), so what it shows is the real run and never a second
@@ -143,7 +143,7 @@ impl Pipeline {
             .routes
             .classify(&facts.method, &facts.path, facts.body.as_deref());
         observer.route(&route);
-        let required = match route {
+        let required = match &route {
             RouteOutcome::NotProtected => {
                 return match self.config.non_api {
                     NonApi::Passthrough => Decision::Passthrough {
@@ -158,7 +158,13 @@ impl Pipeline {
             }
             RouteOutcome::Ambiguous(why) => return deny(Reason::PathAmbiguous, why, None),
             RouteOutcome::Unclassified => None,
-            RouteOutcome::Requires(required) => Some(required),
+            RouteOutcome::Requires(required) => Some(required.clone()),
+            // Any valid identity; what it may do is cut into the scopes Quay receives.
+            RouteOutcome::RegistryToken(_) => Some(Vec::new()),
+        };
+        let registry_scopes = match &route {
+            RouteOutcome::RegistryToken(scopes) => Some(scopes),
+            _ => None,
         };
         let challenge_scope = required.as_ref().and_then(|r| r.first().cloned());
 
@@ -166,9 +172,18 @@ impl Pipeline {
         // business (Basic, its own OAuth tokens) unless configured to deny.
         let credential = facts.credential();
         observer.credential(&credential);
-        let token = match credential {
-            Credential::Bearer(token) => token,
-            Credential::Other | Credential::None => {
+        let token = match &credential {
+            Credential::Bearer(token) => *token,
+            // `docker login -p "$IDP_TOKEN"`: ours on the registry token endpoint only.
+            Credential::BasicJwt(token) if registry_scopes.is_some() => token.as_str(),
+            Credential::Multiple => {
+                return deny(
+                    Reason::MultipleCredentials,
+                    "more than one credential in Authorization",
+                    None,
+                );
+            }
+            Credential::BasicJwt(_) | Credential::Other | Credential::None => {
                 return self.unauthenticated(Reason::NoCredentials, challenge_scope);
             }
         };
@@ -220,9 +235,32 @@ impl Pipeline {
         match outcome.authorize(&required) {
             Ok(rules) => {
                 let rules = rules.into_iter().map(str::to_string).collect();
-                let upstream = self.upstream_credential(&identity);
+                let mut upstream = self.upstream_credential(&identity);
+                let scopes = registry_scopes.map_or(ScopeRewrite::Unchanged, |scopes| {
+                    // Quay's `/v2/auth` reads Basic only, and is given only what is granted.
+                    // `remove_authorization` means Quay never sees the caller's token: not
+                    // inside a Basic credential either.
+                    upstream = match upstream.clone() {
+                        UpstreamCredential::Forward if self.config.headers.remove_authorization => {
+                            UpstreamCredential::Strip
+                        }
+                        other => other.for_registry_token(token),
+                    };
+                    let host = &self.config.quay.service;
+                    let requests: Vec<_> = scopes
+                        .iter()
+                        .map(|scope| registry_token::parse_scope(scope, host))
+                        .collect();
+                    registry_token::downscope(&requests, |permission| {
+                        outcome
+                            .grants
+                            .iter()
+                            .any(|(grant, _)| grant.satisfies(permission))
+                    })
+                });
                 Decision::Allow {
                     upstream,
+                    scopes,
                     required,
                     grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
                     rules,

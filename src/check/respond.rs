@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, QueryParameter};
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckResponse, DeniedHttpResponse, OkHttpResponse,
@@ -18,7 +18,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value as ProtoValue, value::Kind
 use envoy_types::pb::google::rpc::Status;
 
 use crate::config::HeaderSettings;
-use crate::model::decision::{Decision, DenyStatus, Reason, UpstreamCredential};
+use crate::model::decision::{Decision, DenyStatus, Reason, ScopeRewrite, UpstreamCredential};
 
 /// The identity headers we set on allow (after the configured prefix).
 pub const IDENTITY_HEADERS: [&str; 6] = ["user", "issuer", "tenant", "client", "groups", "scopes"];
@@ -61,6 +61,7 @@ pub fn build_response(
             identity,
             grants,
             upstream,
+            scopes: registry_scopes,
             ..
         } => {
             let groups = identity.groups.join(",");
@@ -92,6 +93,9 @@ pub fn build_response(
                 UpstreamCredential::Bearer(token) => {
                     headers.push(header("authorization", &format!("Bearer {token}")));
                 }
+                UpstreamCredential::Basic(credentials) => {
+                    headers.push(header("authorization", &format!("Basic {credentials}")));
+                }
                 UpstreamCredential::Strip => headers_to_remove.push("authorization".into()),
                 UpstreamCredential::Forward if settings.headers.remove_authorization => {
                     headers_to_remove.push("authorization".into());
@@ -106,7 +110,11 @@ pub fn build_response(
                 ("tenant", identity.tenant.as_deref().unwrap_or("")),
                 ("client", identity.client.as_deref().unwrap_or("")),
             ]);
-            ok_response(headers, headers_to_remove, metadata)
+            let mut response = ok_response(headers, headers_to_remove, metadata);
+            if let Some(HttpResponse::OkResponse(ok)) = response.http_response.as_mut() {
+                rewrite_scopes(ok, registry_scopes);
+            }
+            response
         }
         Decision::Passthrough { reason } => {
             let metadata = metadata(&[("decision", "passthrough"), ("reason", reason.code())]);
@@ -171,6 +179,20 @@ pub fn remove_also(response: &mut CheckResponse, names: &[String]) {
                 ok.headers_to_remove.push(name.clone());
             }
         }
+    }
+}
+
+/// The `scope` query parameters Quay's registry token endpoint receives. Envoy applies
+/// `query_parameters_to_set` by overwriting every value of the raw key, then
+/// `query_parameters_to_remove` (checked against Envoy 1.40 in tests/e2e_registry_token.rs).
+fn rewrite_scopes(ok: &mut OkHttpResponse, scopes: &ScopeRewrite) {
+    match scopes {
+        ScopeRewrite::Unchanged => {}
+        ScopeRewrite::Only(scope) => ok.query_parameters_to_set.push(QueryParameter {
+            key: "scope".into(),
+            value: scope.clone(),
+        }),
+        ScopeRewrite::Removed => ok.query_parameters_to_remove.push("scope".into()),
     }
 }
 
@@ -396,6 +418,7 @@ mod tests {
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream: UpstreamCredential::Forward,
+            scopes: ScopeRewrite::Unchanged,
         };
         let response = build_response(&decision, &settings(), false);
         let (set, removed, status) = headers(&response);
@@ -424,11 +447,9 @@ mod tests {
         );
     }
 
-    /// The issuer's `upstream` decides what Quay receives: the caller's header untouched, none,
-    /// or a bridge token that overwrites whatever the client sent.
-    #[test]
-    fn allow_writes_the_upstream_credential() {
-        let identity = std::sync::Arc::new(Identity {
+    /// A GitHub Actions identity `ci`, for the tests of what Quay receives.
+    fn ci_identity() -> std::sync::Arc<Identity> {
+        std::sync::Arc::new(Identity {
             issuer: "github".into(),
             iss: "https://token.actions.githubusercontent.com".into(),
             username: "ci".into(),
@@ -438,7 +459,14 @@ mod tests {
             groups: vec![],
             claims: Default::default(),
             expires_at: 0,
-        });
+        })
+    }
+
+    /// The issuer's `upstream` decides what Quay receives: the caller's header untouched, none,
+    /// or a bridge token that overwrites whatever the client sent.
+    #[test]
+    fn allow_writes_the_upstream_credential() {
+        let identity = ci_identity();
         let mut settings = settings();
         settings.headers.remove_authorization = false;
         let allow = |upstream| Decision::Allow {
@@ -447,6 +475,7 @@ mod tests {
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream,
+            scopes: ScopeRewrite::Unchanged,
         };
         let forward = build_response(&allow(UpstreamCredential::Forward), &settings, false);
         assert_eq!(header_value(&forward, "authorization"), None);
@@ -465,6 +494,50 @@ mod tests {
             HeaderAppendAction::OverwriteIfExistsOrAdd as i32
         )));
         assert!(!removed.contains(&"authorization".to_string()));
+        let Some(HttpResponse::OkResponse(ok)) = exchange.http_response else {
+            panic!("not ok")
+        };
+        assert!(ok.query_parameters_to_set.is_empty() && ok.query_parameters_to_remove.is_empty());
+    }
+
+    /// Quay's registry token endpoint: the credential is rewritten to Basic and every `scope`
+    /// parameter replaced by the downscoped ones.
+    #[test]
+    fn allow_on_the_registry_token_endpoint_rewrites_credential_and_scopes() {
+        let identity = ci_identity();
+        let allow = |scopes: ScopeRewrite| Decision::Allow {
+            identity: identity.clone(),
+            grants: Grant::parse("repository:acme/app:pull").expect("grant"),
+            rules: vec!["ci".into()],
+            required: Vec::new(),
+            upstream: UpstreamCredential::Bearer("bridge.jwt.sig".into())
+                .for_registry_token("idp.jwt.sig"),
+            scopes,
+        };
+        let only = ScopeRewrite::Only("repository:acme/app:pull".into());
+        let response = build_response(&allow(only), &settings(), true);
+        assert_eq!(
+            header_value(&response, "authorization").as_deref(),
+            Some("Basic JG9hdXRodG9rZW46YnJpZGdlLmp3dC5zaWc=")
+        );
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not ok")
+        };
+        assert!(ok.query_parameters_to_remove.is_empty());
+        assert_eq!(
+            ok.query_parameters_to_set
+                .iter()
+                .map(|p| (p.key.as_str(), p.value.as_str()))
+                .collect::<Vec<_>>(),
+            [("scope", "repository:acme/app:pull")]
+        );
+        // Nothing granted: every scope goes.
+        let response = build_response(&allow(ScopeRewrite::Removed), &settings(), true);
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not ok")
+        };
+        assert_eq!(ok.query_parameters_to_remove, ["scope"]);
+        assert!(ok.query_parameters_to_set.is_empty());
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub enum Reason {
     RequiredClaimMismatch,
     NotAnAccessToken,
     // --- the request
+    MultipleCredentials,
     PathAmbiguous,
     RouteNotClassified,
     InsufficientScope,
@@ -38,7 +39,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Allowed,
         Reason::NoCredentials,
         Reason::NotProtected,
@@ -56,6 +57,7 @@ impl Reason {
         Reason::TenantMismatch,
         Reason::RequiredClaimMismatch,
         Reason::NotAnAccessToken,
+        Reason::MultipleCredentials,
         Reason::PathAmbiguous,
         Reason::RouteNotClassified,
         Reason::InsufficientScope,
@@ -81,6 +83,7 @@ impl Reason {
             Self::TenantMismatch => "tenant_mismatch",
             Self::RequiredClaimMismatch => "required_claim_mismatch",
             Self::NotAnAccessToken => "not_an_access_token",
+            Self::MultipleCredentials => "multiple_credentials",
             Self::PathAmbiguous => "path_ambiguous",
             Self::RouteNotClassified => "route_not_classified",
             Self::InsufficientScope => "insufficient_scope",
@@ -116,6 +119,7 @@ impl Reason {
             }
             Self::TenantMismatch => "the token's tenant does not match its issuer",
             Self::NotAnAccessToken => "send an access token, not an ID, refresh or logout token",
+            Self::MultipleCredentials => "send one credential, in one Authorization header",
             Self::PathAmbiguous => {
                 "send the path unencoded, without doubled slashes or dot segments, and each \
                  query parameter once"
@@ -137,7 +141,8 @@ impl Reason {
     /// The status class of a deny for this reason (the single mapping, as Authorino keeps it).
     pub fn deny_status(self) -> DenyStatus {
         match self {
-            Self::PathAmbiguous => DenyStatus::BadRequest,
+            // RFC 6750 §3.1: more than one credential is `invalid_request`, a 400.
+            Self::PathAmbiguous | Self::MultipleCredentials => DenyStatus::BadRequest,
             Self::RouteNotClassified | Self::InsufficientScope => DenyStatus::Forbidden,
             Self::KeysUnavailable => DenyStatus::Unavailable,
             _ => DenyStatus::Unauthenticated,
@@ -191,6 +196,47 @@ pub enum UpstreamCredential {
     Strip,
     /// `Authorization: Bearer <token>`: a bridge token quay-authz signed (`upstream: exchange`).
     Bearer(Arc<str>),
+    /// `Authorization: Basic <this>`, already base64: `$oauthtoken:<JWT>` for Quay's registry
+    /// token endpoint, which reads Basic only (see [`UpstreamCredential::for_registry_token`]).
+    Basic(Arc<str>),
+}
+
+impl UpstreamCredential {
+    /// What Quay's `GET /v2/auth` receives instead: it reads Basic credentials only, and takes
+    /// user `$oauthtoken` with a JWT password down its SSO-JWT path (`auth/credentials.py`,
+    /// QUAY-INTEGRATION.md §3). `caller_token` is the verified JWT the caller sent. Forward
+    /// hands Quay that token; a bridge token goes in its place; strip stays strip (Quay then
+    /// answers as anonymous: public pulls only).
+    pub fn for_registry_token(self, caller_token: &str) -> Self {
+        use base64::Engine;
+        let basic = |token: &str| {
+            Self::Basic(
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("$oauthtoken:{token}"))
+                    .into(),
+            )
+        };
+        match self {
+            Self::Forward => basic(caller_token),
+            Self::Bearer(token) => basic(&token),
+            Self::Strip | Self::Basic(_) => self,
+        }
+    }
+}
+
+/// What Quay's registry token endpoint receives as `scope` parameters (Envoy's query
+/// mutation in the OK response). Envoy matches the raw key and *overwrites*: it can leave the
+/// parameters alone, remove them all, or put one value in their place — never several.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ScopeRewrite {
+    /// Every scope asked for is granted in full: Quay reads exactly what was judged.
+    #[default]
+    Unchanged,
+    /// Something was cut: Quay receives this one scope (a partial grant, which the Docker
+    /// token spec allows) instead of every `scope` the caller sent.
+    Only(String),
+    /// Nothing asked for is granted: every `scope` parameter is removed.
+    Removed,
 }
 
 /// The outcome of one Check.
@@ -206,6 +252,9 @@ pub enum Decision {
         required: Vec<Permission>,
         /// The credential Quay receives (the issuer's `upstream`).
         upstream: UpstreamCredential,
+        /// On Quay's registry token endpoint, what becomes of the `scope` parameters;
+        /// `Unchanged` everywhere else.
+        scopes: ScopeRewrite,
     },
     /// Not ours to judge (no bearer JWT from a configured issuer, or a path outside the API):
     /// Quay authenticates it itself. Identity headers are still stripped.
@@ -277,5 +326,35 @@ mod tests {
         assert_eq!(Reason::RouteNotClassified.deny_status().http_status(), 403);
         assert_eq!(Reason::PathAmbiguous.deny_status().http_status(), 400);
         assert_eq!(Reason::KeysUnavailable.deny_status().http_status(), 503);
+        assert_eq!(Reason::MultipleCredentials.deny_status().http_status(), 400);
+    }
+
+    #[test]
+    fn registry_token_endpoint_gets_basic_oauthtoken() {
+        use base64::Engine;
+        let decode = |credential: UpstreamCredential| match credential {
+            UpstreamCredential::Basic(value) => String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(value.as_bytes())
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default(),
+            other => panic!("not Basic: {other:?}"),
+        };
+        // exchange: the bridge token, never the caller's.
+        let bridge = UpstreamCredential::Bearer(Arc::from("bridge.jwt.sig"));
+        assert_eq!(
+            decode(bridge.for_registry_token("idp.jwt.sig")),
+            "$oauthtoken:bridge.jwt.sig"
+        );
+        // forward: the caller's verified token, under Quay's token user name.
+        assert_eq!(
+            decode(UpstreamCredential::Forward.for_registry_token("idp.jwt.sig")),
+            "$oauthtoken:idp.jwt.sig"
+        );
+        assert_eq!(
+            UpstreamCredential::Strip.for_registry_token("idp.jwt.sig"),
+            UpstreamCredential::Strip
+        );
     }
 }

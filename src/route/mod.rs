@@ -8,6 +8,7 @@
 //! a path is refused (`path_ambiguous`), never guessed at. Quay's names never need any of them.
 
 mod api_table;
+pub mod registry_token;
 mod werkzeug;
 
 use std::collections::HashMap;
@@ -62,6 +63,9 @@ pub enum RouteOutcome {
     Unclassified,
     /// The path is spelled ambiguously.
     Ambiguous(&'static str),
+    /// Quay's registry token endpoint (`GET /v2/auth`): any valid identity, and the `scope`
+    /// parameters (decoded as Quay reads them, in order) are cut to what it is granted.
+    RegistryToken(Vec<String>),
 }
 
 /// Quay's API routes compiled for matching: Werkzeug's state machine over the rules (one per
@@ -455,6 +459,16 @@ fn check_path_spelling(path: &str) -> Result<(), &'static str> {
 fn classify_registry(method: &str, path: &str, query: Option<&str>) -> RouteOutcome {
     use QuayScope::{RegistryCatalog, RepoRead, RepoWrite};
     let rest = path.trim_start_matches("/v2").trim_start_matches('/');
+    // Flask answers HEAD with the GET view, so HEAD issues a token too.
+    if rest == "auth" {
+        return match method {
+            "GET" | "HEAD" => match registry_token::scope_params(query) {
+                Ok(scopes) => RouteOutcome::RegistryToken(scopes),
+                Err(why) => RouteOutcome::Ambiguous(why),
+            },
+            _ => RouteOutcome::Unclassified,
+        };
+    }
     if rest.is_empty() {
         // The version check: any authenticated caller (Docker's login probe).
         return match method {
