@@ -33,12 +33,14 @@ pub enum Reason {
     PathAmbiguous,
     RouteNotClassified,
     InsufficientScope,
+    // --- the identity bridge
+    BridgeIdentityInvalid,
     // --- this service
     KeysUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::Allowed,
         Reason::NoCredentials,
         Reason::NotProtected,
@@ -59,6 +61,7 @@ impl Reason {
         Reason::PathAmbiguous,
         Reason::RouteNotClassified,
         Reason::InsufficientScope,
+        Reason::BridgeIdentityInvalid,
         Reason::KeysUnavailable,
     ];
 
@@ -84,6 +87,7 @@ impl Reason {
             Self::PathAmbiguous => "path_ambiguous",
             Self::RouteNotClassified => "route_not_classified",
             Self::InsufficientScope => "insufficient_scope",
+            Self::BridgeIdentityInvalid => "bridge_identity_invalid",
             Self::KeysUnavailable => "keys_unavailable",
         }
     }
@@ -125,6 +129,10 @@ impl Reason {
                 "the token's grants do not cover this request; ask for the scope named in the \
                  response"
             }
+            Self::BridgeIdentityInvalid => {
+                "the token's claims cannot name a Quay user as configured; ask this service's \
+                 administrator"
+            }
             Self::KeysUnavailable => "tokens cannot be verified right now; retry later",
         }
     }
@@ -138,7 +146,9 @@ impl Reason {
     pub fn deny_status(self) -> DenyStatus {
         match self {
             Self::PathAmbiguous => DenyStatus::BadRequest,
-            Self::RouteNotClassified | Self::InsufficientScope => DenyStatus::Forbidden,
+            Self::RouteNotClassified | Self::InsufficientScope | Self::BridgeIdentityInvalid => {
+                DenyStatus::Forbidden
+            }
             Self::KeysUnavailable => DenyStatus::Unavailable,
             _ => DenyStatus::Unauthenticated,
         }
