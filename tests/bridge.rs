@@ -59,6 +59,16 @@ rules:
     )
 }
 
+/// The loopback issuer, a key directory (kept alive with the service) and quay-authz with the
+/// bridge configured.
+async fn start_with_bridge() -> (DevIssuer, tempfile::TempDir, TestService) {
+    let issuer = start_issuer().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = write_key(dir.path(), "bridge.pem");
+    let service = TestService::start(&config(&issuer, &[key]), true).await;
+    (issuer, dir, service)
+}
+
 /// A GitHub-Actions-shaped token of the loopback issuer.
 fn gha_token(issuer: &DevIssuer, owner: &str, repository: &str, run: u64) -> String {
     let now = now();
@@ -142,10 +152,7 @@ fn verify_as_quay(token: &str, jwks: &Value) -> Value {
 
 #[tokio::test]
 async fn an_exchange_issuers_allow_carries_a_bridge_token_quay_accepts() {
-    let issuer = start_issuer().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "bridge.pem");
-    let service = TestService::start(&config(&issuer, &[key]), true).await;
+    let (issuer, _keys, service) = start_with_bridge().await;
 
     let caller = gha_token(&issuer, "acme", "Acme/App", 1);
     let response = service.check_bearer("GET", REPO, &caller).await;
@@ -178,10 +185,7 @@ async fn an_exchange_issuers_allow_carries_a_bridge_token_quay_accepts() {
 
 #[tokio::test]
 async fn bridge_tokens_are_minted_once_per_principal_and_reused() {
-    let issuer = start_issuer().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "bridge.pem");
-    let service = TestService::start(&config(&issuer, &[key]), true).await;
+    let (issuer, _keys, service) = start_with_bridge().await;
 
     let first = bridge_token(
         &service
@@ -211,10 +215,7 @@ async fn bridge_tokens_are_minted_once_per_principal_and_reused() {
 
 #[tokio::test]
 async fn a_caller_the_policy_does_not_grant_or_the_templates_cannot_name_is_never_minted_for() {
-    let issuer = start_issuer().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "bridge.pem");
-    let service = TestService::start(&config(&issuer, &[key]), true).await;
+    let (issuer, _keys, service) = start_with_bridge().await;
 
     let stranger = service
         .check_bearer("GET", REPO, &gha_token(&issuer, "evil", "evil/app", 1))
@@ -293,14 +294,17 @@ async fn without_a_bridge_nothing_is_served_and_exchange_is_refused() {
     let issuer = start_issuer().await;
     let text = common::issuer::config_for(&issuer, "");
     let service = TestService::start(&text, true).await;
-    let (status, _) = service
-        .http_get("/.well-known/openid-configuration")
-        .await;
+    let (status, _) = service.http_get("/.well-known/openid-configuration").await;
     assert_eq!(status, 404);
     let exchange = text.replace(
         "    algorithms: [RS256, ES256]\n",
         "    algorithms: [RS256, ES256]\n    upstream: exchange\n",
     );
-    let error = Config::parse(&exchange, "t").expect_err("refused").to_string();
-    assert!(error.contains("exchange needs the identity bridge"), "{error}");
+    let error = Config::parse(&exchange, "t")
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        error.contains("exchange needs the identity bridge"),
+        "{error}"
+    );
 }

@@ -41,16 +41,17 @@ pub struct SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl SigningKey {
     fn from_pem(bytes: &[u8], path: &Path) -> Result<Self, KeyError> {
         let name = path.display().to_string();
-        let der = PrivateKeyDer::from_pem_slice(bytes).map_err(|_| KeyError::NoKey {
-            path: name.clone(),
-        })?;
+        let der = PrivateKeyDer::from_pem_slice(bytes)
+            .map_err(|_| KeyError::NoKey { path: name.clone() })?;
         let pair = match &der {
             PrivateKeyDer::Pkcs8(key) => RsaKeyPair::from_pkcs8(key.secret_pkcs8_der()),
             PrivateKeyDer::Pkcs1(key) => RsaKeyPair::from_der(key.secret_pkcs1_der()),
@@ -85,8 +86,12 @@ impl SigningKey {
     /// RS256 (RSASSA-PKCS1-v1_5 with SHA-256, RFC 7518 §3.3) over `message`.
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, aws_lc_rs::error::Unspecified> {
         let mut signature = vec![0u8; self.pair.public_modulus_len()];
-        self.pair
-            .sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), message, &mut signature)?;
+        self.pair.sign(
+            &RSA_PKCS1_SHA256,
+            &SystemRandom::new(),
+            message,
+            &mut signature,
+        )?;
         Ok(signature)
     }
 
@@ -254,7 +259,11 @@ mod tests {
 
         std::fs::write(&first, "not a key").unwrap();
         assert!(keys.refresh().is_err());
-        assert_eq!(keys.current().signing().kid, kid, "a bad file keeps the old key");
+        assert_eq!(
+            keys.current().signing().kid,
+            kid,
+            "a bad file keeps the old key"
+        );
 
         std::fs::write(&first, rsa_pem()).unwrap();
         assert!(keys.refresh().unwrap());

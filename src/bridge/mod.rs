@@ -55,6 +55,10 @@ pub struct Bridge {
     /// Per (source issuer, `sub`): the bridge token last minted for that principal.
     cache: DashMap<String, Minted>,
     metrics: Metrics,
+    /// The mint-cache counters, resolved once: a label lookup per Check would cost more than
+    /// the cache hit itself.
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
 }
 
 impl Bridge {
@@ -62,6 +66,8 @@ impl Bridge {
         Self {
             settings: settings.clone(),
             cache: DashMap::new(),
+            hits: metrics.bridge_mint_cache.with_label_values(&["hit"]),
+            misses: metrics.bridge_mint_cache.with_label_values(&["miss"]),
             metrics,
         }
     }
@@ -72,21 +78,12 @@ impl Bridge {
 
     /// How `identity` is named in bridge tokens, from its issuer's templates.
     pub fn principal(identity: &Identity, issuer: &IssuerConfig) -> Result<Principal, MintError> {
-        let Some(templates) = issuer.bridge_identity.as_ref() else {
-            return Err(MintError {
-                reason: Reason::BridgeIdentityInvalid,
-                detail: format!("issuer {} has no bridge identity", issuer.name),
-            });
-        };
-        let invalid = |error: template::RenderError| MintError {
-            reason: Reason::BridgeIdentityInvalid,
-            detail: format!("issuer {}: {error}", issuer.name),
-        };
+        let templates = templates(issuer)?;
         Ok(Principal {
-            subject: templates.subject.render(&identity.claims).map_err(invalid)?,
-            username: templates.username.render(&identity.claims).map_err(invalid)?,
+            subject: render(&templates.subject, identity, issuer)?,
+            username: render(&templates.username, identity, issuer)?,
             email: match &templates.email {
-                Some(email) => Some(email.render(&identity.claims).map_err(invalid)?),
+                Some(email) => Some(render(email, identity, issuer)?),
                 None => None,
             },
         })
@@ -99,18 +96,34 @@ impl Bridge {
         issuer: &IssuerConfig,
         now: u64,
     ) -> Result<Arc<str>, Reason> {
-        self.token_for_detailed(identity, issuer, now)
+        self.token_for_detailed(identity, issuer, &[], now)
             .map_err(|error| error.reason)
     }
 
-    /// [`Bridge::token_for`] with the detail of a failure, for the audit log.
+    /// [`Bridge::token_for`] with the detail of a failure, for the audit log; `rules` (those
+    /// that granted the request) go into the mint's audit event.
     pub fn token_for_detailed(
         &self,
         identity: &Identity,
         issuer: &IssuerConfig,
+        rules: &[String],
         now: u64,
     ) -> Result<Arc<str>, MintError> {
-        let principal = Self::principal(identity, issuer)?;
+        // The pipeline rendered the username into the identity when it verified the token
+        // (cached with it); what is left per Check is the subject, the cache key.
+        let templates = templates(issuer)?;
+        let principal = Principal {
+            subject: render(&templates.subject, identity, issuer)?,
+            username: if template::valid_username(&identity.username) {
+                identity.username.clone()
+            } else {
+                render(&templates.username, identity, issuer)?
+            },
+            email: match &templates.email {
+                Some(email) => Some(render(email, identity, issuer)?),
+                None => None,
+            },
+        };
         let keys = self.settings.keys.current();
         let key = format!("{}\n{}", issuer.name, principal.subject);
         if let Some(entry) = self.cache.get(&key)
@@ -119,17 +132,11 @@ impl Bridge {
             && entry.username == principal.username
             && entry.email == principal.email
         {
-            self.metrics
-                .bridge_mint_cache
-                .with_label_values(&["hit"])
-                .inc();
+            self.hits.inc();
             return Ok(entry.token.clone());
         }
-        self.metrics
-            .bridge_mint_cache
-            .with_label_values(&["miss"])
-            .inc();
-        let minted = self.mint(identity, issuer, &principal, &keys, now)?;
+        self.misses.inc();
+        let minted = self.mint(identity, issuer, &principal, &keys, rules, now)?;
         let token = minted.token.clone();
         self.remember(key, minted, now);
         Ok(token)
@@ -142,6 +149,7 @@ impl Bridge {
         issuer: &IssuerConfig,
         principal: &Principal,
         keys: &keys::KeySet,
+        rules: &[String],
         now: u64,
     ) -> Result<Minted, MintError> {
         let signing = keys.signing();
@@ -172,7 +180,8 @@ impl Bridge {
         if let (Some(email), Some(object)) = (&principal.email, claims.as_object_mut()) {
             // Quay takes the email only when `email_verified` is true: claim it only when the
             // caller's own IdP did.
-            let verified = identity.claims.get("email_verified") == Some(&serde_json::Value::Bool(true));
+            let verified =
+                identity.claims.get("email_verified") == Some(&serde_json::Value::Bool(true));
             object.insert("email".into(), email.clone().into());
             object.insert("email_verified".into(), verified.into());
         }
@@ -202,6 +211,7 @@ impl Bridge {
             jti = %jti,
             kid = %signing.kid,
             exp = expires_at,
+            rule = %rules.join(","),
         );
         Ok(Minted {
             token,
@@ -262,6 +272,26 @@ impl Bridge {
     pub fn refresh_keys(&self) -> Result<bool, keys::KeyError> {
         self.settings.keys.refresh()
     }
+}
+
+fn templates(issuer: &IssuerConfig) -> Result<&crate::config::bridge::BridgeIdentity, MintError> {
+    issuer.bridge_identity.as_ref().ok_or_else(|| MintError {
+        reason: Reason::BridgeIdentityInvalid,
+        detail: format!("issuer {} has no bridge identity", issuer.name),
+    })
+}
+
+fn render(
+    template: &template::Template,
+    identity: &Identity,
+    issuer: &IssuerConfig,
+) -> Result<String, MintError> {
+    template
+        .render(&identity.claims)
+        .map_err(|error| MintError {
+            reason: Reason::BridgeIdentityInvalid,
+            detail: format!("issuer {}: {error}", issuer.name),
+        })
 }
 
 fn unavailable(detail: &str) -> MintError {

@@ -14,6 +14,8 @@
 //! A rendering that cannot be done exactly (a missing or non-scalar claim, a username outside
 //! Quay's grammar) fails; it never guesses.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 /// What a template renders, which decides how values are inserted and what the result must be.
@@ -181,9 +183,11 @@ impl Template {
                 Part::Claim { name, slug } => {
                     let value = match claims.get(name) {
                         None | Some(Value::Null) => return Err(RenderError::Missing(name.clone())),
-                        Some(Value::String(text)) if !text.is_empty() => text.clone(),
+                        Some(Value::String(text)) if !text.is_empty() => {
+                            Cow::Borrowed(text.as_str())
+                        }
                         Some(Value::Number(number)) if number.is_u64() || number.is_i64() => {
-                            number.to_string()
+                            Cow::Owned(number.to_string())
                         }
                         Some(_) => return Err(RenderError::NotScalar(name.clone())),
                     };
@@ -269,7 +273,9 @@ pub fn slugify(value: &str) -> String {
 pub fn valid_username(name: &str) -> bool {
     let bytes = name.as_bytes();
     (2..=255).contains(&bytes.len())
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
         && !bytes
@@ -314,7 +320,11 @@ mod tests {
             "gh:123:456"
         );
         assert_eq!(
-            subject("{claims.tid}:{claims.oid}", json!({"tid": "72f988bf-86f1", "oid": "a.b_c~d"})).unwrap(),
+            subject(
+                "{claims.tid}:{claims.oid}",
+                json!({"tid": "72f988bf-86f1", "oid": "a.b_c~d"})
+            )
+            .unwrap(),
             "72f988bf-86f1:a.b_c~d"
         );
     }
@@ -337,14 +347,26 @@ mod tests {
         let d = subject(t, json!({"tid": "{claims.oid}", "oid": "x"})).unwrap();
         assert_eq!(d, "%7Bclaims.oid%7D:x");
         // Unicode, controls and slashes are encoded byte by byte.
-        assert_eq!(subject("u/{claims.sub}", json!({"sub": "é\n/"})).unwrap(), "u/%C3%A9%0A%2F");
+        assert_eq!(
+            subject("u/{claims.sub}", json!({"sub": "é\n/"})).unwrap(),
+            "u/%C3%A9%0A%2F"
+        );
     }
 
     #[test]
     fn missing_or_non_scalar_claims_refuse_the_rendering() {
         let t = "{claims.tid}:{claims.oid}";
-        assert_eq!(subject(t, json!({"tid": "a"})), Err(RenderError::Missing("oid".into())));
-        for bad in [json!(["x"]), json!({"x": 1}), json!(true), json!(1.5), json!("")] {
+        assert_eq!(
+            subject(t, json!({"tid": "a"})),
+            Err(RenderError::Missing("oid".into()))
+        );
+        for bad in [
+            json!(["x"]),
+            json!({"x": 1}),
+            json!(true),
+            json!(1.5),
+            json!(""),
+        ] {
             assert_eq!(
                 subject(t, json!({"tid": "a", "oid": bad})),
                 Err(RenderError::NotScalar("oid".into()))
@@ -366,7 +388,10 @@ mod tests {
             "a}b",
             "{claims.a|upper}",
         ] {
-            assert!(Template::parse(bad, TemplateKind::Subject).is_err(), "{bad}");
+            assert!(
+                Template::parse(bad, TemplateKind::Subject).is_err(),
+                "{bad}"
+            );
         }
         assert!(Template::parse("x-{claims.a}--:--{claims.b}", TemplateKind::Subject).is_ok());
     }
@@ -379,7 +404,11 @@ mod tests {
                 .render(&claims(value))
         };
         assert_eq!(
-            render("gh-{claims.repository|slug}", json!({"repository": "Acme/My.App"})).unwrap(),
+            render(
+                "gh-{claims.repository|slug}",
+                json!({"repository": "Acme/My.App"})
+            )
+            .unwrap(),
             "gh-acme-my-app"
         );
         for hostile in ["acme/app", "Admin", "a@b", "a..b", "-a", "a", "x y", "a.b"] {
@@ -389,7 +418,10 @@ mod tests {
             );
         }
         assert!(render("{claims.r|slug}", json!({"r": "///"})).is_err());
-        assert_eq!(render("{claims.r}", json!({"r": "ok_name-1"})).unwrap(), "ok_name-1");
+        assert_eq!(
+            render("{claims.r}", json!({"r": "ok_name-1"})).unwrap(),
+            "ok_name-1"
+        );
     }
 
     #[test]

@@ -232,8 +232,8 @@ impl Pipeline {
         }
         match outcome.authorize(&required) {
             Ok(rules) => {
-                let rules = rules.into_iter().map(str::to_string).collect();
-                let upstream = match self.upstream_credential(&identity, now) {
+                let rules: Vec<String> = rules.into_iter().map(str::to_string).collect();
+                let upstream = match self.upstream_credential(&identity, &rules, now) {
                     Ok(upstream) => upstream,
                     // Fail closed: Quay never receives a request whose credential could not
                     // be made.
@@ -267,6 +267,7 @@ impl Pipeline {
     fn upstream_credential(
         &self,
         identity: &Identity,
+        rules: &[String],
         now: u64,
     ) -> Result<UpstreamCredential, MintError> {
         let Some(issuer) = self.config.issuer(&identity.issuer) else {
@@ -277,7 +278,7 @@ impl Pipeline {
             Upstream::Strip => Ok(UpstreamCredential::Strip),
             Upstream::Exchange => match &self.bridge {
                 Some(bridge) => bridge
-                    .token_for_detailed(identity, issuer, now)
+                    .token_for_detailed(identity, issuer, rules, now)
                     .map(UpstreamCredential::Bearer),
                 // The configuration refuses `exchange` without `bridge:`; should one get here,
                 // Quay must not receive a token it does not trust.

@@ -334,7 +334,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         admin_addr,
         service,
         stop,
-        tasks: vec![grpc_task, http_task, admin_task, health_task, bridge_keys_task],
+        tasks: vec![
+            grpc_task,
+            http_task,
+            admin_task,
+            health_task,
+            bridge_keys_task,
+        ],
     })
 }
 
