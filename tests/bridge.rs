@@ -6,11 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::issuer::{now, start_issuer};
+use common::pki::rsa_key_file;
 use common::service::{TestService, decision, http_status, response_header};
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use quay_authz::config::Config;
@@ -20,13 +21,6 @@ use serde_json::{Value, json};
 const BRIDGE_ISSUER: &str = "https://quay-authz.example.com/bridge";
 const BRIDGE_AUDIENCE: &str = "quay-authz";
 const REPO: &str = "/api/v1/repository/acme/app";
-
-fn write_key(dir: &Path, name: &str) -> PathBuf {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
-    let path = dir.join(name);
-    std::fs::write(&path, pair.serialize_pem()).expect("write key");
-    path
-}
 
 fn config(issuer: &DevIssuer, keys: &[PathBuf]) -> String {
     let keys: Vec<String> = keys.iter().map(|k| k.display().to_string()).collect();
@@ -64,7 +58,7 @@ rules:
 async fn start_with_bridge() -> (DevIssuer, tempfile::TempDir, TestService) {
     let issuer = start_issuer().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = write_key(dir.path(), "bridge.pem");
+    let key = rsa_key_file(dir.path(), "bridge.pem");
     let service = TestService::start(&config(&issuer, &[key]), true).await;
     (issuer, dir, service)
 }
@@ -244,13 +238,13 @@ async fn a_caller_the_policy_does_not_grant_or_the_templates_cannot_name_is_neve
 async fn a_new_key_rotates_signing_and_the_old_key_stays_published() {
     let issuer = start_issuer().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let old = write_key(dir.path(), "2026-11.pem");
+    let old = rsa_key_file(dir.path(), "2026-11.pem");
     let service = TestService::start(&config(&issuer, std::slice::from_ref(&old)), true).await;
     let caller = gha_token(&issuer, "acme", "Acme/App", 1);
     let before = bridge_token(&service.check_bearer("GET", REPO, &caller).await);
 
     // Rotation: a second file added to the list, and the configuration reloaded.
-    let new = write_key(dir.path(), "2026-12.pem");
+    let new = rsa_key_file(dir.path(), "2026-12.pem");
     let reloaded = Config::parse(
         &format!(
             "listen:\n  grpc: 127.0.0.1:0\n  http: 127.0.0.1:0\n  admin: 127.0.0.1:0\n{}",
@@ -281,7 +275,7 @@ async fn a_new_key_rotates_signing_and_the_old_key_stays_published() {
         after,
         "a bad file changes nothing"
     );
-    write_key(dir.path(), "2026-12.pem");
+    rsa_key_file(dir.path(), "2026-12.pem");
     assert!(bridge.refresh_keys().expect("usable"));
     let rewritten = bridge_token(&service.check_bearer("GET", REPO, &caller).await);
     assert_ne!(rewritten, after);
@@ -306,5 +300,57 @@ async fn without_a_bridge_nothing_is_served_and_exchange_is_refused() {
     assert!(
         error.contains("exchange needs the identity bridge"),
         "{error}"
+    );
+}
+
+/// The mint cache, driven by an explicit clock: reused until 80 % of the lifetime (600 s here),
+/// then minted again; a different principal gets its own token.
+#[tokio::test]
+async fn bridge_tokens_are_minted_again_at_80_percent_of_their_lifetime() {
+    let (issuer, _keys, service) = start_with_bridge().await;
+    let pipeline = service.running.service.pipeline.load_full();
+    let bridge = pipeline.bridge().expect("bridge");
+    let gha = pipeline.config.issuer("gha").expect("issuer");
+    let identity = |owner_id: &str| quay_authz::model::identity::Identity {
+        issuer: "gha".into(),
+        iss: issuer.issuer().into(),
+        username: "gh-acme-app".into(),
+        tenant: None,
+        client: None,
+        audiences: vec!["quay".into()],
+        groups: vec![],
+        claims:
+            json!({"repository_owner_id": owner_id, "repository_id": "7", "repository": "acme/app"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        expires_at: now() + 3600,
+    };
+    let t0 = 1_900_000_000;
+    let first = bridge.token_for(&identity("1"), gha, t0).expect("minted");
+    assert_eq!(
+        bridge
+            .token_for(&identity("1"), gha, t0 + 479)
+            .expect("reused"),
+        first
+    );
+    let renewed = bridge
+        .token_for(&identity("1"), gha, t0 + 480)
+        .expect("minted");
+    assert_ne!(renewed, first, "at 80 % of 600 s a fresh token");
+    assert_eq!(segment(&renewed, 1)["iat"], t0 + 480);
+    assert_eq!(segment(&renewed, 1)["exp"], t0 + 480 + 600);
+    let other = bridge
+        .token_for(&identity("2"), gha, t0 + 480)
+        .expect("minted");
+    assert_ne!(other, renewed);
+    assert_eq!(segment(&other, 1)["sub"], "gh:2:7");
+    assert_eq!(bridge.cached(), 2);
+    // An identity the templates cannot name: the contract's reason, no token.
+    let mut unnamed = identity("1");
+    unnamed.claims.remove("repository_id");
+    assert_eq!(
+        bridge.token_for(&unnamed, gha, t0),
+        Err(quay_authz::model::decision::Reason::BridgeIdentityInvalid)
     );
 }

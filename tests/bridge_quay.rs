@@ -9,9 +9,10 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::issuer::{now, start_issuer};
+use common::pki::rsa_key_file;
 use common::quay::{Quay, require_quay};
 use common::service::{check_request, response_header};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -24,13 +25,6 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("a free port")
-}
-
-fn write_key(dir: &Path, name: &str) -> PathBuf {
-    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
-    let path = dir.join(name);
-    std::fs::write(&path, pair.serialize_pem()).expect("write key");
-    path
 }
 
 fn config(issuer: &DevIssuer, http_port: u16, keys: &[&Path]) -> Config {
@@ -69,7 +63,7 @@ async fn a_real_quay_accepts_bridge_tokens_and_their_rotation() {
     let Some(dir) = require_quay() else { return };
     let issuer = start_issuer().await;
     let keys = tempfile::tempdir().expect("tempdir");
-    let old_key = write_key(keys.path(), "2026-11.pem");
+    let old_key = rsa_key_file(keys.path(), "2026-11.pem");
     let http_port = free_port();
     let running = quay_authz::server::start(config(&issuer, http_port, &[&old_key]))
         .await
@@ -140,7 +134,7 @@ async fn a_real_quay_accepts_bridge_tokens_and_their_rotation() {
     assert_eq!(body["username"], expected.as_str(), "{body}");
 
     // Rotation: a second key, last in the list, signs from the reload on; both are published.
-    let new_key = write_key(keys.path(), "2026-12.pem");
+    let new_key = rsa_key_file(keys.path(), "2026-12.pem");
     running
         .service
         .apply(config(&issuer, http_port, &[&old_key, &new_key]));

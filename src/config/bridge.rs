@@ -195,3 +195,90 @@ pub(super) fn check_subject_prefixes(issuers: &[IssuerConfig], issues: &mut Issu
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn key_file(dir: &std::path::Path) -> String {
+        let path = dir.join("k.pem");
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .unwrap()
+            .serialize_pem();
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    }
+
+    fn parse(bridge: &str, issuers: &str) -> Result<Config, String> {
+        let text = format!(
+            "quay: {{service: q.example.com, realm: \"https://q.example.com/v2/auth\"}}\n{bridge}issuers:\n{issuers}"
+        );
+        Config::parse(&text, "t.yaml").map_err(|e| e.to_string())
+    }
+
+    const GITHUB: &str =
+        "  - {name: gh, preset: github-actions, audiences: [x], upstream: exchange}\n";
+    const ENTRA: &str = "  - {name: en, preset: entra, tenants: [11111111-2222-3333-4444-555555555555], audiences: [x], upstream: exchange}\n";
+
+    #[test]
+    fn bridge_settings_and_preset_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = format!(
+            "bridge: {{issuer: \"https://authz.example.com/oidc/\", audience: quay-authz, signing_keys: [{}]}}\n",
+            key_file(dir.path())
+        );
+        let config = parse(&bridge, &format!("{GITHUB}{ENTRA}")).unwrap();
+        let settings = config.bridge.as_ref().unwrap();
+        assert_eq!(
+            settings.discovery_path,
+            "/oidc/.well-known/openid-configuration"
+        );
+        assert_eq!(settings.jwks_path, "/oidc/.well-known/jwks.json");
+        assert_eq!(
+            settings.jwks_uri,
+            "https://authz.example.com/oidc/.well-known/jwks.json"
+        );
+        assert_eq!(settings.token_lifetime_seconds, 300);
+        let identity = config.issuers[0].bridge_identity.as_ref().unwrap();
+        assert_eq!(
+            identity.subject.source(),
+            "github:{claims.repository_owner_id}:{claims.repository_id}"
+        );
+        assert_eq!(
+            config.issuers[1]
+                .bridge_identity
+                .as_ref()
+                .unwrap()
+                .subject
+                .source(),
+            "entra:{claims.tid}:{claims.oid}"
+        );
+    }
+
+    #[test]
+    fn bridge_mistakes_are_refused_with_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path());
+        let cases = [
+            (format!("bridge: {{issuer: \"ftp://x\", audience: a, signing_keys: [{key}]}}\n"), GITHUB.to_string(), "bridge.issuer"),
+            (format!("bridge: {{issuer: \"https://x\", audience: \" \", signing_keys: [{key}]}}\n"), GITHUB.to_string(), "bridge.audience"),
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}], token_lifetime_seconds: 7200}}\n"), GITHUB.to_string(), "bridge.token_lifetime_seconds"),
+            ("bridge: {issuer: \"https://x\", audience: a, signing_keys: [/nonexistent.pem]}\n".to_string(), GITHUB.to_string(), "bridge.signing_keys"),
+            ("bridge: {issuer: \"https://x\", audience: a, signing_keys: []}\n".to_string(), GITHUB.to_string(), "bridge.signing_keys"),
+            // Templates only where tokens are exchanged.
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n"), "  - {name: gh, preset: github-actions, audiences: [x], subject: \"{claims.sub}\"}\n".to_string(), "issuers[0].subject"),
+            // Two oidc exchange issuers with the default subject could name one Quay user.
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n"), "  - {name: a, issuer: \"https://a.example.com\", audiences: [x], upstream: exchange}\n  - {name: b, issuer: \"https://b.example.com\", audiences: [x], upstream: exchange}\n".to_string(), "issuers[1].subject"),
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n"), "  - {name: a, issuer: \"https://a.example.com\", audiences: [x], upstream: exchange, subject: \"a{claims.x}{claims.y}\"}\n".to_string(), "issuers[0].subject"),
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n"), "  - {name: a, issuer: \"https://a.example.com\", audiences: [x], upstream: exchange, username: \"{claims.x|upper}\"}\n".to_string(), "issuers[0].username"),
+        ];
+        for (bridge, issuers, field) in cases {
+            let error = parse(&bridge, &issuers).expect_err(field);
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        // Distinct literal prefixes make two oidc issuers fine.
+        let bridge =
+            format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n");
+        parse(&bridge, "  - {name: a, issuer: \"https://a.example.com\", audiences: [x], upstream: exchange, subject: \"a:{claims.sub}\"}\n  - {name: b, issuer: \"https://b.example.com\", audiences: [x], upstream: exchange, subject: \"b:{claims.sub}\"}\n").unwrap();
+    }
+}
