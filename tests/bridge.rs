@@ -311,21 +311,7 @@ async fn bridge_tokens_are_minted_again_at_80_percent_of_their_lifetime() {
     let pipeline = service.running.service.pipeline.load_full();
     let bridge = pipeline.bridge().expect("bridge");
     let gha = pipeline.config.issuer("gha").expect("issuer");
-    let identity = |owner_id: &str| quay_authz::model::identity::Identity {
-        issuer: "gha".into(),
-        iss: issuer.issuer().into(),
-        username: "gh-acme-app".into(),
-        tenant: None,
-        client: None,
-        audiences: vec!["quay".into()],
-        groups: vec![],
-        claims:
-            json!({"repository_owner_id": owner_id, "repository_id": "7", "repository": "acme/app"})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        expires_at: now() + 3600,
-    };
+    let identity = |owner_id: &str| gha_identity(&issuer, owner_id);
     let t0 = 1_900_000_000;
     let first = bridge.token_for(&identity("1"), gha, t0).expect("minted");
     assert_eq!(
@@ -353,4 +339,64 @@ async fn bridge_tokens_are_minted_again_at_80_percent_of_their_lifetime() {
         bridge.token_for(&unnamed, gha, t0),
         Err(quay_authz::model::decision::Reason::BridgeIdentityInvalid)
     );
+}
+
+/// An identity as the pipeline verifies it for the `gha` issuer, owner `owner_id`.
+fn gha_identity(issuer: &DevIssuer, owner_id: &str) -> quay_authz::model::identity::Identity {
+    quay_authz::model::identity::Identity {
+        issuer: "gha".into(),
+        iss: issuer.issuer().into(),
+        username: "gh-acme-app".into(),
+        tenant: None,
+        client: None,
+        audiences: vec!["quay".into()],
+        groups: vec![],
+        claims:
+            json!({"repository_owner_id": owner_id, "repository_id": "7", "repository": "acme/app"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        expires_at: now() + 3600,
+    }
+}
+
+/// The mint cache is bounded: when full, expired entries make room; while none has expired a
+/// new principal's token is minted but not remembered (the cache never grows past its bound).
+#[tokio::test]
+async fn the_mint_cache_is_bounded_and_expires_with_its_tokens() {
+    let issuer = start_issuer().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rsa_key_file(dir.path(), "bridge.pem");
+    let text = config(&issuer, &[key]).replace(
+        "  token_lifetime_seconds: 600\n",
+        "  token_lifetime_seconds: 600\n  mint_cache_entries: 1\n",
+    );
+    let service = TestService::start(&text, true).await;
+    let pipeline = service.running.service.pipeline.load_full();
+    let bridge = pipeline.bridge().expect("bridge");
+    let gha = pipeline.config.issuer("gha").expect("issuer");
+    let t0 = 1_900_000_000;
+    let first = bridge
+        .token_for(&gha_identity(&issuer, "1"), gha, t0)
+        .expect("minted");
+    bridge
+        .token_for(&gha_identity(&issuer, "2"), gha, t0)
+        .expect("minted");
+    assert_eq!(bridge.cached(), 1, "full: the second is not remembered");
+    assert_eq!(
+        bridge
+            .token_for(&gha_identity(&issuer, "1"), gha, t0 + 1)
+            .expect("reused"),
+        first
+    );
+    // Once the first token has expired, its entry makes room for another principal.
+    bridge
+        .token_for(&gha_identity(&issuer, "2"), gha, t0 + 601)
+        .expect("minted");
+    assert_eq!(bridge.cached(), 1);
+    let second = bridge
+        .token_for(&gha_identity(&issuer, "2"), gha, t0 + 602)
+        .expect("reused");
+    assert_eq!(segment(&second, 1)["sub"], "gh:2:7");
+    assert_eq!(segment(&second, 1)["iat"], t0 + 601);
 }
