@@ -165,6 +165,15 @@ async fn an_exchange_issuers_allow_carries_a_bridge_token_quay_accepts() {
     );
     let (jwks, cache) = get_json(&service, "/bridge/.well-known/jwks.json").await;
     assert!(cache.contains("max-age"), "{cache}");
+    // Quay's login page offers a button for every login provider; it leads to a page that
+    // says nobody signs in here.
+    assert_eq!(
+        discovery["authorization_endpoint"],
+        format!("{BRIDGE_ISSUER}/authorize")
+    );
+    let (status, text) = service.http_get("/bridge/authorize").await;
+    assert_eq!(status, 400);
+    assert!(text.contains("not an interactive login provider"), "{text}");
 
     let claims = verify_as_quay(&token, &jwks);
     assert_eq!(claims["sub"], "gh:4242:77");

@@ -246,12 +246,16 @@ impl Bridge {
 
     /// OpenID Connect Discovery 1.0 §3, with what Quay's `OIDCLoginService` reads: `issuer`
     /// (must equal the tokens' `iss`), `jwks_uri` (its key cache), `scopes_supported` (login
-    /// scopes). There is no authorization, token or userinfo endpoint: nobody logs in to Quay's
-    /// UI through the bridge; Quay only verifies the tokens it is handed.
+    /// scopes), `authorization_endpoint` (the "Sign in with …" button of Quay's login page). Nobody
+    /// signs in to Quay's UI through the bridge: Quay only verifies the tokens it is handed. The
+    /// authorization endpoint (required by §3) is there so that button leads to a page saying so
+    /// ([`Bridge::AUTHORIZE_ANSWER`]) instead of a Quay error; there is no token or userinfo
+    /// endpoint.
     pub fn discovery(&self) -> serde_json::Value {
         serde_json::json!({
             "issuer": self.settings.issuer,
             "jwks_uri": self.settings.jwks_uri,
+            "authorization_endpoint": self.settings.authorization_endpoint,
             "scopes_supported": ["openid"],
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
@@ -262,6 +266,12 @@ impl Bridge {
             ],
         })
     }
+
+    /// What the authorization endpoint answers (400), to a person who pressed quay-authz's
+    /// button on Quay's login page.
+    pub const AUTHORIZE_ANSWER: &'static str = "quay-authz is not an interactive login provider: it \
+        vouches for callers that reach Quay through Envoy with a token of a trusted identity \
+        provider (GitHub Actions, Entra ID, ...). Sign in to Quay with another provider.\n";
 
     /// Every configured key (RFC 7517 §5), so tokens signed before a rotation still verify.
     pub fn jwks(&self) -> serde_json::Value {

@@ -21,6 +21,9 @@ pub struct BridgeSettings {
     pub jwks_path: String,
     /// The JWKS URL Quay is told to fetch.
     pub jwks_uri: String,
+    /// `{issuer path}/authorize`: answers that nobody signs in here (see `Bridge::discovery`).
+    pub authorize_path: String,
+    pub authorization_endpoint: String,
     pub keys: Arc<SigningKeys>,
 }
 
@@ -34,6 +37,7 @@ pub struct BridgeIdentity {
 
 const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
 const JWKS: &str = "/.well-known/jwks.json";
+const AUTHORIZE: &str = "/authorize";
 
 pub(super) fn build_bridge(raw: &raw::Bridge, issues: &mut Issues<'_>) -> Option<BridgeSettings> {
     let before = issues.found.len();
@@ -95,6 +99,8 @@ pub(super) fn build_bridge(raw: &raw::Bridge, issues: &mut Issues<'_>) -> Option
         discovery_path: format!("{path}{OPENID_CONFIGURATION}"),
         jwks_path: format!("{path}{JWKS}"),
         jwks_uri: format!("{base}{JWKS}"),
+        authorize_path: format!("{path}{AUTHORIZE}"),
+        authorization_endpoint: format!("{base}{AUTHORIZE}"),
         keys: Arc::new(SigningKeys::new(paths, keys?)),
     })
 }

@@ -30,6 +30,13 @@ pub async fn documents(State(service): State<Arc<Service>>, uri: Uri) -> Respons
         bridge.discovery()
     } else if uri.path() == settings.jwks_path {
         bridge.jwks()
+    } else if uri.path() == settings.authorize_path {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            crate::bridge::Bridge::AUTHORIZE_ANSWER,
+        )
+            .into_response();
     } else {
         return StatusCode::NOT_FOUND.into_response();
     };
