@@ -432,4 +432,21 @@ mod tests {
             assert!(t.render(&claims(json!({"email": bad}))).is_err(), "{bad}");
         }
     }
+
+    proptest::proptest! {
+        /// Injectivity, for any claim values (separators, `%`, braces, Unicode included): two
+        /// callers get the same subject only if they have the same values.
+        #[test]
+        fn equal_subjects_mean_equal_values(
+            a in "[a-z0-9:%{}/._~ -]{1,8}|\\PC{1,4}",
+            b in "[a-z0-9:%{}/._~ -]{1,8}|\\PC{1,4}",
+            c in "[a-z0-9:%{}/._~ -]{1,8}|\\PC{1,4}",
+            d in "[a-z0-9:%{}/._~ -]{1,8}|\\PC{1,4}",
+        ) {
+            let t = "x{claims.p}:{claims.q}";
+            let first = subject(t, json!({"p": a, "q": b})).unwrap();
+            let second = subject(t, json!({"p": c, "q": d})).unwrap();
+            proptest::prop_assert_eq!(first == second, a == c && b == d);
+        }
+    }
 }
