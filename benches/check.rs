@@ -21,24 +21,41 @@ use quay_authz::model::clock::unix_now;
 use quay_authz::route::RouteTable;
 use serde_json::json;
 
-fn config(issuer: &DevIssuer, token_cache_entries: usize, extra_rules: usize) -> Config {
+/// `bridge_key`: with the identity bridge and the issuer on `upstream: exchange` (the allowed
+/// Check then also takes its bridge token from the mint cache).
+fn config(
+    issuer: &DevIssuer,
+    token_cache_entries: usize,
+    extra_rules: usize,
+    bridge_key: Option<&std::path::Path>,
+) -> Config {
     let mut rules = String::new();
     for index in 0..extra_rules {
         rules.push_str(&format!(
             "  - name: filler-{index}\n    when: {{groups_any: [group-{index}]}}\n    grant: [\"repo:read on ns{index}/*\"]\n"
         ));
     }
+    let (bridge, upstream) = match bridge_key {
+        Some(key) => (
+            format!(
+                "bridge: {{issuer: \"https://quay-authz.example.com\", audience: quay-authz, signing_keys: [\"{}\"]}}\n",
+                key.display()
+            ),
+            "    upstream: exchange\n",
+        ),
+        None => (String::new(), ""),
+    };
     let text = format!(
         r#"
 quay: {{service: quay.example.com, realm: "https://quay.example.com/v2/auth"}}
 limits: {{token_cache_entries: {token_cache_entries}}}
-issuers:
+{bridge}issuers:
   - name: dev
     issuer: {iss}
     audiences: [quay]
     algorithms: [RS256, ES256]
     allow_insecure_http: true
-rules:
+{upstream}rules:
 {rules}  - name: readers
     when: {{groups_any: [readers]}}
     grant: ["repository:acme/*:pull"]
@@ -76,17 +93,17 @@ fn bench(c: &mut Criterion) {
     let rsa_token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
     let ec_token = issuer.mint(SigningKeyKind::Ec, &claims).expect("mint");
 
-    let pipeline = |cache: usize, extra_rules: usize| {
+    let key_dir = tempfile::tempdir().expect("tempdir");
+    let bridge_key = key_dir.path().join("bridge.pem");
+    let rsa_pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+        .expect("RSA key")
+        .serialize_pem();
+    std::fs::write(&bridge_key, rsa_pem).expect("bridge key");
+    let pipeline = |cache: usize, extra_rules: usize, bridge: Option<&std::path::Path>| {
         let metrics = Metrics::new();
-        let store = KeyStore::new(
-            config(&issuer, cache, extra_rules).jwks.clone(),
-            metrics.clone(),
-        );
-        let pipeline = Pipeline::new(
-            Arc::new(config(&issuer, cache, extra_rules)),
-            &store,
-            metrics,
-        );
+        let config = config(&issuer, cache, extra_rules, bridge);
+        let store = KeyStore::new(config.jwks.clone(), metrics.clone());
+        let pipeline = Pipeline::new(Arc::new(config), &store, metrics);
         runtime.block_on(async {
             while !pipeline.ready() {
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -94,9 +111,10 @@ fn bench(c: &mut Criterion) {
         });
         (pipeline, store)
     };
-    let (cached, _store_a) = pipeline(100_000, 0);
-    let (uncached, _store_b) = pipeline(0, 0);
-    let (many_rules, _store_c) = pipeline(100_000, 1000);
+    let (cached, _store_a) = pipeline(100_000, 0, None);
+    let (uncached, _store_b) = pipeline(0, 0, None);
+    let (many_rules, _store_c) = pipeline(100_000, 1000, None);
+    let (exchange, _store_d) = pipeline(100_000, 0, Some(&bridge_key));
 
     let mut group = c.benchmark_group("check");
     for (name, pipeline, token) in [
@@ -104,6 +122,9 @@ fn bench(c: &mut Criterion) {
         ("uncached_rs256", &uncached, &rsa_token),
         ("uncached_es256", &uncached, &ec_token),
         ("cached_rs256_1000_rules", &many_rules, &rsa_token),
+        // The same cached Check for an `upstream: exchange` issuer: the bridge token comes
+        // from the mint cache (minted once, on the first iteration).
+        ("cached_rs256_exchange", &exchange, &rsa_token),
     ] {
         let request = facts(token);
         group.bench_function(name, |b| {

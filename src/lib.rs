@@ -16,12 +16,15 @@
 //! - `route`: Quay's route table (knows no identity, no policy);
 //! - `policy`: rules → grants (sees only `model` and `config::raw`);
 //! - `jwks`: key fetching and caching; `authn`: token extraction and verification (no rules);
+//! - `bridge`: the identity bridge (signing keys, templates, minting; `bridge::keys` and
+//!   `bridge::template` are leaves `config` compiles with);
 //! - `metrics`; `check`: the pipeline, the response, audit and explain;
 //! - `server`: gRPC, HTTP, admin API and reload — it calls `check`, never the reverse;
 //! - `dev` (cargo feature `dev`): the development issuer and upstream and the bench tooling,
 //!   never reached from the serving path and not built into the container image.
 
 pub mod authn;
+pub mod bridge;
 pub mod check;
 pub mod config;
 #[cfg(feature = "dev")]

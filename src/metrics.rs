@@ -36,6 +36,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub token_cache_entries: prometheus::IntGauge,
     pub token_cache_evictions: prometheus::IntCounter,
+    /// Bridge tokens signed, by source issuer (README "Identity bridge").
+    pub bridge_mints: IntCounterVec,
+    /// Mint-cache lookups by result (hit, miss).
+    pub bridge_mint_cache: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -98,6 +102,22 @@ impl Metrics {
             "Entries evicted from the verified-token cache to make room",
         )
         .expect("static metric definition");
+        let bridge_mints = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_bridge_mints_total",
+                "Bridge tokens signed for Quay, by source issuer",
+            ),
+            &["issuer"],
+        )
+        .expect("static metric definition");
+        let bridge_mint_cache = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_bridge_mint_cache_lookups_total",
+                "Bridge mint-cache lookups by result (hit, miss)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "quay_authz_config_reloads_total",
@@ -126,6 +146,8 @@ impl Metrics {
             Box::new(config_reloads.clone()),
             Box::new(token_cache_entries.clone()),
             Box::new(token_cache_evictions.clone()),
+            Box::new(bridge_mints.clone()),
+            Box::new(bridge_mint_cache.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -142,6 +164,8 @@ impl Metrics {
             config_reloads,
             token_cache_entries,
             token_cache_evictions,
+            bridge_mints,
+            bridge_mint_cache,
         }
     }
 
@@ -189,7 +213,7 @@ impl Metrics {
     /// field belongs in the list below.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 8] = [
+        let collectors: [&dyn Collector; 10] = [
             &self.decisions,
             &self.check_duration,
             &self.jwks_fetches,
@@ -198,6 +222,8 @@ impl Metrics {
             &self.config_reloads,
             &self.token_cache_entries,
             &self.token_cache_evictions,
+            &self.bridge_mints,
+            &self.bridge_mint_cache,
         ];
         let described = collectors
             .into_iter()

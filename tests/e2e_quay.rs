@@ -427,7 +427,6 @@ async fn start_bridge(shared: &'static SharedQuay) -> BridgeRun {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the bridge"]
 async fn exchange_quay_answers_as_the_templated_user_and_creates_it_on_first_use() {
     let Some(bin) = require_envoy() else { return };
     let Some(shared) = SharedQuay::get() else {
@@ -536,7 +535,6 @@ fn jwt_segment(token: &str, index: usize) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the bridge"]
 async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_grants() {
     let Some(bin) = require_envoy() else { return };
     let Some(shared) = SharedQuay::get() else {
@@ -651,7 +649,6 @@ async fn quay_user(quay: &common::quay::Quay, bridge_token: &str) -> (u16, serde
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the bridge"]
 async fn key_rotation_quay_accepts_the_new_kid_and_tokens_minted_before() {
     let Some(bin) = require_envoy() else { return };
     let Some(shared) = SharedQuay::get() else {

@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
 use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
+use crate::bridge::{Bridge, MintError};
 use crate::check::audit::AllowSampler;
 use crate::check::respond::{ResponseSettings, build_response, remove_also};
 use crate::config::raw::Upstream;
@@ -60,6 +61,8 @@ pub struct Pipeline {
     metrics: Metrics,
     token_cache: TokenCache,
     audit_sampler: AllowSampler,
+    /// The identity bridge (`bridge:`), which signs what `exchange` issuers hand to Quay.
+    bridge: Option<Bridge>,
 }
 
 impl Pipeline {
@@ -76,6 +79,10 @@ impl Pipeline {
             responses,
             token_cache: TokenCache::new(config.token_cache_entries, metrics.clone()),
             audit_sampler: AllowSampler::new(config.audit.allow_sample_rate),
+            bridge: config
+                .bridge
+                .as_ref()
+                .map(|settings| Bridge::new(settings, metrics.clone())),
             config,
             metrics,
         }
@@ -101,6 +108,12 @@ impl Pipeline {
                     .iter()
                     .map(move |source| (issuer.name.as_str(), source))
             })
+    }
+
+    /// The identity bridge, when configured (its discovery document and keys are served on the
+    /// HTTP listener).
+    pub fn bridge(&self) -> Option<&Bridge> {
+        self.bridge.as_ref()
     }
 
     pub fn routes(&self) -> &RouteTable {
@@ -234,8 +247,20 @@ impl Pipeline {
         }
         match outcome.authorize(&required) {
             Ok(rules) => {
-                let rules = rules.into_iter().map(str::to_string).collect();
-                let mut upstream = self.upstream_credential(&identity);
+                let rules: Vec<String> = rules.into_iter().map(str::to_string).collect();
+                let mut upstream = match self.upstream_credential(&identity, &rules, now) {
+                    Ok(upstream) => upstream,
+                    // Fail closed: Quay never receives a request whose credential could not
+                    // be made.
+                    Err(error) => {
+                        return Decision::Deny {
+                            reason: error.reason,
+                            detail: error.detail,
+                            required: None,
+                            issuer: Some(identity.issuer.clone()),
+                        };
+                    }
+                };
                 let scopes = registry_scopes.map_or(ScopeRewrite::Unchanged, |scopes| {
                     // Quay's `/v2/auth` reads Basic only, and is given only what is granted.
                     // `remove_authorization` means Quay never sees the caller's token: not
@@ -277,20 +302,26 @@ impl Pipeline {
     }
 
     /// What Quay receives for an allowed request of `identity` (its issuer's `upstream`).
-    fn upstream_credential(&self, identity: &Identity) -> UpstreamCredential {
-        let upstream = self
-            .config
-            .issuers
-            .iter()
-            .find(|issuer| issuer.name == identity.issuer)
-            .map(|issuer| issuer.upstream)
-            .unwrap_or_default();
-        match upstream {
-            Upstream::Forward => UpstreamCredential::Forward,
-            Upstream::Strip => UpstreamCredential::Strip,
-            // The configuration refuses `exchange` until the identity bridge signs tokens;
-            // should one get here, Quay must not receive a token it does not trust.
-            Upstream::Exchange => UpstreamCredential::Strip,
+    fn upstream_credential(
+        &self,
+        identity: &Identity,
+        rules: &[String],
+        now: u64,
+    ) -> Result<UpstreamCredential, MintError> {
+        let Some(issuer) = self.config.issuer(&identity.issuer) else {
+            return Ok(UpstreamCredential::Forward);
+        };
+        match issuer.upstream {
+            Upstream::Forward => Ok(UpstreamCredential::Forward),
+            Upstream::Strip => Ok(UpstreamCredential::Strip),
+            Upstream::Exchange => match &self.bridge {
+                Some(bridge) => bridge
+                    .token_for_detailed(identity, issuer, rules, now)
+                    .map(UpstreamCredential::Bearer),
+                // The configuration refuses `exchange` without `bridge:`; should one get here,
+                // Quay must not receive a token it does not trust.
+                None => Ok(UpstreamCredential::Strip),
+            },
         }
     }
 
@@ -413,7 +444,7 @@ impl Pipeline {
             }));
         };
         identify::verify_signature(&parsed, &key, algorithm).map_err(fail)?;
-        let identity = identify::check_claims(
+        let mut identity = identify::check_claims(
             parsed.claims,
             parsed.media_type.as_deref(),
             matched,
@@ -421,6 +452,14 @@ impl Pipeline {
             now,
         )
         .map_err(fail)?;
+        if matched.issuer.upstream == Upstream::Exchange {
+            // The identity headers name the caller as Quay will see it: the bridge token's
+            // username. Rendered once per verified token (the result is cached with it); a
+            // caller the templates cannot name is refused here, before any grant.
+            let principal = Bridge::principal(&identity, matched.issuer)
+                .map_err(|error| fail(IdentifyError::new(error.reason, error.detail)))?;
+            identity.username = principal.username;
+        }
         let valid_until = identity
             .expires_at
             .saturating_add(matched.issuer.leeway_seconds);

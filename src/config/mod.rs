@@ -68,6 +68,7 @@ impl fmt::Display for ConfigError {
 
 // === Raw YAML types ===
 
+pub mod bridge;
 pub mod raw;
 
 pub use raw::{NonApi, Preset, Unauthenticated};
@@ -89,6 +90,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     pub rules: Vec<CompiledRule>,
     pub audit: AuditSettings,
+    /// The identity bridge (`bridge:`); None: off.
+    pub bridge: Option<bridge::BridgeSettings>,
     pub shutdown_grace: Duration,
     /// `QUAY_AUTHZ_…` environment variables that replaced values of the file.
     pub overrides: Vec<AppliedOverride>,
@@ -265,6 +268,8 @@ pub struct IssuerConfig {
     pub accept_id_tokens: bool,
     /// What Quay receives once this issuer's token is allowed.
     pub upstream: raw::Upstream,
+    /// `upstream: exchange`: how the caller is named in bridge tokens.
+    pub bridge_identity: Option<bridge::BridgeIdentity>,
 }
 
 #[derive(Debug, Clone)]
@@ -475,17 +480,30 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
         );
     }
 
+    let bridge = document
+        .bridge
+        .as_ref()
+        .and_then(|raw| bridge::build_bridge(raw, &mut issues));
+
     let mut issuers: Vec<IssuerConfig> = Vec::new();
     if document.issuers.is_empty() {
         issues.push("issuers", "at least one issuer must be configured");
     }
     for (index, raw_issuer) in document.issuers.iter().enumerate() {
         let field = format!("issuers[{index}]");
-        if let Some(issuer) = build_issuer(raw_issuer, &field, &mut issues, &mut warnings) {
+        let bridge_identity = bridge::build_bridge_identity(
+            raw_issuer,
+            &field,
+            document.bridge.is_some(),
+            &mut issues,
+        );
+        if let Some(mut issuer) = build_issuer(raw_issuer, &field, &mut issues, &mut warnings) {
+            issuer.bridge_identity = bridge_identity;
             issuers.push(issuer);
         }
     }
     check_issuer_uniqueness(&issuers, &mut issues);
+    bridge::check_subject_prefixes(&issuers, &mut issues);
 
     let issuer_names: Vec<&str> = issuers.iter().map(|issuer| issuer.name.as_str()).collect();
     let rules = match compile_rules(&document.rules, &issuer_names) {
@@ -528,6 +546,7 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
         audit: AuditSettings {
             allow_sample_rate: rate,
         },
+        bridge,
         shutdown_grace: Duration::from_secs(document.shutdown_grace_seconds),
         overrides: Vec::new(),
         warnings,
@@ -967,16 +986,6 @@ fn build_issuer(
         }
     }
 
-    // The identity bridge (`bridge:`) signs the tokens `exchange` hands to Quay; until it is
-    // configured there is nothing to exchange for.
-    if raw.upstream == raw::Upstream::Exchange {
-        issues.push(
-            format!("{field}.upstream"),
-            "exchange needs the identity bridge (a `bridge:` section), which is not configured; \
-             use forward or strip",
-        );
-    }
-
     if raw.accept_id_tokens {
         warnings.push(format!(
             "issuer {:?} accepts ID tokens as access tokens (accept_id_tokens: true): an ID \
@@ -1004,6 +1013,7 @@ fn build_issuer(
         required: raw.required.unwrap_or(true),
         accept_id_tokens: raw.accept_id_tokens,
         upstream: raw.upstream,
+        bridge_identity: None,
     })
 }
 

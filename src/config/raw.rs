@@ -25,6 +25,9 @@ pub struct Document {
     pub jwks: Jwks,
     #[serde(default)]
     pub paths: Paths,
+    /// The identity bridge: quay-authz as an OIDC provider Quay trusts, signing the tokens
+    /// `upstream: exchange` issuers hand to Quay. Absent: off.
+    pub bridge: Option<Bridge>,
     pub issuers: Vec<Issuer>,
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -233,6 +236,40 @@ impl Default for Paths {
     }
 }
 
+/// quay-authz as one of Quay's OIDC login providers (README, "Identity bridge"). Discovery
+/// (`{issuer}/.well-known/openid-configuration`) and the JWKS (`{issuer}/.well-known/jwks.json`)
+/// are served on the HTTP listener. (The token-exchange endpoint and the shared store are issue
+/// 13's and not accepted yet.)
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bridge {
+    /// `iss` of bridge tokens and the base of the discovery and JWKS URLs Quay fetches
+    /// (Quay's `OIDC_SERVER` is this plus `/`): `https://quay-authz.example.com`, or a path
+    /// below the host. `http://` only for a Quay that runs with `DEBUGGING`.
+    pub issuer: String,
+    /// `aud` and `azp` of bridge tokens: the `CLIENT_ID` of Quay's login provider for quay-authz.
+    pub audience: String,
+    /// RSA private keys as PEM files (PKCS#8 or PKCS#1, 2048 bits or more). The last one signs;
+    /// all are published, so adding a file rotates without refusing tokens signed before. The
+    /// contents are re-read every few seconds; files that cannot be used keep the previous keys.
+    pub signing_keys: Vec<String>,
+    /// Lifetime of a bridge token, 60 to 3600 seconds. A token is reused for the same caller
+    /// until 80 % of it has passed.
+    #[serde(default = "default_bridge_token_lifetime_seconds")]
+    pub token_lifetime_seconds: u64,
+    /// Bridge tokens remembered for reuse (one per caller); 0 mints on every allowed request.
+    #[serde(default = "default_bridge_mint_cache_entries")]
+    pub mint_cache_entries: usize,
+}
+
+fn default_bridge_token_lifetime_seconds() -> u64 {
+    300
+}
+
+fn default_bridge_mint_cache_entries() -> usize {
+    10_000
+}
+
 #[derive(Debug, Deserialize, JsonSchema, Serialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NonApi {
@@ -289,6 +326,21 @@ pub struct Issuer {
     /// `Authorization` at all (`strip`).
     #[serde(default)]
     pub upstream: Upstream,
+    /// `upstream: exchange` only: the bridge token's `sub`, which Quay keys its user by and so
+    /// must name one principal forever. Literal text with `{claims.NAME}` placeholders; values
+    /// are percent-encoded outside `[A-Za-z0-9._~-]`. Default per preset: entra
+    /// `entra:{claims.tid}:{claims.oid}`, github-actions
+    /// `github:{claims.repository_owner_id}:{claims.repository_id}`, oidc `oidc:{claims.sub}`.
+    pub subject: Option<String>,
+    /// `upstream: exchange` only: the bridge token's `preferred_username`, the name Quay gives a
+    /// new user. Must render to a Quay username (a-z, 0-9, `_` or `-` between them), else the
+    /// request is denied (`bridge_identity_invalid`); `{claims.NAME|slug}` turns `acme/app` into
+    /// `acme-app`. Default per preset: entra `{claims.oid}`, github-actions
+    /// `gh-{claims.repository_owner_id}-{claims.repository_id}`, oidc `{claims.sub|slug}`.
+    pub username: Option<String>,
+    /// `upstream: exchange` only: the bridge token's `email` (e.g. `{claims.email}`); absent, no
+    /// email. `email_verified` is true only when the caller's token says `email_verified: true`.
+    pub email: Option<String>,
 }
 
 /// What Quay receives from an allowed request (README, "Identity bridge").

@@ -34,12 +34,14 @@ pub enum Reason {
     PathAmbiguous,
     RouteNotClassified,
     InsufficientScope,
+    // --- the identity bridge
+    BridgeIdentityInvalid,
     // --- this service
     KeysUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::Allowed,
         Reason::NoCredentials,
         Reason::NotProtected,
@@ -61,6 +63,7 @@ impl Reason {
         Reason::PathAmbiguous,
         Reason::RouteNotClassified,
         Reason::InsufficientScope,
+        Reason::BridgeIdentityInvalid,
         Reason::KeysUnavailable,
     ];
 
@@ -87,6 +90,7 @@ impl Reason {
             Self::PathAmbiguous => "path_ambiguous",
             Self::RouteNotClassified => "route_not_classified",
             Self::InsufficientScope => "insufficient_scope",
+            Self::BridgeIdentityInvalid => "bridge_identity_invalid",
             Self::KeysUnavailable => "keys_unavailable",
         }
     }
@@ -129,6 +133,10 @@ impl Reason {
                 "the token's grants do not cover this request; ask for the scope named in the \
                  response"
             }
+            Self::BridgeIdentityInvalid => {
+                "the token's claims cannot name a Quay user as configured; ask this service's \
+                 administrator"
+            }
             Self::KeysUnavailable => "tokens cannot be verified right now; retry later",
         }
     }
@@ -143,7 +151,9 @@ impl Reason {
         match self {
             // RFC 6750 §3.1: more than one credential is `invalid_request`, a 400.
             Self::PathAmbiguous | Self::MultipleCredentials => DenyStatus::BadRequest,
-            Self::RouteNotClassified | Self::InsufficientScope => DenyStatus::Forbidden,
+            Self::RouteNotClassified | Self::InsufficientScope | Self::BridgeIdentityInvalid => {
+                DenyStatus::Forbidden
+            }
             Self::KeysUnavailable => DenyStatus::Unavailable,
             _ => DenyStatus::Unauthenticated,
         }

@@ -1,5 +1,6 @@
 //! Server: the gRPC listener (ext_authz `Check` and `grpc.health.v1`, plaintext or TLS/mTLS
-//! with `listen.grpc_tls`), the HTTP listener (`/metrics`, `/healthz`, `/readyz`), and the
+//! with `listen.grpc_tls`), the HTTP listener (`/metrics`, `/healthz`, `/readyz`, and the
+//! identity bridge's discovery document and JWKS when `bridge:` is set), and the
 //! loopback admin API (`admin`). HTTP and admin are always plaintext.
 //!
 //! Usage: `let running = server::start(config).await?;` binds every listener (port 0 works:
@@ -8,6 +9,7 @@
 //! finish).
 
 pub mod admin;
+mod bridge;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -293,6 +295,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz_handler))
+            .fallback(get(bridge::documents))
             .with_state(service.clone());
         let mut stop_signal = stop_signal.clone();
         tokio::spawn(async move {
@@ -322,6 +325,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         )
     };
 
+    let bridge_keys_task = tokio::spawn(bridge::watch_keys(service.clone(), stop_signal.clone()));
+
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, grpc = grpc_security, "quay-authz serving");
     Ok(RunningServer {
         grpc_addr,
@@ -329,7 +334,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
         admin_addr,
         service,
         stop,
-        tasks: vec![grpc_task, http_task, admin_task, health_task],
+        tasks: vec![
+            grpc_task,
+            http_task,
+            admin_task,
+            health_task,
+            bridge_keys_task,
+        ],
     })
 }
 

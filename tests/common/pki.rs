@@ -150,3 +150,11 @@ pub fn client_config(ca: &TestCa, identity: Option<&Leaf>) -> Arc<rustls::Client
 pub fn localhost() -> ServerName<'static> {
     ServerName::try_from("localhost").expect("server name")
 }
+
+/// A fresh RSA-2048 private key (PKCS#8 PEM) written to `dir/name`: a bridge signing key.
+pub fn rsa_key_file(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let path = dir.join(name);
+    std::fs::write(&path, pair.serialize_pem()).expect("write key");
+    path
+}

@@ -1,0 +1,290 @@
+//! The `bridge:` section and the per-issuer `subject`/`username`/`email` templates, compiled.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{IssuerConfig, Issues, raw};
+use crate::bridge::keys::{KeySet, SigningKeys};
+use crate::bridge::template::{Template, TemplateKind};
+
+/// The identity bridge, validated; its keys were read and checked at load.
+#[derive(Debug, Clone)]
+pub struct BridgeSettings {
+    /// `iss` of bridge tokens, exactly as configured (Quay compares it as a string).
+    pub issuer: String,
+    pub audience: String,
+    pub token_lifetime_seconds: u64,
+    pub mint_cache_entries: usize,
+    /// `{issuer path}/.well-known/openid-configuration` on the HTTP listener.
+    pub discovery_path: String,
+    /// `{issuer path}/.well-known/jwks.json` on the HTTP listener.
+    pub jwks_path: String,
+    /// The JWKS URL Quay is told to fetch.
+    pub jwks_uri: String,
+    /// `{issuer path}/authorize`: answers that nobody signs in here (see `Bridge::discovery`).
+    pub authorize_path: String,
+    pub authorization_endpoint: String,
+    pub keys: Arc<SigningKeys>,
+}
+
+/// How an `exchange` issuer's caller is named in the bridge token.
+#[derive(Debug, Clone)]
+pub struct BridgeIdentity {
+    pub subject: Template,
+    pub username: Template,
+    pub email: Option<Template>,
+}
+
+const OPENID_CONFIGURATION: &str = "/.well-known/openid-configuration";
+const JWKS: &str = "/.well-known/jwks.json";
+const AUTHORIZE: &str = "/authorize";
+
+pub(super) fn build_bridge(raw: &raw::Bridge, issues: &mut Issues<'_>) -> Option<BridgeSettings> {
+    let before = issues.found.len();
+    // RFC 8414 §3 / OIDC Discovery §4: the document lives at the issuer plus the well-known
+    // suffix, so the issuer's path decides where it is served.
+    let path = match raw
+        .issuer
+        .strip_prefix("https://")
+        .or_else(|| raw.issuer.strip_prefix("http://"))
+    {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with('/')
+                && !rest.contains(['?', '#', ' '])
+                && !rest.contains("/.") =>
+        {
+            rest.find('/')
+                .map(|index| rest[index..].trim_end_matches('/').to_string())
+                .unwrap_or_default()
+        }
+        _ => {
+            issues.push(
+                "bridge.issuer",
+                "expected an https:// URL (http:// only for a Quay run with DEBUGGING), without \
+                 query or fragment",
+            );
+            String::new()
+        }
+    };
+    if raw.audience.trim().is_empty() {
+        issues.push(
+            "bridge.audience",
+            "must name the CLIENT_ID of Quay's login provider for quay-authz",
+        );
+    }
+    if !(60..=3600).contains(&raw.token_lifetime_seconds) {
+        issues.push(
+            "bridge.token_lifetime_seconds",
+            "must be between 60 and 3600 (Quay accepts SSO tokens of at most an hour here)",
+        );
+    }
+    let paths: Vec<PathBuf> = raw.signing_keys.iter().map(PathBuf::from).collect();
+    let keys = match KeySet::load(&paths) {
+        Ok(keys) => Some(keys),
+        Err(error) => {
+            issues.push("bridge.signing_keys", error.to_string());
+            None
+        }
+    };
+    if issues.found.len() > before {
+        return None;
+    }
+    let base = raw.issuer.trim_end_matches('/');
+    Some(BridgeSettings {
+        issuer: raw.issuer.clone(),
+        audience: raw.audience.clone(),
+        token_lifetime_seconds: raw.token_lifetime_seconds,
+        mint_cache_entries: raw.mint_cache_entries,
+        discovery_path: format!("{path}{OPENID_CONFIGURATION}"),
+        jwks_path: format!("{path}{JWKS}"),
+        jwks_uri: format!("{base}{JWKS}"),
+        authorize_path: format!("{path}{AUTHORIZE}"),
+        authorization_endpoint: format!("{base}{AUTHORIZE}"),
+        keys: Arc::new(SigningKeys::new(paths, keys?)),
+    })
+}
+
+/// The templates of an `exchange` issuer (defaults per preset), or issues when they cannot
+/// be compiled or are set on an issuer that does not exchange.
+pub(super) fn build_bridge_identity(
+    raw: &raw::Issuer,
+    field: &str,
+    bridge: bool,
+    issues: &mut Issues<'_>,
+) -> Option<BridgeIdentity> {
+    if raw.upstream != raw::Upstream::Exchange {
+        for (name, value) in [
+            ("subject", &raw.subject),
+            ("username", &raw.username),
+            ("email", &raw.email),
+        ] {
+            if value.is_some() {
+                issues.push(
+                    format!("{field}.{name}"),
+                    "only for `upstream: exchange` (it names the caller in bridge tokens)",
+                );
+            }
+        }
+        return None;
+    }
+    if !bridge {
+        // The identity bridge signs the tokens `exchange` hands to Quay; without it there is
+        // nothing to exchange for.
+        issues.push(
+            format!("{field}.upstream"),
+            "exchange needs the identity bridge (a `bridge:` section), which is not configured; \
+             use forward or strip",
+        );
+        return None;
+    }
+    let (subject, username) = match raw.preset {
+        raw::Preset::Entra => ("entra:{claims.tid}:{claims.oid}", "{claims.oid}"),
+        raw::Preset::GithubActions => (
+            "github:{claims.repository_owner_id}:{claims.repository_id}",
+            "gh-{claims.repository_owner_id}-{claims.repository_id}",
+        ),
+        raw::Preset::Oidc => ("oidc:{claims.sub}", "{claims.sub|slug}"),
+    };
+    let mut compile = |name: &str, text: &str, kind| match Template::parse(text, kind) {
+        Ok(template) => Some(template),
+        Err(message) => {
+            issues.push(format!("{field}.{name}"), message);
+            None
+        }
+    };
+    let subject = compile(
+        "subject",
+        raw.subject.as_deref().unwrap_or(subject),
+        TemplateKind::Subject,
+    );
+    let username = compile(
+        "username",
+        raw.username.as_deref().unwrap_or(username),
+        TemplateKind::Username,
+    );
+    let email = match raw.email.as_deref() {
+        Some(text) => Some(compile("email", text, TemplateKind::Email)?),
+        None => None,
+    };
+    Some(BridgeIdentity {
+        subject: subject?,
+        username: username?,
+        email,
+    })
+}
+
+/// All `exchange` issuers sign into one Quay login provider, where a user is its `sub`: two
+/// issuers must never render the same one. Each subject's literal prefix must not be a prefix
+/// of another's (values cannot spell a separator, `bridge::template`), so their subjects differ.
+pub(super) fn check_subject_prefixes(issuers: &[IssuerConfig], issues: &mut Issues<'_>) {
+    let exchanging: Vec<(usize, &IssuerConfig, &str)> = issuers
+        .iter()
+        .enumerate()
+        .filter_map(|(index, issuer)| {
+            let identity = issuer.bridge_identity.as_ref()?;
+            Some((index, issuer, identity.subject.literal_prefix()))
+        })
+        .collect();
+    for (position, (index, issuer, prefix)) in exchanging.iter().enumerate() {
+        for (_, other, other_prefix) in &exchanging[..position] {
+            if prefix.starts_with(other_prefix) || other_prefix.starts_with(prefix) {
+                issues.push(
+                    format!("issuers[{index}].subject"),
+                    format!(
+                        "issuers {:?} and {:?} could name the same Quay user: give each a \
+                         `subject` that starts with its own literal prefix (`{}:…`)",
+                        other.name, issuer.name, issuer.name
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn key_file(dir: &std::path::Path) -> String {
+        let path = dir.join("k.pem");
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .unwrap()
+            .serialize_pem();
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    }
+
+    fn parse(bridge: &str, issuers: &str) -> Result<Config, String> {
+        let text = format!(
+            "quay: {{service: q.example.com, realm: \"https://q.example.com/v2/auth\"}}\n{bridge}issuers:\n{issuers}"
+        );
+        Config::parse(&text, "t.yaml").map_err(|e| e.to_string())
+    }
+
+    const GITHUB: &str =
+        "  - {name: gh, preset: github-actions, audiences: [x], upstream: exchange}\n";
+    const ENTRA: &str = "  - {name: en, preset: entra, tenants: [11111111-2222-3333-4444-555555555555], audiences: [x], upstream: exchange}\n";
+
+    #[test]
+    fn bridge_settings_and_preset_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = format!(
+            "bridge: {{issuer: \"https://authz.example.com/oidc/\", audience: quay-authz, signing_keys: [{}]}}\n",
+            key_file(dir.path())
+        );
+        let config = parse(&bridge, &format!("{GITHUB}{ENTRA}")).unwrap();
+        let settings = config.bridge.as_ref().unwrap();
+        assert_eq!(
+            settings.discovery_path,
+            "/oidc/.well-known/openid-configuration"
+        );
+        assert_eq!(settings.jwks_path, "/oidc/.well-known/jwks.json");
+        assert_eq!(
+            settings.jwks_uri,
+            "https://authz.example.com/oidc/.well-known/jwks.json"
+        );
+        assert_eq!(settings.token_lifetime_seconds, 300);
+        let identity = config.issuers[0].bridge_identity.as_ref().unwrap();
+        assert_eq!(
+            identity.subject.source(),
+            "github:{claims.repository_owner_id}:{claims.repository_id}"
+        );
+        assert_eq!(
+            config.issuers[1]
+                .bridge_identity
+                .as_ref()
+                .unwrap()
+                .subject
+                .source(),
+            "entra:{claims.tid}:{claims.oid}"
+        );
+    }
+
+    #[test]
+    fn bridge_mistakes_are_refused_with_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path());
+        let cases = [
+            (format!("bridge: {{issuer: \"ftp://x\", audience: a, signing_keys: [{key}]}}\n"), GITHUB.to_string(), "bridge.issuer"),
+            (format!("bridge: {{issuer: \"https://x\", audience: \" \", signing_keys: [{key}]}}\n"), GITHUB.to_string(), "bridge.audience"),
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}], token_lifetime_seconds: 7200}}\n"), GITHUB.to_string(), "bridge.token_lifetime_seconds"),
+            ("bridge: {issuer: \"https://x\", audience: a, signing_keys: [/nonexistent.pem]}\n".to_string(), GITHUB.to_string(), "bridge.signing_keys"),
+            ("bridge: {issuer: \"https://x\", audience: a, signing_keys: []}\n".to_string(), GITHUB.to_string(), "bridge.signing_keys"),
+            // Templates only where tokens are exchanged.
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n"), "  - {name: gh, preset: github-actions, audiences: [x], subject: \"{claims.sub}\"}\n".to_string(), "issuers[0].subject"),
+            // Two oidc exchange issuers with the default subject could name one Quay user.
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n"), "  - {name: a, issuer: \"https://a.example.com\", audiences: [x], upstream: exchange}\n  - {name: b, issuer: \"https://b.example.com\", audiences: [x], upstream: exchange}\n".to_string(), "issuers[1].subject"),
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n"), "  - {name: a, issuer: \"https://a.example.com\", audiences: [x], upstream: exchange, subject: \"a{claims.x}{claims.y}\"}\n".to_string(), "issuers[0].subject"),
+            (format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n"), "  - {name: a, issuer: \"https://a.example.com\", audiences: [x], upstream: exchange, username: \"{claims.x|upper}\"}\n".to_string(), "issuers[0].username"),
+        ];
+        for (bridge, issuers, field) in cases {
+            let error = parse(&bridge, &issuers).expect_err(field);
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        // Distinct literal prefixes make two oidc issuers fine.
+        let bridge =
+            format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n");
+        parse(&bridge, "  - {name: a, issuer: \"https://a.example.com\", audiences: [x], upstream: exchange, subject: \"a:{claims.sub}\"}\n  - {name: b, issuer: \"https://b.example.com\", audiences: [x], upstream: exchange, subject: \"b:{claims.sub}\"}\n").unwrap();
+    }
+}
