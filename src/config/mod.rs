@@ -725,6 +725,33 @@ fn check_url(field: &str, url: &str, allow_insecure_http: bool, issues: &mut Iss
     false
 }
 
+/// One exact `iss` whose keys come from `key_override` or else from that issuer's own
+/// discovery document: the shape of the `oidc` and `github-actions` presets.
+fn single_issuer(
+    iss: String,
+    key_override: Option<KeyLocation>,
+    allow_insecure_http: bool,
+) -> (Vec<IssuerString>, Vec<KeySourceConfig>) {
+    let location = key_override.unwrap_or_else(|| {
+        KeyLocation::Discovery(format!(
+            "{}/.well-known/openid-configuration",
+            iss.trim_end_matches('/')
+        ))
+    });
+    (
+        vec![IssuerString {
+            iss: iss.clone(),
+            tenant: None,
+            key_source: 0,
+        }],
+        vec![KeySourceConfig {
+            location,
+            expected_issuers: vec![iss],
+            allow_insecure_http,
+        }],
+    )
+}
+
 fn build_issuer(
     raw: &raw::Issuer,
     field: &str,
@@ -829,24 +856,11 @@ fn build_issuer(
             ) {
                 return None;
             }
-            let location = key_override.unwrap_or_else(|| {
-                KeyLocation::Discovery(format!(
-                    "{}/.well-known/openid-configuration",
-                    iss.trim_end_matches('/')
-                ))
-            });
+            let (strings, sources) = single_issuer(iss, key_override, raw.allow_insecure_http);
             (
-                vec![IssuerString {
-                    iss: iss.clone(),
-                    tenant: None,
-                    key_source: 0,
-                }],
+                strings,
                 TenantBinding::None,
-                vec![KeySourceConfig {
-                    location,
-                    expected_issuers: vec![iss],
-                    allow_insecure_http: raw.allow_insecure_http,
-                }],
+                sources,
                 vec!["preferred_username", "email", "sub"],
                 vec!["groups", "roles"],
             )
@@ -873,27 +887,8 @@ fn build_issuer(
                 }
                 None => GITHUB_ACTIONS_ISSUER.to_string(),
             };
-            let location = key_override.unwrap_or_else(|| {
-                KeyLocation::Discovery(format!(
-                    "{}/.well-known/openid-configuration",
-                    iss.trim_end_matches('/')
-                ))
-            });
-            (
-                vec![IssuerString {
-                    iss: iss.clone(),
-                    tenant: None,
-                    key_source: 0,
-                }],
-                TenantBinding::None,
-                vec![KeySourceConfig {
-                    location,
-                    expected_issuers: vec![iss],
-                    allow_insecure_http: raw.allow_insecure_http,
-                }],
-                vec!["sub"],
-                vec![],
-            )
+            let (strings, sources) = single_issuer(iss, key_override, raw.allow_insecure_http);
+            (strings, TenantBinding::None, sources, vec!["sub"], vec![])
         }
         Preset::Entra => {
             if raw.issuer.is_some() {

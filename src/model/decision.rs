@@ -198,7 +198,10 @@ impl DenyStatus {
 /// What Quay receives in `Authorization` once a request is allowed (the issuer's `upstream`,
 /// README "Identity bridge"). Set by the pipeline, written into the OK response by `respond`
 /// with `OVERWRITE_IF_EXISTS_OR_ADD`, so what the client sent never survives beside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `Debug` prints the kind, never the credential: a decision logged with `{:?}` must not leak
+/// a bridge token or the caller's JWT.
+#[derive(Clone, PartialEq, Eq)]
 pub enum UpstreamCredential {
     /// The caller's own header, unchanged (`upstream: forward`).
     Forward,
@@ -209,6 +212,17 @@ pub enum UpstreamCredential {
     /// `Authorization: Basic <this>`, already base64: `$oauthtoken:<JWT>` for Quay's registry
     /// token endpoint, which reads Basic only (see [`UpstreamCredential::for_registry_token`]).
     Basic(Arc<str>),
+}
+
+impl std::fmt::Debug for UpstreamCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Forward => "Forward",
+            Self::Strip => "Strip",
+            Self::Bearer(_) => "Bearer(<redacted>)",
+            Self::Basic(_) => "Basic(<redacted>)",
+        })
+    }
 }
 
 impl UpstreamCredential {
@@ -366,5 +380,19 @@ mod tests {
             UpstreamCredential::Strip.for_registry_token("idp.jwt.sig"),
             UpstreamCredential::Strip
         );
+    }
+
+    #[test]
+    fn upstream_credentials_never_print_their_token() {
+        let bearer = UpstreamCredential::Bearer("eyJhbGciOi.secret.sig".into());
+        let basic = bearer.clone().for_registry_token("caller.jwt.sig");
+        for credential in [bearer, basic] {
+            let printed = format!("{credential:?}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+            assert!(
+                !printed.contains("secret") && !printed.contains("JG9hdXRo"),
+                "{printed}"
+            );
+        }
     }
 }
