@@ -179,10 +179,14 @@ async fn an_exchange_issuers_allow_carries_a_bridge_token_quay_accepts() {
     assert_eq!(claims["sub"], "gh:4242:77");
     assert_eq!(claims["preferred_username"], "gh-acme-app");
     assert!(claims.get("email").is_none());
-    // The identity headers name the caller as Quay will see it.
+    // The identity headers name the caller as Quay will see it: its username and its `sub`.
     assert_eq!(
         response_header(&response, "x-quay-authz-user").as_deref(),
         Some("gh-acme-app")
+    );
+    assert_eq!(
+        response_header(&response, "x-quay-authz-subject").as_deref(),
+        Some("gh:4242:77")
     );
 }
 
@@ -366,6 +370,7 @@ fn gha_identity(issuer: &DevIssuer, owner_id: &str) -> quay_authz::model::identi
                 .cloned()
                 .unwrap_or_default(),
         expires_at: now() + 3600,
+        bridge_subject: None,
     }
 }
 

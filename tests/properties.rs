@@ -85,6 +85,7 @@ fn identity(repository: &str) -> Identity {
         groups: vec![format!("Quay.{repository}.write")],
         claims: claims.as_object().cloned().unwrap_or_default(),
         expires_at: u64::MAX,
+        bridge_subject: None,
     }
 }
 

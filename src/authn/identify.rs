@@ -453,6 +453,7 @@ pub fn check_claims(
         groups,
         claims,
         expires_at: exp,
+        bridge_subject: None,
     })
 }
 

@@ -325,6 +325,7 @@ mod tests {
             groups: Vec::new(),
             claims: Default::default(),
             expires_at: 1_000,
+            bridge_subject: None,
         })
     }
 

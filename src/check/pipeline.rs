@@ -459,6 +459,7 @@ impl Pipeline {
             let principal = Bridge::principal(&identity, matched.issuer)
                 .map_err(|error| fail(IdentifyError::new(error.reason, error.detail)))?;
             identity.username = principal.username;
+            identity.bridge_subject = Some(principal.subject);
         }
         let valid_until = identity
             .expires_at

@@ -21,7 +21,9 @@ use crate::config::HeaderSettings;
 use crate::model::decision::{Decision, DenyStatus, Reason, ScopeRewrite, UpstreamCredential};
 
 /// The identity headers we set on allow (after the configured prefix).
-pub const IDENTITY_HEADERS: [&str; 6] = ["user", "issuer", "tenant", "client", "groups", "scopes"];
+pub const IDENTITY_HEADERS: [&str; 7] = [
+    "user", "issuer", "tenant", "client", "groups", "scopes", "subject",
+];
 
 /// What the responder needs beyond the decision; built once per configuration.
 #[derive(Debug, Clone)]
@@ -70,13 +72,15 @@ pub fn build_response(
                 .map(|g| g.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
-            let values: [Option<&str>; 6] = [
+            let values: [Option<&str>; 7] = [
                 Some(&identity.username),
                 Some(&identity.issuer),
                 identity.tenant.as_deref(),
                 identity.client.as_deref(),
                 Some(&groups),
                 Some(&scopes),
+                // The bridge token's `sub` (Quay's key for the user), for exchange issuers.
+                identity.bridge_subject.as_deref(),
             ];
             let mut headers = Vec::new();
             let mut headers_to_remove = Vec::new();
@@ -411,6 +415,7 @@ mod tests {
             groups: vec![],
             claims: Default::default(),
             expires_at: 0,
+            bridge_subject: None,
         };
         let decision = Decision::Allow {
             identity: std::sync::Arc::new(identity),
@@ -442,6 +447,7 @@ mod tests {
                 "x-quay-authz-tenant",
                 "x-quay-authz-client",
                 "x-quay-authz-groups",
+                "x-quay-authz-subject",
                 "authorization"
             ]
         );
@@ -459,6 +465,7 @@ mod tests {
             groups: vec![],
             claims: Default::default(),
             expires_at: 0,
+            bridge_subject: None,
         })
     }
 
@@ -551,7 +558,7 @@ mod tests {
         );
         let (set, removed, _) = headers(&response);
         assert!(set.is_empty());
-        assert_eq!(removed.len(), 6);
+        assert_eq!(removed.len(), IDENTITY_HEADERS.len());
         assert!(removed.iter().all(|name| name.starts_with("x-quay-authz-")));
     }
 

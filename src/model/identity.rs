@@ -18,4 +18,8 @@ pub struct Identity {
     pub groups: Vec<String>,
     pub claims: Map<String, Value>,
     pub expires_at: u64,
+    /// For an `upstream: exchange` issuer, the `sub` Quay sees: the bridge token's, rendered
+    /// from the issuer's `subject` template once per verified token (so the identity headers
+    /// name the principal as Quay will). `None` for other issuers.
+    pub bridge_subject: Option<String>,
 }

@@ -689,6 +689,7 @@ mod tests {
             groups: groups.iter().map(|g| g.to_string()).collect(),
             claims: claims.as_object().cloned().unwrap_or_default(),
             expires_at: u64::MAX,
+            bridge_subject: None,
         }
     }
 
