@@ -245,3 +245,47 @@ fn check_config_prints_the_quay_login_provider_each_forward_issuer_needs() {
         "{stdout}"
     );
 }
+
+/// `check-config --quay-config` builds Quay's login provider for the bridge from the
+/// configuration as `serve` would run it: environment overrides of `bridge.issuer` and
+/// `bridge.audience` included, so the fragment and the tokens can never disagree.
+#[test]
+fn quay_config_for_the_bridge_follows_the_configuration_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = common::pki::rsa_key_file(dir.path(), "bridge.pem");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "quay: {{service: q, realm: \"https://q/v2/auth\"}}\n\
+             bridge:\n  issuer: https://quay.example.com/quay-authz\n  audience: quay-authz\n  signing_keys: [{}]\n\
+             issuers:\n  - name: github\n    preset: github-actions\n    audiences: [https://quay.example.com]\n    upstream: exchange\n",
+            key.display()
+        ),
+    )
+    .expect("write");
+    let path = path.to_string_lossy().into_owned();
+    let (code, stdout, stderr) = quay_authz(&["check-config", "--quay-config", &path], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("OIDC_SERVER: https://quay.example.com/quay-authz/"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CLIENT_ID: quay-authz"), "{stdout}");
+    let (code, stdout, stderr) = quay_authz(
+        &["check-config", "--quay-config", &path],
+        &[
+            (
+                "QUAY_AUTHZ_BRIDGE_ISSUER",
+                "https://edge.example.com/bridge",
+            ),
+            ("QUAY_AUTHZ_BRIDGE_AUDIENCE", "quay-bridge"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("OIDC_SERVER: https://edge.example.com/bridge/"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CLIENT_ID: quay-bridge"), "{stdout}");
+}

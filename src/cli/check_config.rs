@@ -12,18 +12,16 @@ use serde_yaml::{Mapping, Value};
 
 pub fn run(file: &Path, quay_config: bool) -> ExitCode {
     match Config::load(file) {
-        Ok(config) if quay_config => {
-            match bridge_names(file).and_then(|bridge| quay_fragment(&config, bridge.as_ref())) {
-                Ok(fragment) => {
-                    print!("{fragment}");
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    eprintln!("{}: {error}", file.display());
-                    ExitCode::from(2)
-                }
+        Ok(config) if quay_config => match quay_fragment(&config, bridge_names(&config).as_ref()) {
+            Ok(fragment) => {
+                print!("{fragment}");
+                ExitCode::SUCCESS
             }
-        }
+            Err(error) => {
+                eprintln!("{}: {error}", file.display());
+                ExitCode::from(2)
+            }
+        },
         Ok(config) => {
             print!("{}", summarize(&config));
             ExitCode::SUCCESS
@@ -152,27 +150,13 @@ struct BridgeNames {
     audience: String,
 }
 
-/// `bridge.issuer` and `bridge.audience` as the file spells them (DESIGN.md "Identity bridge"),
-/// or `None` without a `bridge:` section. Read from the file rather than from [`Config`] so the
-/// fragment depends on these two names only, not on how the bridge is built at run time.
-fn bridge_names(file: &Path) -> Result<Option<BridgeNames>, String> {
-    let text = std::fs::read_to_string(file).map_err(|error| format!("cannot read: {error}"))?;
-    let document: Value =
-        serde_yaml::from_str(&text).map_err(|error| format!("not YAML: {error}"))?;
-    let Some(bridge) = document.get("bridge").filter(|bridge| !bridge.is_null()) else {
-        return Ok(None);
-    };
-    let field = |name: &str| {
-        bridge
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| format!("bridge.{name}: expected a string"))
-    };
-    Ok(Some(BridgeNames {
-        issuer: field("issuer")?,
-        audience: field("audience")?,
-    }))
+/// `bridge.issuer` and `bridge.audience` of the configuration in force (environment overrides
+/// included, as `serve` would run it), or `None` without a `bridge:` section.
+fn bridge_names(config: &Config) -> Option<BridgeNames> {
+    config.bridge.as_ref().map(|bridge| BridgeNames {
+        issuer: bridge.issuer.clone(),
+        audience: bridge.audience.clone(),
+    })
 }
 
 /// Quay's config key for a login provider named `name`: upper case, `_` for anything Quay's
@@ -525,27 +509,5 @@ issuers:
                 "{reserved}"
             );
         }
-    }
-
-    #[test]
-    fn bridge_names_come_from_the_bridge_section() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("c.yaml");
-        std::fs::write(
-            &path,
-            "bridge:\n  issuer: https://a.example\n  audience: qa\n  signing_keys: [k.pem]\n",
-        )
-        .expect("write");
-        assert_eq!(
-            bridge_names(&path),
-            Ok(Some(BridgeNames {
-                issuer: "https://a.example".into(),
-                audience: "qa".into()
-            }))
-        );
-        std::fs::write(&path, "bridge:\n  issuer: 7\n").expect("write");
-        assert!(bridge_names(&path).is_err());
-        std::fs::write(&path, "issuers: []\n").expect("write");
-        assert_eq!(bridge_names(&path), Ok(None));
     }
 }
