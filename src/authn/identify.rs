@@ -263,12 +263,7 @@ pub fn allowed_algorithm(
         _ => Err(refuse(&format!(
             "is not allowed for issuer {} (allowed: {})",
             issuer.name,
-            issuer
-                .algorithms
-                .iter()
-                .map(|a| a.name())
-                .collect::<Vec<_>>()
-                .join(", ")
+            issuer.algorithm_names()
         ))),
     }
 }

@@ -365,29 +365,22 @@ mod tests {
     }
 
     fn headers(response: &CheckResponse) -> (Vec<(String, String, i32)>, Vec<String>, i32) {
+        let pairs = |options: &[HeaderValueOption]| -> Vec<(String, String, i32)> {
+            options
+                .iter()
+                .filter_map(|h| {
+                    h.header
+                        .as_ref()
+                        .map(|v| (v.key.clone(), v.value.clone(), h.append_action))
+                })
+                .collect()
+        };
         match &response.http_response {
-            Some(HttpResponse::OkResponse(ok)) => (
-                ok.headers
-                    .iter()
-                    .filter_map(|h| {
-                        h.header
-                            .as_ref()
-                            .map(|v| (v.key.clone(), v.value.clone(), h.append_action))
-                    })
-                    .collect(),
-                ok.headers_to_remove.clone(),
-                200,
-            ),
+            Some(HttpResponse::OkResponse(ok)) => {
+                (pairs(&ok.headers), ok.headers_to_remove.clone(), 200)
+            }
             Some(HttpResponse::DeniedResponse(denied)) => (
-                denied
-                    .headers
-                    .iter()
-                    .filter_map(|h| {
-                        h.header
-                            .as_ref()
-                            .map(|v| (v.key.clone(), v.value.clone(), h.append_action))
-                    })
-                    .collect(),
+                pairs(&denied.headers),
                 Vec::new(),
                 denied.status.as_ref().map(|s| s.code).unwrap_or_default(),
             ),

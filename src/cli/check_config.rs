@@ -86,12 +86,7 @@ fn summarize(config: &Config) -> String {
             issuer.name,
             issuer.preset,
             issuer.audiences.join(", "),
-            issuer
-                .algorithms
-                .iter()
-                .map(|a| a.name())
-                .collect::<Vec<_>>()
-                .join(", ")
+            issuer.algorithm_names()
         ));
         text.push_str(&format!(
             "      upstream: {}\n",

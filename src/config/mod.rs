@@ -272,6 +272,17 @@ pub struct IssuerConfig {
     pub bridge_identity: Option<bridge::BridgeIdentity>,
 }
 
+impl IssuerConfig {
+    /// The allowed algorithms as written in the configuration (`RS256, ES256`), for messages.
+    pub fn algorithm_names(&self) -> String {
+        self.algorithms
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IssuerString {
     pub iss: String,
