@@ -18,6 +18,8 @@
 //! - `jwks`: key fetching and caching; `authn`: token extraction and verification (no rules);
 //! - `bridge`: the identity bridge (signing keys, templates, minting; `bridge::keys` and
 //!   `bridge::template` are leaves `config` compiles with);
+//! - `store`: token exchange's shared state (live tokens, revocations, mint counters), in memory
+//!   or in Redis;
 //! - `metrics`; `check`: the pipeline, the response, audit and explain;
 //! - `server`: gRPC, HTTP, admin API and reload — it calls `check`, never the reverse;
 //! - `dev` (cargo feature `dev`): the development issuer and upstream and the bench tooling,
@@ -35,4 +37,5 @@ pub mod model;
 pub mod policy;
 pub mod route;
 pub mod server;
+pub mod store;
 pub mod tls;

@@ -25,6 +25,43 @@ pub struct BridgeSettings {
     pub authorize_path: String,
     pub authorization_endpoint: String,
     pub keys: Arc<SigningKeys>,
+    /// `bridge.exchange`: the RFC 8693 endpoint; None: off.
+    pub exchange: Option<ExchangeSettings>,
+    /// `bridge.store`, read once at startup (a reload that changes it is logged as needing a
+    /// restart: the live-token index and the revocation list must not be lost).
+    pub store: StoreLocation,
+}
+
+/// `bridge.exchange`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSettings {
+    /// Path of the endpoint on the HTTP listener.
+    pub path: String,
+    pub max_lifetime_seconds: u64,
+    pub default_lifetime_seconds: u64,
+    pub mints_per_principal_per_minute: u64,
+}
+
+/// Where exchanged tokens' shared state is kept (`bridge.store`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// In this process: right for one replica.
+    Memory,
+}
+
+impl StoreLocation {
+    /// What may be shown of it: the scheme and host, never a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Memory => "memory".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 /// How an `exchange` issuer's caller is named in the bridge token.
@@ -87,6 +124,11 @@ pub(super) fn build_bridge(raw: &raw::Bridge, issues: &mut Issues<'_>) -> Option
             None
         }
     };
+    let exchange = raw
+        .exchange
+        .as_ref()
+        .and_then(|exchange| build_exchange(exchange, issues));
+    let store = build_store(&raw.store, issues);
     if issues.found.len() > before {
         return None;
     }
@@ -102,7 +144,58 @@ pub(super) fn build_bridge(raw: &raw::Bridge, issues: &mut Issues<'_>) -> Option
         authorize_path: format!("{path}{AUTHORIZE}"),
         authorization_endpoint: format!("{base}{AUTHORIZE}"),
         keys: Arc::new(SigningKeys::new(paths, keys?)),
+        exchange,
+        store: store?,
     })
+}
+
+fn build_exchange(raw: &raw::Exchange, issues: &mut Issues<'_>) -> Option<ExchangeSettings> {
+    let before = issues.found.len();
+    if !raw.path.starts_with('/')
+        || raw.path.contains(['?', '#', ' ', '%'])
+        || raw.path.contains("//")
+        || raw.path.contains("/.")
+    {
+        issues.push(
+            "bridge.exchange.path",
+            "expected an absolute path such as /oauth2/token, without query, fragment, `//` or \
+             dot segments",
+        );
+    }
+    if !(60..=3600).contains(&raw.max_lifetime_seconds) {
+        issues.push(
+            "bridge.exchange.max_lifetime_seconds",
+            "must be between 60 and 3600 (Quay accepts SSO tokens of at most an hour)",
+        );
+    }
+    if raw.default_lifetime_seconds < 60 || raw.default_lifetime_seconds > raw.max_lifetime_seconds
+    {
+        issues.push(
+            "bridge.exchange.default_lifetime_seconds",
+            "must be at least 60 and at most max_lifetime_seconds",
+        );
+    }
+    if raw.mints_per_principal_per_minute == 0 {
+        issues.push(
+            "bridge.exchange.mints_per_principal_per_minute",
+            "must be at least 1 (remove `exchange` to turn the endpoint off)",
+        );
+    }
+    (issues.found.len() == before).then(|| ExchangeSettings {
+        path: raw.path.clone(),
+        max_lifetime_seconds: raw.max_lifetime_seconds,
+        default_lifetime_seconds: raw.default_lifetime_seconds,
+        mints_per_principal_per_minute: raw.mints_per_principal_per_minute,
+    })
+}
+
+fn build_store(text: &str, issues: &mut Issues<'_>) -> Option<StoreLocation> {
+    if text == "memory" {
+        return Some(StoreLocation::Memory);
+    }
+    // The value is not echoed: a mistyped URL may still carry a password.
+    issues.push("bridge.store", "expected `memory`");
+    None
 }
 
 /// The templates of an `exchange` issuer (defaults per preset), or issues when they cannot

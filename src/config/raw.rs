@@ -238,8 +238,7 @@ impl Default for Paths {
 
 /// quay-authz as one of Quay's OIDC login providers (README, "Identity bridge"). Discovery
 /// (`{issuer}/.well-known/openid-configuration`) and the JWKS (`{issuer}/.well-known/jwks.json`)
-/// are served on the HTTP listener. (The token-exchange endpoint and the shared store are issue
-/// 13's and not accepted yet.)
+/// are served on the HTTP listener, and so is the token-exchange endpoint when `exchange` is set.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bridge {
@@ -260,6 +259,55 @@ pub struct Bridge {
     /// Bridge tokens remembered for reuse (one per caller); 0 mints on every allowed request.
     #[serde(default = "default_bridge_mint_cache_entries")]
     pub mint_cache_entries: usize,
+    /// The RFC 8693 token-exchange endpoint for automation (README, "Token exchange"). Absent: off.
+    #[serde(default)]
+    pub exchange: Option<Exchange>,
+    /// Where the live exchanged tokens, the revocation list and the mint counters are kept:
+    /// `memory` (one replica) or `redis://host:6379/0` (`rediss://` for TLS), required with
+    /// more than one replica so a revocation on one holds on all.
+    #[serde(default = "default_bridge_store")]
+    pub store: String,
+}
+
+/// `bridge.exchange`: trade an identity provider's token for a scoped token of quay-authz's
+/// own (RFC 8693).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Exchange {
+    /// Path of the endpoint on the HTTP listener (`POST`, form-encoded).
+    #[serde(default = "default_exchange_path")]
+    pub path: String,
+    /// Longest lifetime a client may ask for with `requested_lifetime`, 60 to 3600 seconds
+    /// (Quay accepts SSO tokens of at most an hour).
+    #[serde(default = "default_exchange_max_lifetime_seconds")]
+    pub max_lifetime_seconds: u64,
+    /// Lifetime when the client does not ask for one (at most `max_lifetime_seconds`).
+    #[serde(default = "default_exchange_default_lifetime_seconds")]
+    pub default_lifetime_seconds: u64,
+    /// Exchanges one principal may make per minute, counted across replicas through the
+    /// store; a leaked CI token cannot mint without bound.
+    #[serde(default = "default_exchange_mints_per_principal_per_minute")]
+    pub mints_per_principal_per_minute: u64,
+}
+
+fn default_exchange_path() -> String {
+    "/oauth2/token".into()
+}
+
+fn default_exchange_max_lifetime_seconds() -> u64 {
+    3600
+}
+
+fn default_exchange_default_lifetime_seconds() -> u64 {
+    900
+}
+
+fn default_exchange_mints_per_principal_per_minute() -> u64 {
+    60
+}
+
+fn default_bridge_store() -> String {
+    "memory".into()
 }
 
 fn default_bridge_token_lifetime_seconds() -> u64 {

@@ -36,12 +36,15 @@ pub enum Reason {
     InsufficientScope,
     // --- the identity bridge
     BridgeIdentityInvalid,
+    // --- token exchange
+    TokenRevoked,
     // --- this service
     KeysUnavailable,
+    RevocationUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 25] = [
         Reason::Allowed,
         Reason::NoCredentials,
         Reason::NotProtected,
@@ -64,7 +67,9 @@ impl Reason {
         Reason::RouteNotClassified,
         Reason::InsufficientScope,
         Reason::BridgeIdentityInvalid,
+        Reason::TokenRevoked,
         Reason::KeysUnavailable,
+        Reason::RevocationUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -91,7 +96,9 @@ impl Reason {
             Self::RouteNotClassified => "route_not_classified",
             Self::InsufficientScope => "insufficient_scope",
             Self::BridgeIdentityInvalid => "bridge_identity_invalid",
+            Self::TokenRevoked => "token_revoked",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::RevocationUnavailable => "revocation_unavailable",
         }
     }
 
@@ -137,7 +144,11 @@ impl Reason {
                 "the token's claims cannot name a Quay user as configured; ask this service's \
                  administrator"
             }
+            Self::TokenRevoked => "the token was revoked; exchange a fresh one",
             Self::KeysUnavailable => "tokens cannot be verified right now; retry later",
+            Self::RevocationUnavailable => {
+                "exchanged tokens cannot be checked right now; retry later"
+            }
         }
     }
 
@@ -154,7 +165,7 @@ impl Reason {
             Self::RouteNotClassified | Self::InsufficientScope | Self::BridgeIdentityInvalid => {
                 DenyStatus::Forbidden
             }
-            Self::KeysUnavailable => DenyStatus::Unavailable,
+            Self::KeysUnavailable | Self::RevocationUnavailable => DenyStatus::Unavailable,
             _ => DenyStatus::Unauthenticated,
         }
     }

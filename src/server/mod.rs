@@ -32,8 +32,10 @@ use tonic_health::ServingStatus;
 
 use crate::check::pipeline::Pipeline;
 use crate::config::Config;
+use crate::config::bridge::StoreLocation;
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
+use crate::store::TokenStore;
 
 /// Shared state of a running instance. The pipeline sits behind an ArcSwap so a reload can
 /// replace it without blocking Checks.
@@ -41,6 +43,9 @@ pub struct Service {
     pub pipeline: ArcSwap<Pipeline>,
     pub key_store: KeyStore,
     pub metrics: Metrics,
+    /// Token exchange's live-token index, revocation list and mint counters (`bridge.store`):
+    /// opened once at startup and kept across reloads, so a reload forgets no revocation.
+    pub token_store: Arc<TokenStore>,
 }
 
 impl Service {
@@ -50,11 +55,13 @@ impl Service {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
+        let token_store = Arc::new(TokenStore::open(&store_location(&config)));
         let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics.clone());
         Arc::new(Self {
             pipeline: ArcSwap::from_pointee(pipeline),
             key_store,
             metrics,
+            token_store,
         })
     }
 
@@ -116,10 +123,19 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("listen.http", old.listen.http != new.listen.http),
         ("listen.admin", old.listen.admin != new.listen.admin),
         ("listen.grpc_tls", tls_files(old) != tls_files(new)),
+        ("bridge.store", store_location(old) != store_location(new)),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
     .collect()
+}
+
+/// `bridge.store` (memory without a bridge: nothing is exchanged then).
+fn store_location(config: &Config) -> StoreLocation {
+    config
+        .bridge
+        .as_ref()
+        .map_or(StoreLocation::Memory, |bridge| bridge.store.clone())
 }
 
 /// Reloads on SIGHUP and when the file's modification time or size changes (polled, so it

@@ -1,0 +1,153 @@
+//! The shared state of token exchange (README, "Token exchange"): the index of live exchanged
+//! tokens, the revocation list and the per-principal mint counters. `memory` keeps them in
+//! this process (one replica); `redis://` shares them between replicas, each entry expiring
+//! with the token it describes, so nothing outlives what it describes.
+//!
+//! Usage: `TokenStore::open(&location)` once at startup (the `Service` owns it, so a reload
+//! keeps it); `record` on every exchange, `is_revoked` on every Check of an exchanged token,
+//! `count_mint` before a mint, `list`/`revoke`/`revoke_principal` from the admin API.
+//!
+//! An enum rather than a trait object: two variants, async methods without boxing.
+
+pub mod memory;
+
+use crate::config::bridge::StoreLocation;
+use crate::model::decision::Reason;
+
+/// One exchanged token as the lifecycle API shows it: never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IssuedToken {
+    /// The token's `jti`: what `tokens revoke --jti` names.
+    pub jti: String,
+    /// The bridge `sub` (the principal Quay sees): what `tokens revoke --principal` names.
+    pub principal: String,
+    /// The bridge token's `preferred_username`.
+    pub username: String,
+    /// The configured issuer whose token was exchanged.
+    pub source_issuer: String,
+    /// The scopes granted, in the grant notation (`repo:write on acme/*`).
+    pub scopes: Vec<String>,
+    /// `iat` and `exp`, Unix seconds.
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+/// The store cannot answer: the caller fails closed (`revocation_unavailable`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("token store unavailable: {detail}")]
+pub struct StoreError {
+    /// What failed, without a URL or password (`connection refused`, `timed out`).
+    pub detail: String,
+}
+
+impl StoreError {
+    pub fn new(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+        }
+    }
+
+    /// The stable reason code of a request refused because of it.
+    pub fn reason(&self) -> Reason {
+        Reason::RevocationUnavailable
+    }
+}
+
+/// The mint counter's window: one minute, aligned to the clock so replicas agree on it.
+pub const MINT_WINDOW_SECONDS: u64 = 60;
+
+/// The store of one running instance.
+pub enum TokenStore {
+    Memory(memory::MemoryStore),
+}
+
+impl TokenStore {
+    /// Opens the configured store; the location was validated with the configuration, so
+    /// this cannot fail. Redis is connected lazily: an unreachable server at startup is
+    /// reported by `ping` (and `/readyz`), not fatal.
+    pub fn open(location: &StoreLocation) -> Self {
+        match location {
+            StoreLocation::Memory => Self::Memory(memory::MemoryStore::default()),
+        }
+    }
+
+    /// `memory` or `redis`, for `/readyz`, the admin API and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Memory(_) => "memory",
+        }
+    }
+
+    /// Whether the store answers now.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Adds a freshly minted token to the live index, until its `expires_at`.
+    pub async fn record(&self, token: &IssuedToken, now: u64) -> Result<(), StoreError> {
+        match self {
+            Self::Memory(store) => {
+                store.record(token, now);
+                Ok(())
+            }
+        }
+    }
+
+    /// Every live (unexpired, unrevoked) token, oldest first.
+    pub async fn list(&self, now: u64) -> Result<Vec<IssuedToken>, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.list(now)),
+        }
+    }
+
+    /// Revokes one token by `jti` until it would have expired; returns it, or `None` when no
+    /// live token has that `jti` (already expired, revoked or never issued).
+    pub async fn revoke(&self, jti: &str, now: u64) -> Result<Option<IssuedToken>, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.revoke(jti, now)),
+        }
+    }
+
+    /// Revokes every token `principal` holds that was issued at or before `now`; the mark
+    /// lasts `max_lifetime_seconds` (no older token can outlive it). Returns the live tokens
+    /// it revoked.
+    pub async fn revoke_principal(
+        &self,
+        principal: &str,
+        now: u64,
+        max_lifetime_seconds: u64,
+    ) -> Result<Vec<IssuedToken>, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.revoke_principal(principal, now, max_lifetime_seconds)),
+        }
+    }
+
+    /// Whether the token (`jti`, its `sub` and `iat`) was revoked, one by one or with all its
+    /// principal's tokens.
+    pub async fn is_revoked(
+        &self,
+        jti: &str,
+        principal: &str,
+        issued_at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.is_revoked(jti, principal, issued_at, now)),
+        }
+    }
+
+    /// Counts one mint for `principal` in the current minute and returns the count so far,
+    /// this one included; the caller refuses when it exceeds the limit.
+    pub async fn count_mint(&self, principal: &str, now: u64) -> Result<u64, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.count_mint(principal, now)),
+        }
+    }
+}
+
+/// The start of the mint window that holds `now`.
+pub fn mint_window(now: u64) -> u64 {
+    now - now % MINT_WINDOW_SECONDS
+}
