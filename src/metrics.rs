@@ -40,6 +40,8 @@ pub struct Metrics {
     pub bridge_mints: IntCounterVec,
     /// Mint-cache lookups by result (hit, miss).
     pub bridge_mint_cache: IntCounterVec,
+    /// Revocations through the admin API, by kind (jti, principal).
+    pub token_revocations: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -118,6 +120,14 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let token_revocations = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_token_revocations_total",
+                "Exchanged-token revocations through the admin API, by kind (jti, principal)",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "quay_authz_config_reloads_total",
@@ -148,6 +158,7 @@ impl Metrics {
             Box::new(token_cache_evictions.clone()),
             Box::new(bridge_mints.clone()),
             Box::new(bridge_mint_cache.clone()),
+            Box::new(token_revocations.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -166,6 +177,7 @@ impl Metrics {
             token_cache_evictions,
             bridge_mints,
             bridge_mint_cache,
+            token_revocations,
         }
     }
 
@@ -213,7 +225,7 @@ impl Metrics {
     /// field belongs in the list below.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 10] = [
+        let collectors: [&dyn Collector; 11] = [
             &self.decisions,
             &self.check_duration,
             &self.jwks_fetches,
@@ -224,6 +236,7 @@ impl Metrics {
             &self.token_cache_evictions,
             &self.bridge_mints,
             &self.bridge_mint_cache,
+            &self.token_revocations,
         ];
         let described = collectors
             .into_iter()
