@@ -5,13 +5,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cli::quay_authz;
 use common::issuer::*;
+use common::log_capture::{captured_events, captured_text};
 use common::service::*;
 use quay_authz::check::audit::AllowSampler;
 use quay_authz::config::env;
@@ -266,46 +267,9 @@ fn git_head() -> Option<String> {
 
 // === Audit log ===
 
-/// Every event this test process writes, as JSON lines (the binary's `--log-format json`
-/// layout: fields flattened into the event).
-fn captured_events() -> &'static Arc<Mutex<Vec<u8>>> {
-    static CAPTURE: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || CaptureWriter(sink.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buffer
-    })
-}
-
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CaptureWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Audit events (target `audit`) whose request id starts with `prefix`.
 fn audit_events(prefix: &str) -> Vec<Value> {
-    let text =
-        String::from_utf8_lossy(&captured_events().lock().unwrap_or_else(|p| p.into_inner()))
-            .into_owned();
-    audit_events_in(&text, prefix)
+    audit_events_in(&captured_text(), prefix)
 }
 
 fn audit_events_in(text: &str, prefix: &str) -> Vec<Value> {
@@ -379,9 +343,7 @@ async fn audit_events_carry_the_decision_facts_and_never_the_token() {
     }
     assert!(deny["detail"].as_str().is_some_and(|d| !d.is_empty()));
     assert!(deny["latency_us"].is_u64(), "{deny}");
-    let everything =
-        String::from_utf8_lossy(&captured_events().lock().unwrap_or_else(|p| p.into_inner()))
-            .into_owned();
+    let everything = captured_text();
     // No part of the token: not its header, payload or signature.
     for part in token.split('.') {
         assert!(!everything.contains(part), "a token part reached the log");

@@ -386,3 +386,21 @@ impl From<proto::ExplainResponse> for Explanation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory store never fails, so the Redis store's failure is simulated here: the
+    /// status an operator's CLI maps to "not possible now" names the reason code and what
+    /// failed, and nothing else (`StoreError` carries no URL or password by contract).
+    #[test]
+    fn a_store_failure_is_unavailable_and_names_revocation_unavailable() {
+        let status = unavailable(StoreError::new("connection refused"));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "revocation_unavailable: token store unavailable: connection refused"
+        );
+    }
+}

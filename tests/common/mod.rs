@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod envoy;
 pub mod issuer;
+pub mod log_capture;
 pub mod pki;
 pub mod quay;
 pub mod service;
