@@ -19,7 +19,7 @@ use quay_authz::server::admin::proto::{
     ListTokensRequest, RevokePrincipalRequest, RevokeTokenRequest,
 };
 use quay_authz::store::IssuedToken;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 /// `bridge.exchange` as configured (`None`: a bridge without exchange) and, with `bridge`
@@ -369,23 +369,17 @@ async fn revoke_by_jti_revokes_that_token_only_and_an_unknown_jti_exits_1() {
         })
         .collect();
     assert_eq!(events.len(), 3, "{events:#?}");
-    let revoked = &events[0];
-    for (field, value) in [
-        ("kind", "jti"),
-        ("result", "revoked"),
-        ("jti", "jti-revoke-1"),
-        ("principal", "gh:jti-owner"),
-        ("source_issuer", "gha"),
-    ] {
-        assert_eq!(revoked[field], field_value(value), "{field}: {revoked}");
-    }
-    assert_eq!(revoked["count"], 1, "{revoked}");
-    assert_loopback_peer(revoked);
-    for refused in &events[1..] {
-        assert_eq!(refused["result"], "not_found", "{refused}");
-        assert_eq!(refused["count"], 0, "{refused}");
-        assert_eq!(refused["principal"], "", "{refused}");
-        assert_loopback_peer(refused);
+    assert_revoke_event(
+        &events[0],
+        json!({"kind": "jti", "result": "revoked", "jti": "jti-revoke-1",
+               "principal": "gh:jti-owner", "source_issuer": "gha", "count": 1}),
+    );
+    for (refused, jti) in events[1..].iter().zip(["jti-revoke-1", "jti-never-issued"]) {
+        assert_revoke_event(
+            refused,
+            json!({"kind": "jti", "result": "not_found", "jti": jti,
+                   "principal": "", "source_issuer": "", "count": 0}),
+        );
     }
 }
 
@@ -472,18 +466,11 @@ async fn revoke_by_principal_revokes_all_it_holds_and_nobody_elses() {
         .filter(|event| event["principal"] == "gh:revoked-principal")
         .collect();
     assert_eq!(events.len(), 1, "{events:#?}");
-    let event = &events[0];
-    for (field, value) in [
-        ("kind", "principal"),
-        ("result", "revoked"),
-        ("jti", ""),
-        ("principal", "gh:revoked-principal"),
-        ("source_issuer", "ci,gha"),
-    ] {
-        assert_eq!(event[field], field_value(value), "{field}: {event}");
-    }
-    assert_eq!(event["count"], 2, "{event}");
-    assert_loopback_peer(event);
+    assert_revoke_event(
+        &events[0],
+        json!({"kind": "principal", "result": "revoked", "jti": "",
+               "principal": "gh:revoked-principal", "source_issuer": "ci,gha", "count": 2}),
+    );
 }
 
 #[tokio::test]
@@ -641,18 +628,31 @@ fn revoke_events() -> Vec<Value> {
         .collect()
 }
 
-fn field_value(text: &str) -> Value {
-    Value::String(text.to_string())
-}
-
-/// The admin client's address: the CLI on this host.
-fn assert_loopback_peer(event: &Value) {
+/// A `token_revoke` event has exactly the documented fields: `expected`'s values, and the admin
+/// client's address (the CLI on this host) as `peer`.
+fn assert_revoke_event(event: &Value, expected: Value) {
+    let expected = expected.as_object().expect("an object of fields");
+    for (field, value) in expected {
+        assert_eq!(&event[field], value, "{field}: {event}");
+    }
     assert!(
         event["peer"]
             .as_str()
             .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
-        "{event}"
+        "peer: {event}"
     );
+    let fields: BTreeSet<&str> = event
+        .as_object()
+        .expect("an event object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let documented: BTreeSet<&str> = expected
+        .keys()
+        .map(String::as_str)
+        .chain(["peer", "event", "target", "level", "timestamp"])
+        .collect();
+    assert_eq!(fields, documented, "{event}");
 }
 
 /// The status code of an admin API answer (`Ok` for a success).

@@ -10,9 +10,8 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Subcommand};
 use quay_authz::model::clock::rfc3339_utc;
 use quay_authz::server::admin::proto::{
-    ListTokensRequest, RevokePrincipalRequest, RevokeTokenRequest,
+    IssuedToken, ListTokensRequest, RevokePrincipalRequest, RevokeTokenRequest,
 };
-use quay_authz::store::IssuedToken;
 use serde::Serialize;
 
 #[derive(Args)]
@@ -120,7 +119,7 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
             let tokens: Vec<TokenView> = answer
                 .tokens
                 .into_iter()
-                .map(|token| TokenView::new(token.into(), Some(&store)))
+                .map(|token| TokenView::new(token, Some(&store)))
                 .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&tokens)?);
@@ -140,7 +139,7 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
             };
             let revoked: Vec<TokenView> = token
                 .into_iter()
-                .map(|token| TokenView::new(token.into(), None))
+                .map(|token| TokenView::new(token, None))
                 .collect();
             print_revoked(&revoked, json, "revoked:".into())?;
         }
@@ -161,7 +160,7 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
             let revoked: Vec<TokenView> = answer
                 .tokens
                 .into_iter()
-                .map(|token| TokenView::new(token.into(), None))
+                .map(|token| TokenView::new(token, None))
                 .collect();
             let summary = format!(
                 "revoked every token of {} issued at or before {} ({} live):",

@@ -222,7 +222,6 @@ impl AdminService {
     /// bridge's keys), so there is nothing to revoke: FAILED_PRECONDITION says why. A bridge
     /// without `exchange` still revokes: a reload that turns exchange off leaves the tokens
     /// minted before it live in the store until they expire.
-    #[allow(clippy::result_large_err)]
     fn revocable(&self) -> Result<u64, tonic::Status> {
         let pipeline = self.service.pipeline.load();
         let Some(bridge) = pipeline.config.bridge.as_ref() else {
@@ -291,7 +290,6 @@ fn peer<T>(request: &tonic::Request<T>) -> String {
 
 /// A `jti` or principal to act on: not empty, at most `MAX_NAME_BYTES`, no control characters
 /// (it is written into audit lines and store keys).
-#[allow(clippy::result_large_err)]
 fn required_name(field: &str, value: &str) -> Result<(), tonic::Status> {
     let problem = if value.is_empty() {
         "must not be empty"
@@ -308,7 +306,6 @@ fn required_name(field: &str, value: &str) -> Result<(), tonic::Status> {
 }
 
 /// A list filter: empty means none.
-#[allow(clippy::result_large_err)]
 fn optional_name<'a>(field: &str, value: &'a str) -> Result<Option<&'a str>, tonic::Status> {
     if value.is_empty() {
         return Ok(None);
@@ -325,21 +322,6 @@ fn unavailable(error: StoreError) -> tonic::Status {
 
 impl From<IssuedToken> for proto::IssuedToken {
     fn from(token: IssuedToken) -> Self {
-        Self {
-            jti: token.jti,
-            principal: token.principal,
-            username: token.username,
-            source_issuer: token.source_issuer,
-            scopes: token.scopes,
-            issued_at: token.issued_at,
-            expires_at: token.expires_at,
-        }
-    }
-}
-
-/// The admin API's answer back into the store's description (`quay-authz tokens`).
-impl From<proto::IssuedToken> for IssuedToken {
-    fn from(token: proto::IssuedToken) -> Self {
         Self {
             jti: token.jti,
             principal: token.principal,
