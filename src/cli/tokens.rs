@@ -181,13 +181,18 @@ pub async fn run(args: TokensArgs) -> anyhow::Result<ExitCode> {
 
 /// The admin API refused: its message, and the exit code for the kind of refusal.
 fn refused(status: &tonic::Status) -> ExitCode {
-    let code = match status.code() {
+    eprintln!("error: admin API: {}", printable(status.message()));
+    ExitCode::from(exit_code(status.code()))
+}
+
+/// A refusal's exit code: the server rejected an argument (usage), the store did not answer
+/// (not now), or anything else (refused: NOT_FOUND, FAILED_PRECONDITION).
+fn exit_code(code: tonic::Code) -> u8 {
+    match code {
         tonic::Code::InvalidArgument => USAGE,
         tonic::Code::Unavailable => NOT_NOW,
         _ => REFUSED,
-    };
-    eprintln!("error: admin API: {}", printable(status.message()));
-    ExitCode::from(code)
+    }
 }
 
 fn print_revoked(revoked: &[TokenView], json: bool, summary: String) -> anyhow::Result<()> {
@@ -250,4 +255,28 @@ fn printable(value: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_map_to_the_documented_exit_codes() {
+        for (code, expected) in [
+            (tonic::Code::NotFound, 1),
+            (tonic::Code::FailedPrecondition, 1),
+            (tonic::Code::InvalidArgument, 2),
+            // revocation_unavailable: the token store did not answer; worth retrying.
+            (tonic::Code::Unavailable, 3),
+        ] {
+            assert_eq!(exit_code(code), expected, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("gh:42 ünïcode"), "gh:42 ünïcode");
+        assert_eq!(printable("a\nb\u{1b}[2J"), "a\\nb\\u{1b}[2J");
+    }
 }
