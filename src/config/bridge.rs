@@ -47,6 +47,8 @@ pub struct ExchangeSettings {
 pub enum StoreLocation {
     /// In this process: right for one replica.
     Memory,
+    /// A Redis server shared by every replica (`redis://`, `rediss://` for TLS).
+    Redis(RedisLocation),
 }
 
 impl StoreLocation {
@@ -54,6 +56,7 @@ impl StoreLocation {
     pub fn describe(&self) -> String {
         match self {
             Self::Memory => "memory".into(),
+            Self::Redis(location) => location.describe().to_string(),
         }
     }
 }
@@ -61,6 +64,72 @@ impl StoreLocation {
 impl std::fmt::Debug for StoreLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.describe())
+    }
+}
+
+/// A `redis://` or `rediss://` URL that the client crate's own parser accepted at load, so
+/// opening the store later cannot fail on it. The URL may carry a password (from the file or
+/// `QUAY_AUTHZ_BRIDGE_STORE`): only `describe()` is ever shown, in logs, `/readyz` and errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisLocation {
+    url: String,
+    shown: String,
+}
+
+impl RedisLocation {
+    /// Parses `text` with the `redis` crate; the error says what is wrong without repeating
+    /// the text (it may hold a password).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const EXPECTED: &str = "expected `memory` or `redis://[:PASSWORD@]HOST[:PORT][/DB]` \
+                                (`rediss://` for TLS)";
+        let scheme = match text.split_once("://") {
+            Some(("redis", _)) => "redis",
+            Some(("rediss", _)) => "rediss",
+            _ => return Err(EXPECTED.into()),
+        };
+        let client = redis::Client::open(text).map_err(|error| {
+            // The crate's message names the part that is wrong, never the value.
+            format!("{EXPECTED}: not a usable Redis URL ({:?})", error.kind())
+        })?;
+        let info = client.get_connection_info();
+        let (host, port) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host, *port),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => (host, *port),
+            _ => return Err(EXPECTED.into()),
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let credentials = if info.redis_settings().password().is_some() {
+            " (password set)"
+        } else {
+            ""
+        };
+        Ok(Self {
+            url: text.to_string(),
+            shown: format!(
+                "{scheme}://{host}:{port}/{}{credentials}",
+                info.redis_settings().db()
+            ),
+        })
+    }
+
+    /// The URL to connect to: for the store alone, never to be logged.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `redis://host:6379/0`, with ` (password set)` when there is one: what may be shown.
+    pub fn describe(&self) -> &str {
+        &self.shown
+    }
+}
+
+impl std::fmt::Debug for RedisLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
     }
 }
 
@@ -194,8 +263,13 @@ fn build_store(text: &str, issues: &mut Issues<'_>) -> Option<StoreLocation> {
         return Some(StoreLocation::Memory);
     }
     // The value is not echoed: a mistyped URL may still carry a password.
-    issues.push("bridge.store", "expected `memory`");
-    None
+    match RedisLocation::parse(text) {
+        Ok(location) => Some(StoreLocation::Redis(location)),
+        Err(message) => {
+            issues.push("bridge.store", message);
+            None
+        }
+    }
 }
 
 /// The templates of an `exchange` issuer (defaults per preset), or issues when they cannot

@@ -293,8 +293,9 @@ pub fn apply(document: &mut serde_yaml::Value, vars: &[(String, String)]) -> Out
     outcome
 }
 
-/// Settings whose value may hold a secret (`http://user:password@proxy:3128`).
-const SECRET_SETTINGS: [&str; 1] = ["jwks.proxy"];
+/// Settings whose value may hold a secret (`http://user:password@proxy:3128`,
+/// `redis://:password@redis:6379/0`).
+const SECRET_SETTINGS: [&str; 2] = ["jwks.proxy", "bridge.store"];
 
 /// The value as `check-config` and the start-up log may show it.
 fn shown_value(setting: &Setting, text: &str) -> String {

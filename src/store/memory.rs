@@ -40,6 +40,14 @@ impl MemoryStore {
         tokens
     }
 
+    /// Live tokens at `now` (a read: prunes nothing).
+    pub fn live_count(&self, now: u64) -> u64 {
+        self.live
+            .iter()
+            .filter(|entry| entry.expires_at > now)
+            .count() as u64
+    }
+
     pub fn revoke(&self, jti: &str, now: u64) -> Option<IssuedToken> {
         self.prune(now);
         let (_, token) = self

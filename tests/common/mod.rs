@@ -9,6 +9,7 @@ pub mod issuer;
 pub mod log_capture;
 pub mod pki;
 pub mod quay;
+pub mod redis;
 pub mod service;
 pub mod tools;
 pub mod upstream;
