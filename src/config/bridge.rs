@@ -371,6 +371,7 @@ pub(super) fn check_subject_prefixes(issuers: &[IssuerConfig], issues: &mut Issu
 
 #[cfg(test)]
 mod tests {
+    use super::StoreLocation;
     use crate::config::Config;
 
     fn key_file(dir: &std::path::Path) -> String {
@@ -426,6 +427,54 @@ mod tests {
                 .source(),
             "entra:{claims.tid}:{claims.oid}"
         );
+    }
+
+    #[test]
+    fn a_redis_store_is_accepted_and_never_shows_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path());
+        let with_store = |store: &str| {
+            format!(
+                "bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}], store: \"{store}\"}}\n"
+            )
+        };
+        let config = parse(
+            &with_store("redis://:s3cret-pw@redis.example.com:6380/2"),
+            GITHUB,
+        )
+        .unwrap();
+        let store = &config.bridge.as_ref().unwrap().store;
+        let StoreLocation::Redis(location) = store else {
+            panic!("{store:?}");
+        };
+        assert_eq!(
+            location.url(),
+            "redis://:s3cret-pw@redis.example.com:6380/2"
+        );
+        assert_eq!(
+            store.describe(),
+            "redis://redis.example.com:6380/2 (password set)"
+        );
+        assert!(!format!("{store:?} {config:?}").contains("s3cret-pw"));
+        let tls = parse(&with_store("rediss://redis.example.com"), GITHUB).unwrap();
+        assert_eq!(
+            tls.bridge.as_ref().unwrap().store.describe(),
+            "rediss://redis.example.com:6379/0"
+        );
+
+        // Refused with the field named and the value never repeated.
+        for text in [
+            "redis://:s3cret-pw@",
+            "redis://:s3cret-pw@host:notaport/0",
+            "redis://:s3cret-pw@host:6379/notadb",
+            "http://:s3cret-pw@host:6379",
+            "unix:///run/s3cret-pw.sock",
+            "memroy",
+        ] {
+            let error = parse(&with_store(text), GITHUB).expect_err(text);
+            assert!(error.contains("bridge.store"), "{text}: {error}");
+            assert!(!error.contains("s3cret-pw"), "{text}: {error}");
+        }
     }
 
     #[test]

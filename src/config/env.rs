@@ -617,4 +617,15 @@ mod tests {
         assert_eq!(outcome.applied[0].field, "jwks.proxy");
         assert!(!outcome.applied[0].value.contains("hunter2"));
     }
+
+    #[test]
+    fn a_redis_store_url_with_a_password_is_applied_but_not_shown() {
+        let mut document: serde_yaml::Value = serde_yaml::from_str("bridge: {}").expect("yaml");
+        let url = "redis://:hunter2@redis:6379/0";
+        let vars = vec![("QUAY_AUTHZ_BRIDGE_STORE".to_string(), url.to_string())];
+        let outcome = apply(&mut document, &vars);
+        assert_eq!(document["bridge"]["store"].as_str(), Some(url));
+        assert_eq!(outcome.applied[0].field, "bridge.store");
+        assert!(!outcome.applied[0].value.contains("hunter2"));
+    }
 }
