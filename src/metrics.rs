@@ -42,6 +42,8 @@ pub struct Metrics {
     pub bridge_mint_cache: IntCounterVec,
     /// Revocations through the admin API, by kind (jti, principal).
     pub token_revocations: IntCounterVec,
+    /// 1 while the token store (`bridge.store`) answers, 0 while it does not.
+    pub token_store_up: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -128,6 +130,11 @@ impl Metrics {
             &["kind"],
         )
         .expect("static metric definition");
+        let token_store_up = prometheus::IntGauge::new(
+            "quay_authz_token_store_up",
+            "1 while the token store (bridge.store) answers, 0 while it does not",
+        )
+        .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "quay_authz_config_reloads_total",
@@ -159,6 +166,7 @@ impl Metrics {
             Box::new(bridge_mints.clone()),
             Box::new(bridge_mint_cache.clone()),
             Box::new(token_revocations.clone()),
+            Box::new(token_store_up.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -178,6 +186,7 @@ impl Metrics {
             bridge_mints,
             bridge_mint_cache,
             token_revocations,
+            token_store_up,
         }
     }
 
@@ -225,7 +234,7 @@ impl Metrics {
     /// field belongs in the list below.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 11] = [
+        let collectors: [&dyn Collector; 12] = [
             &self.decisions,
             &self.check_duration,
             &self.jwks_fetches,
@@ -237,6 +246,7 @@ impl Metrics {
             &self.bridge_mints,
             &self.bridge_mint_cache,
             &self.token_revocations,
+            &self.token_store_up,
         ];
         let described = collectors
             .into_iter()

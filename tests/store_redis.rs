@@ -8,8 +8,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::issuer::start_issuer;
+use common::pki::rsa_key_file;
 use common::redis::{RedisServer, free_port};
+use common::service::{TestService, decision};
 use quay_authz::config::bridge::{RedisLocation, StoreLocation};
+use quay_authz::dev::issuer::SigningKeyKind;
 use quay_authz::model::decision::Reason;
 use quay_authz::store::{IssuedToken, StoreError, StoreHealth, TokenStore};
 
@@ -390,4 +394,84 @@ async fn a_port_that_is_not_redis_is_a_store_error() {
         .await
         .expect_err("a silent server is a timeout");
     assert!(error.detail.starts_with("timed out"), "{}", shown(&error));
+}
+
+/// `/readyz` of `service` once `done` holds for it; bounded polling (the store is pinged in
+/// the background every few seconds), never a timing assertion.
+async fn readyz_once(service: &TestService, done: impl Fn(&str) -> bool) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..150 {
+        last = service.http_get("/readyz").await;
+        if done(&last.1) {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never got there: {} {}", last.0, last.1);
+}
+
+#[tokio::test]
+async fn readyz_reports_the_store_and_a_redis_outage_leaves_the_instance_ready() {
+    let Some(mut redis) = RedisServer::start_with_password("pw-not-shown") else {
+        return;
+    };
+    let issuer = start_issuer().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rsa_key_file(dir.path(), "bridge.pem");
+    let config = format!(
+        r#"
+quay: {{service: quay.example.com, realm: "https://quay.example.com/v2/auth"}}
+bridge:
+  issuer: https://quay-authz.example.com/bridge
+  audience: quay-authz
+  signing_keys: [{key}]
+  store: "{url}"
+issuers:
+  - name: gha
+    issuer: {iss}
+    audiences: [quay]
+    allow_insecure_http: true
+    upstream: exchange
+    subject: "gh:{{claims.repository_owner_id}}:{{claims.repository_id}}"
+rules:
+  - {{name: acme, issuers: [gha], when: {{claims: {{repository_owner: acme}}}}, grant: ["repository:acme/*:pull"]}}
+"#,
+        key = key.display(),
+        url = redis.url(),
+        iss = issuer.issuer(),
+    );
+    let service = TestService::start(&config, true).await;
+    let claims = serde_json::json!({
+        "iss": issuer.issuer(), "aud": "quay", "sub": "repo:acme/app:ref:refs/heads/main",
+        "repository": "acme/app", "repository_owner": "acme",
+        "repository_owner_id": "1", "repository_id": "2",
+        "iat": now(), "exp": now() + 600,
+    });
+    let caller = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    let where_ = format!("redis://127.0.0.1:{}/0 (password set)", redis.port());
+
+    let (status, body) = readyz_once(&service, |body| body.contains("(answering)")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(&format!("token store: {where_}")), "{body}");
+    assert_eq!(service.metric("quay_authz_token_store_up").await, 1.0);
+
+    redis.stop();
+    let (status, body) = readyz_once(&service, |body| body.contains("not answering")).await;
+    assert_eq!(
+        status, 200,
+        "a Redis outage never makes the instance unready: {body}"
+    );
+    assert!(body.contains("connection refused"), "{body}");
+    assert!(!body.contains("pw-not-shown"), "{body}");
+    assert_eq!(service.metric("quay_authz_token_store_up").await, 0.0);
+    // An IdP token (with its inline bridge token for Quay) needs no store: still allowed.
+    let response = service
+        .check_bearer("GET", "/api/v1/repository/acme/app", &caller)
+        .await;
+    assert_eq!(decision(&response).0, "allow", "{:?}", decision(&response));
+
+    redis.restart();
+    let (status, body) = readyz_once(&service, |body| body.contains("(answering)")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(service.metric("quay_authz_token_store_up").await, 1.0);
 }

@@ -35,7 +35,7 @@ use crate::config::Config;
 use crate::config::bridge::StoreLocation;
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
-use crate::store::TokenStore;
+use crate::store::{StoreHealth, TokenStore};
 
 /// Shared state of a running instance. The pipeline sits behind an ArcSwap so a reload can
 /// replace it without blocking Checks.
@@ -342,6 +342,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     };
 
     let bridge_keys_task = tokio::spawn(bridge::watch_keys(service.clone(), stop_signal.clone()));
+    let token_store_task = tokio::spawn(watch_token_store(service.clone(), stop_signal.clone()));
 
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, grpc = grpc_security, "quay-authz serving");
     Ok(RunningServer {
@@ -356,6 +357,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             admin_task,
             health_task,
             bridge_keys_task,
+            token_store_task,
         ],
     })
 }
@@ -410,8 +412,12 @@ async fn metrics_handler(
 
 async fn readyz_handler(State(service): State<Arc<Service>>) -> (StatusCode, String) {
     let pipeline = service.pipeline.load();
+    // The token store is reported but never makes the instance unready: IdP tokens and inline
+    // bridge tokens do not need it, and only exchanged tokens fail closed without it
+    // (`revocation_unavailable`). Its state is the last ping's, so /readyz never waits on Redis.
+    let store = store_line(&service.token_store);
     if pipeline.ready() {
-        return (StatusCode::OK, "ready\n".into());
+        return (StatusCode::OK, format!("ready\n{store}"));
     }
     let mut waiting = String::from("not ready: waiting for keys of required issuers\n");
     for (issuer, source) in pipeline.key_sources() {
@@ -427,7 +433,40 @@ async fn readyz_handler(State(service): State<Arc<Service>>) -> (StatusCode, Str
             ));
         }
     }
+    waiting.push_str(&store);
     (StatusCode::SERVICE_UNAVAILABLE, waiting)
+}
+
+/// `token store: memory`, or the Redis location (never its password) and whether it answers.
+fn store_line(store: &TokenStore) -> String {
+    let location = store.location();
+    match store.health() {
+        StoreHealth::Up => format!("token store: {location} (answering)\n"),
+        StoreHealth::Unknown => format!("token store: {location} (not checked yet)\n"),
+        StoreHealth::Down(detail) => format!(
+            "token store: {location} (not answering: {detail}; exchanged tokens are refused \
+             with revocation_unavailable, other tokens are unaffected)\n"
+        ),
+    }
+}
+
+/// How often the token store is pinged for `/readyz`, the `quay_authz_token_store_up` gauge
+/// and the log line when Redis goes away or comes back (logged once each, by the store).
+const STORE_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Pings a Redis token store until the stop signal; a memory store always answers.
+async fn watch_token_store(service: Arc<Service>, mut stop_signal: watch::Receiver<bool>) {
+    loop {
+        let up = service.token_store.ping().await.is_ok();
+        service.metrics.token_store_up.set(i64::from(up));
+        if service.token_store.kind() == "memory" || *stop_signal.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_PING_INTERVAL) => {}
+            _ = stop_signal.changed() => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -99,6 +99,15 @@ impl TokenStore {
         }
     }
 
+    /// `memory`, or `redis://host:6379/0` (never a password): what `/readyz` and logs show.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Memory(_) => "memory".into(),
+            Self::Redis(store) => store.location().to_string(),
+            Self::Broken(_) => "redis".into(),
+        }
+    }
+
     /// Whether the store answers now (`PING` for Redis).
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {

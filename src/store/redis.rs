@@ -150,6 +150,11 @@ impl RedisStore {
         })
     }
 
+    /// `redis://host:6379/0`, never the password.
+    pub fn location(&self) -> &str {
+        &self.shown
+    }
+
     pub fn health(&self) -> StoreHealth {
         match self.state.load(Ordering::Relaxed) {
             UP => StoreHealth::Up,
