@@ -70,7 +70,8 @@ pub enum StoreHealth {
 /// The store of one running instance.
 pub enum TokenStore {
     Memory(memory::MemoryStore),
-    Redis(self::redis::RedisStore),
+    /// Boxed: its client, scripts and connection slot dwarf the other variants.
+    Redis(Box<self::redis::RedisStore>),
     /// A Redis location the client crate refused after all (the configuration is validated
     /// with the same parser, so only a configuration built another way gets here): every
     /// operation fails closed, with this detail.
@@ -85,7 +86,7 @@ impl TokenStore {
         match location {
             StoreLocation::Memory => Self::Memory(memory::MemoryStore::default()),
             StoreLocation::Redis(location) => match self::redis::RedisStore::new(location) {
-                Ok(store) => Self::Redis(store),
+                Ok(store) => Self::Redis(Box::new(store)),
                 Err(error) => Self::Broken(error),
             },
         }
