@@ -475,3 +475,72 @@ rules:
     assert_eq!(status, 200, "{body}");
     assert_eq!(service.metric("quay_authz_token_store_up").await, 1.0);
 }
+
+/// Set in the child process of `rediss_verifies_the_server_certificate`: the URL to reach.
+const TLS_CHILD_URL: &str = "QUAY_AUTHZ_TEST_REDISS_URL";
+
+#[tokio::test]
+async fn rediss_verifies_the_server_certificate() {
+    if let Ok(url) = std::env::var(TLS_CHILD_URL) {
+        // The child: SSL_CERT_FILE names the test CA, so the certificate is trusted.
+        let store = open(&url);
+        store
+            .ping()
+            .await
+            .expect("rediss:// to a trusted certificate");
+        let now = now();
+        store
+            .record(&token("j", "p", now, now + 60), now)
+            .await
+            .expect("record over TLS");
+        assert_eq!(jtis(&store.list(now).await.expect("list")), ["j"]);
+        return;
+    }
+    let ca = common::pki::TestCa::new("redis test CA");
+    let leaf = ca.server("redis");
+    let Some(redis) = RedisServer::start_tls(&leaf.cert_pem, &leaf.key_pem) else {
+        return;
+    };
+    assert!(redis.url().starts_with("rediss://"));
+    // Here only the system's CAs are trusted: the test CA's certificate is refused.
+    let error = open(&redis.url())
+        .ping()
+        .await
+        .expect_err("an untrusted certificate is refused");
+    assert_eq!(
+        error.reason(),
+        Reason::RevocationUnavailable,
+        "{}",
+        shown(&error)
+    );
+    // A plain redis:// client on the TLS port gets no Redis answer either.
+    assert!(
+        open(&redis.url().replacen("rediss", "redis", 1))
+            .ping()
+            .await
+            .is_err()
+    );
+
+    // The same test in a child process that trusts the test CA (rustls-native-certs reads
+    // SSL_CERT_FILE; setting it here would leak into the other tests of this process).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("write ca.pem");
+    let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "rediss_verifies_the_server_certificate",
+            "--nocapture",
+        ])
+        .env(TLS_CHILD_URL, redis.url())
+        .env("SSL_CERT_FILE", &ca_file)
+        .output()
+        .expect("run the child test");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "child: {log}");
+    assert!(log.contains("1 passed"), "the child ran the test: {log}");
+}

@@ -32,6 +32,8 @@ pub struct RedisServer {
     dir: TempDir,
     port: u16,
     password: Option<String>,
+    /// Serves TLS only (`--tls-port`), with these PEM files: (certificate, key).
+    tls: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -46,33 +48,59 @@ impl RedisServer {
         Self::start_with(Some(password.to_string()))
     }
 
+    /// Starts one that speaks TLS only, with this certificate and key (PEM text): for
+    /// `rediss://` URLs.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Option<Self> {
+        Self::start_with_tls(None, Some((cert_pem, key_pem)))
+    }
+
     fn start_with(password: Option<String>) -> Option<Self> {
+        Self::start_with_tls(password, None)
+    }
+
+    fn start_with_tls(password: Option<String>, tls: Option<(&str, &str)>) -> Option<Self> {
         let bin = require_redis()?;
         let dir = tempfile::Builder::new()
             .prefix("quay-authz-redis")
             .tempdir()
             .expect("temporary directory");
+        let tls = tls.map(|(cert, key)| {
+            let files = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            std::fs::write(&files.0, cert).expect("write tls.crt");
+            std::fs::write(&files.1, key).expect("write tls.key");
+            files
+        });
         let mut server = Self {
             bin,
             dir,
             port: free_port(),
             password,
+            tls,
             child: None,
         };
         server.spawn();
         Some(server)
     }
 
-    /// `redis://127.0.0.1:PORT/0`, with the password when the server has one.
+    /// `redis://127.0.0.1:PORT/0` (`rediss://` with TLS), with the password when the server
+    /// has one.
     pub fn url(&self) -> String {
         match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}/0", self.port),
+            Some(password) => format!("{}://:{password}@127.0.0.1:{}/0", self.scheme(), self.port),
             None => self.url_without_password(),
         }
     }
 
     pub fn url_without_password(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("{}://127.0.0.1:{}/0", self.scheme(), self.port)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -110,8 +138,17 @@ impl RedisServer {
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).expect("log file");
         let mut command = Command::new(&self.bin);
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
         command
-            .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -129,7 +166,8 @@ impl RedisServer {
         self.wait_answering();
     }
 
-    /// Polls with `PING` until the server replies (`+PONG`, or `-NOAUTH` with a password).
+    /// Polls with `PING` until the server replies (`+PONG`, or `-NOAUTH` with a password);
+    /// a TLS server, until it accepts connections.
     fn wait_answering(&mut self) {
         let address = SocketAddr::from(([127, 0, 0, 1], self.port));
         for _ in 0..400 {
@@ -140,6 +178,9 @@ impl RedisServer {
             }
             if let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_millis(100))
             {
+                if self.tls.is_some() {
+                    return;
+                }
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut reply = [0u8; 16];
                 if stream.write_all(b"PING\r\n").is_ok()
