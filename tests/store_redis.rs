@@ -415,6 +415,7 @@ async fn readyz_reports_the_store_and_a_redis_outage_leaves_the_instance_ready()
     let Some(mut redis) = RedisServer::start_with_password("pw-not-shown") else {
         return;
     };
+    common::log_capture::captured_events();
     let issuer = start_issuer().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let key = rsa_key_file(dir.path(), "bridge.pem");
@@ -469,11 +470,34 @@ rules:
         .check_bearer("GET", "/api/v1/repository/acme/app", &caller)
         .await;
     assert_eq!(decision(&response).0, "allow", "{:?}", decision(&response));
+    // Operations that need the store fail closed, and however many fail, the outage is
+    // logged once.
+    let store = &service.running.service.token_store;
+    for _ in 0..5 {
+        assert!(store.is_revoked("j", "p", 1, 2).await.is_err());
+    }
 
     redis.restart();
     let (status, body) = readyz_once(&service, |body| body.contains("(answering)")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(service.metric("quay_authz_token_store_up").await, 1.0);
+    assert!(
+        !store
+            .is_revoked("j", "p", 1, 2)
+            .await
+            .expect("answers again")
+    );
+
+    let ours = format!("127.0.0.1:{}/", redis.port());
+    let log = common::log_capture::captured_text();
+    let lines = |message: &str| {
+        log.lines()
+            .filter(|line| line.contains(&ours) && line.contains(message))
+            .count()
+    };
+    assert_eq!(lines("token store does not answer"), 1, "{log}");
+    assert_eq!(lines("token store answers again"), 1, "{log}");
+    assert!(!log.contains("pw-not-shown"), "{log}");
 }
 
 /// Set in the child process of `rediss_verifies_the_server_certificate`: the URL to reach.
