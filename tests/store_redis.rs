@@ -568,3 +568,48 @@ async fn rediss_verifies_the_server_certificate() {
     assert!(output.status.success(), "child: {log}");
     assert!(log.contains("1 passed"), "the child ran the test: {log}");
 }
+
+#[tokio::test]
+async fn an_entry_whose_expiry_was_removed_by_hand_is_still_revoked_with_one() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = open(&redis.url());
+    let now = now();
+    store
+        .record(&token("j1", "p", now, now + 300), now)
+        .await
+        .expect("record");
+    store
+        .record(&token("j2", "p", now, now + 300), now)
+        .await
+        .expect("record");
+    let mut connection = redis.connection();
+    for jti in ["j1", "j2"] {
+        let _: i64 = redis::cmd("PERSIST")
+            .arg(format!("quay-authz:token:{jti}"))
+            .query(&mut connection)
+            .expect("PERSIST");
+    }
+    store.revoke("j1", now).await.expect("revoke");
+    store
+        .revoke_principal("p", now, 600)
+        .await
+        .expect("revoke principal");
+    for jti in ["j1", "j2"] {
+        assert!(
+            store
+                .is_revoked(jti, "other", now, now)
+                .await
+                .expect("check")
+        );
+        let milliseconds: i64 = redis::cmd("PTTL")
+            .arg(format!("quay-authz:revoked:{jti}"))
+            .query(&mut connection)
+            .expect("PTTL");
+        assert!(
+            milliseconds > 0 && milliseconds <= 300_000,
+            "{jti}: {milliseconds}"
+        );
+    }
+}

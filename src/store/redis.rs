@@ -28,8 +28,9 @@
 //! and `health()` keeps the last outcome for `/readyz` and the `quay_authz_token_store_up`
 //! gauge. Error texts name what failed, never the URL or the password.
 //!
-//! Redis should persist (RDB or AOF) or be replicated: a Redis that restarts empty forgets
-//! the revocations it held, and revoked tokens would be accepted again until they expire.
+//! Redis should persist (RDB or AOF) or be replicated, and keep its default `maxmemory-policy
+//! noeviction`: a Redis that restarts empty, or evicts keys under memory pressure, forgets
+//! revocations, and revoked tokens would be accepted again until they expire.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -64,15 +65,28 @@ return 1
 ";
 
 /// Moves one live entry to the revocation list, keeping its expiry. KEYS: token:{jti},
-/// revoked:{jti}, tokens. ARGV: jti. Returns the entry, or nil when none is live.
+/// revoked:{jti}, tokens. ARGV: jti, now. Returns the entry, or nil when none is live.
 const REVOKE: &str = r"
 local token = redis.call('GET', KEYS[1])
 if not token then return false end
 local ttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+if ttl < 0 then ttl = expiry_from_entry(token, ARGV[2]) end
 if ttl > 0 then redis.call('SET', KEYS[2], '1', 'PX', ttl) end
 return token
+";
+
+/// The milliseconds left to an entry's `expires_at`, for an entry whose key lost its TTL
+/// (a `PERSIST` by hand): the revocation mark must still be written, and still expire.
+const EXPIRY_FROM_ENTRY: &str = r"
+local function expiry_from_entry(token, now)
+  local ok, entry = pcall(cjson.decode, token)
+  if ok and tonumber(entry.expires_at) then
+    return (tonumber(entry.expires_at) - tonumber(now)) * 1000
+  end
+  return 0
+end
 ";
 
 /// Marks the principal revoked and moves its live entries issued at or before `now` to the
@@ -91,6 +105,7 @@ for _, jti in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[2], '+inf'
       local ttl = redis.call('PTTL', key)
       redis.call('DEL', key)
       redis.call('ZREM', KEYS[2], jti)
+      if ttl < 0 then ttl = expiry_from_entry(token, ARGV[2]) end
       if ttl > 0 then redis.call('SET', ARGV[4] .. 'revoked:' .. jti, '1', 'PX', ttl) end
       table.insert(revoked, token)
     end
@@ -144,8 +159,8 @@ impl RedisStore {
             state: AtomicU8::new(UNKNOWN),
             last_error: Mutex::new(None),
             record: redis::Script::new(RECORD),
-            revoke: redis::Script::new(REVOKE),
-            revoke_principal: redis::Script::new(REVOKE_PRINCIPAL),
+            revoke: redis::Script::new(&format!("{EXPIRY_FROM_ENTRY}{REVOKE}")),
+            revoke_principal: redis::Script::new(&format!("{EXPIRY_FROM_ENTRY}{REVOKE_PRINCIPAL}")),
             list: redis::Script::new(LIST),
         })
     }
@@ -232,7 +247,7 @@ impl RedisStore {
         .await
     }
 
-    pub async fn revoke(&self, jti: &str, _now: u64) -> Result<Option<IssuedToken>, StoreError> {
+    pub async fn revoke(&self, jti: &str, now: u64) -> Result<Option<IssuedToken>, StoreError> {
         let entry: Option<String> = self
             .script(
                 "revoke",
@@ -243,7 +258,7 @@ impl RedisStore {
                     key(&["revoked", jti]),
                     key(&["tokens"]),
                 ],
-                &[jti.to_string()],
+                &[jti.to_string(), now.to_string()],
             )
             .await?;
         match entry {
