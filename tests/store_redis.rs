@@ -34,6 +34,30 @@ fn token(jti: &str, principal: &str, issued_at: u64, expires_at: u64) -> IssuedT
     }
 }
 
+/// Records `(jti, principal, seconds to live)` tokens issued at `now`.
+async fn record_all(store: &TokenStore, tokens: &[(&str, &str, u64)], now: u64) {
+    for (jti, principal, lifetime) in tokens {
+        store
+            .record(&token(jti, principal, now, now + lifetime), now)
+            .await
+            .expect("record");
+    }
+}
+
+/// `is_revoked`, which must answer.
+async fn is_revoked(
+    store: &TokenStore,
+    jti: &str,
+    principal: &str,
+    issued_at: u64,
+    now: u64,
+) -> bool {
+    store
+        .is_revoked(jti, principal, issued_at, now)
+        .await
+        .expect("is_revoked answers")
+}
+
 fn jtis(tokens: &[IssuedToken]) -> Vec<&str> {
     tokens.iter().map(|token| token.jti.as_str()).collect()
 }
@@ -81,13 +105,8 @@ async fn a_revocation_on_one_replica_holds_on_the_other_and_counts_once() {
     };
     let (one, two) = (open(&redis.url()), open(&redis.url()));
     let now = now();
-    one.record(&token("j1", "p1", now, now + 600), now)
-        .await
-        .expect("record");
-    one.record(&token("j2", "p1", now, now + 600), now)
-        .await
-        .expect("record");
-    assert!(!two.is_revoked("j1", "p1", now, now).await.expect("check"));
+    record_all(&one, &[("j1", "p1", 600), ("j2", "p1", 600)], now).await;
+    assert!(!is_revoked(&two, "j1", "p1", now, now).await);
 
     // Both replicas revoke j1 at once: exactly one of them gets it back.
     let (a, b) = tokio::join!(one.revoke("j1", now + 1), two.revoke("j1", now + 1));
@@ -96,21 +115,9 @@ async fn a_revocation_on_one_replica_holds_on_the_other_and_counts_once() {
         .flatten()
         .collect();
     assert_eq!(jtis(&returned), ["j1"]);
-    assert!(
-        two.is_revoked("j1", "p1", now, now + 2)
-            .await
-            .expect("check")
-    );
-    assert!(
-        one.is_revoked("j1", "p1", now, now + 2)
-            .await
-            .expect("check")
-    );
-    assert!(
-        !two.is_revoked("j2", "p1", now, now + 2)
-            .await
-            .expect("check")
-    );
+    assert!(is_revoked(&two, "j1", "p1", now, now + 2).await);
+    assert!(is_revoked(&one, "j1", "p1", now, now + 2).await);
+    assert!(!is_revoked(&two, "j2", "p1", now, now + 2).await);
     assert_eq!(jtis(&two.list(now + 2).await.expect("list")), ["j2"]);
     assert_eq!(
         two.revoke("never-issued", now + 2).await.expect("revoke"),
@@ -125,43 +132,24 @@ async fn revoking_a_principal_on_one_replica_holds_on_the_other() {
     };
     let (one, two) = (open(&redis.url()), open(&redis.url()));
     let now = now();
-    for (jti, principal) in [
-        ("a", "github:1:2"),
-        ("b", "github:1:2"),
-        ("c", "github:9:9"),
-    ] {
-        one.record(&token(jti, principal, now, now + 600), now)
-            .await
-            .expect("record");
-    }
+    let tokens = [
+        ("a", "github:1:2", 600),
+        ("b", "github:1:2", 600),
+        ("c", "github:9:9", 600),
+    ];
+    record_all(&one, &tokens, now).await;
     let revoked = two
         .revoke_principal("github:1:2", now + 10, 3600)
         .await
         .expect("revoke principal");
     assert_eq!(jtis(&revoked), ["a", "b"]);
-    assert!(
-        one.is_revoked("a", "github:1:2", now, now + 11)
-            .await
-            .expect("check")
-    );
+    assert!(is_revoked(&one, "a", "github:1:2", now, now + 11).await);
     // A token the principal did not list (minted on a replica that has not recorded it yet)
     // is revoked too when issued before the mark.
-    assert!(
-        one.is_revoked("unlisted", "github:1:2", now + 5, now + 11)
-            .await
-            .expect("check")
-    );
+    assert!(is_revoked(&one, "unlisted", "github:1:2", now + 5, now + 11).await);
     // Issued after the revocation: live.
-    assert!(
-        !one.is_revoked("later", "github:1:2", now + 11, now + 11)
-            .await
-            .expect("check")
-    );
-    assert!(
-        !one.is_revoked("c", "github:9:9", now, now + 11)
-            .await
-            .expect("check")
-    );
+    assert!(!is_revoked(&one, "later", "github:1:2", now + 11, now + 11).await);
+    assert!(!is_revoked(&one, "c", "github:9:9", now, now + 11).await);
     assert_eq!(jtis(&one.list(now + 11).await.expect("list")), ["c"]);
 }
 
@@ -187,18 +175,12 @@ async fn every_key_expires_no_later_than_what_it_describes() {
     };
     let store = open(&redis.url());
     let now = now();
-    store
-        .record(&token("short", "p1", now, now + 100), now)
-        .await
-        .expect("record");
-    store
-        .record(&token("long", "p1", now, now + 300), now)
-        .await
-        .expect("record");
-    store
-        .record(&token("other", "p2", now, now + 200), now)
-        .await
-        .expect("record");
+    let tokens = [
+        ("short", "p1", 100),
+        ("long", "p1", 300),
+        ("other", "p2", 200),
+    ];
+    record_all(&store, &tokens, now).await;
     store.revoke("short", now).await.expect("revoke");
     store
         .revoke_principal("p2", now, 600)
@@ -254,10 +236,7 @@ async fn a_stopped_redis_fails_every_operation_and_the_same_store_recovers() {
     };
     let store = open(&redis.url());
     let now = now();
-    store
-        .record(&token("j1", "p", now, now + 600), now)
-        .await
-        .expect("record");
+    record_all(&store, &[("j1", "p", 600)], now).await;
 
     redis.stop();
     // Each returns (fails closed) rather than waiting for Redis.
@@ -286,7 +265,7 @@ async fn a_stopped_redis_fails_every_operation_and_the_same_store_recovers() {
     // data across the restart; production Redis should persist.)
     store.ping().await.expect("ping after restart");
     assert_eq!(store.health(), StoreHealth::Up);
-    assert!(!store.is_revoked("j1", "p", now, now).await.expect("check"));
+    assert!(!is_revoked(&store, "j1", "p", now, now).await);
     store
         .record(&token("j3", "p", now, now + 600), now)
         .await
@@ -305,7 +284,7 @@ async fn a_redis_restarted_between_operations_is_reconnected_on_the_next_read() 
     // The connection held by the store is dropped by the restart; a read notices and
     // reconnects within the same call.
     redis.restart();
-    assert!(!store.is_revoked("j", "p", 1, 2).await.expect("check"));
+    assert!(!is_revoked(&store, "j", "p", 1, 2).await);
 }
 
 /// The error as everything could show it: Display, Debug and the detail.
@@ -576,14 +555,7 @@ async fn an_entry_whose_expiry_was_removed_by_hand_is_still_revoked_with_one() {
     };
     let store = open(&redis.url());
     let now = now();
-    store
-        .record(&token("j1", "p", now, now + 300), now)
-        .await
-        .expect("record");
-    store
-        .record(&token("j2", "p", now, now + 300), now)
-        .await
-        .expect("record");
+    record_all(&store, &[("j1", "p", 300), ("j2", "p", 300)], now).await;
     let mut connection = redis.connection();
     for jti in ["j1", "j2"] {
         let _: i64 = redis::cmd("PERSIST")
@@ -597,12 +569,7 @@ async fn an_entry_whose_expiry_was_removed_by_hand_is_still_revoked_with_one() {
         .await
         .expect("revoke principal");
     for jti in ["j1", "j2"] {
-        assert!(
-            store
-                .is_revoked(jti, "other", now, now)
-                .await
-                .expect("check")
-        );
+        assert!(is_revoked(&store, jti, "other", now, now).await);
         let milliseconds: i64 = redis::cmd("PTTL")
             .arg(format!("quay-authz:revoked:{jti}"))
             .query(&mut connection)
