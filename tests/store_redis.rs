@@ -432,7 +432,10 @@ rules:
 
     let (status, body) = readyz_once(&service, |body| body.contains("(answering)")).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(&format!("token store: {where_}")), "{body}");
+    assert!(
+        body.contains(&format!("token store: redis at {where_} (answering)")),
+        "{body}"
+    );
     assert_eq!(service.metric("quay_authz_token_store_up").await, 1.0);
 
     redis.stop();

@@ -437,9 +437,13 @@ async fn readyz_handler(State(service): State<Arc<Service>>) -> (StatusCode, Str
     (StatusCode::SERVICE_UNAVAILABLE, waiting)
 }
 
-/// `token store: memory`, or the Redis location (never its password) and whether it answers.
+/// `token store: memory (answering)`, or `token store: redis at redis://HOST:PORT/DB (…)`
+/// (never its password) with whether it answers.
 fn store_line(store: &TokenStore) -> String {
-    let location = store.location();
+    let location = match store.kind() {
+        "memory" => "memory".to_string(),
+        kind => format!("{kind} at {}", store.location()),
+    };
     match store.health() {
         StoreHealth::Up => format!("token store: {location} (answering)\n"),
         StoreHealth::Unknown => format!("token store: {location} (not checked yet)\n"),
