@@ -415,9 +415,12 @@ async fn revoke_by_principal_revokes_all_it_holds_and_nobody_elses() {
         instance.record(token).await;
     }
 
+    // The mark is set at the revocation's own second, somewhere between these two.
+    let before = now();
     let (code, stdout, stderr) = instance
         .tokens(&["revoke", "--principal", "gh:revoked-principal", "--json"])
         .await;
+    let after = now();
     assert_eq!(code, 0, "{stderr}");
     let revoked = json(&stdout);
     assert_eq!(jtis(&revoked), ["jti-p-1", "jti-p-2"]);
@@ -438,8 +441,8 @@ async fn revoke_by_principal_revokes_all_it_holds_and_nobody_elses() {
     let later = token("jti-p-later", "gh:revoked-principal", "gha", &[], at + 5);
     assert!(!instance.is_revoked(&later, at + 5).await);
     // The mark lasts bridge.exchange.max_lifetime_seconds (1800): no older token outlives it.
-    assert!(instance.is_revoked(&unlisted, at + 1799).await);
-    assert!(!instance.is_revoked(&unlisted, at + 1801).await);
+    assert!(instance.is_revoked(&unlisted, before + 1799).await);
+    assert!(!instance.is_revoked(&unlisted, after + 1801).await);
     let (_, stdout, _) = instance.tokens(&["list", "--json"]).await;
     assert_eq!(jtis(&json(&stdout)), ["jti-p-3"]);
 
@@ -609,14 +612,15 @@ async fn a_bridge_without_exchange_still_revokes_for_the_longest_lifetime() {
     let (code, stdout, stderr) = instance.tokens(&["list", "--json"]).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(jtis(&json(&stdout)), ["jti-off-1"]);
+    let before = now();
     let (code, _, stderr) = instance
         .tokens(&["revoke", "--principal", "gh:after-off"])
         .await;
+    let after = now();
     assert_eq!(code, 0, "{stderr}");
-    let at = now();
-    let unlisted = token("jti-off-2", "gh:after-off", "gha", &[], at - 1);
-    assert!(instance.is_revoked(&unlisted, at + 3599).await);
-    assert!(!instance.is_revoked(&unlisted, at + 3601).await);
+    let unlisted = token("jti-off-2", "gh:after-off", "gha", &[], before - 1);
+    assert!(instance.is_revoked(&unlisted, before + 3599).await);
+    assert!(!instance.is_revoked(&unlisted, after + 3601).await);
 }
 
 /// Captured `token_revoke` audit events, in order.
