@@ -12,19 +12,20 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
 use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
-use crate::bridge::{Bridge, MintError};
+use crate::bridge::{Bridge, EXCHANGE_CLAIM, MintError};
 use crate::check::audit::AllowSampler;
 use crate::check::respond::{ResponseSettings, build_response, remove_also};
 use crate::config::raw::Upstream;
-use crate::config::{Config, NonApi, Unauthenticated};
+use crate::config::{Config, NonApi, SigningAlgorithm, Unauthenticated};
 use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::model::clock::unix_now;
 use crate::model::decision::{Decision, Reason, ScopeRewrite, UpstreamCredential};
-use crate::model::identity::Identity;
-use crate::model::permission::Permission;
+use crate::model::identity::{ExchangedToken, Identity};
+use crate::model::permission::{Grant, Permission, intersect_grants, parse_scope_list};
 use crate::policy::{self, PolicyOutcome};
 use crate::route::{RouteOutcome, RouteTable, registry_token};
+use crate::store::TokenStore;
 
 /// What the phases of one decision report as they run, in order. `explain` is an observer (it
 /// turns the reports into its steps), so what it shows is the real run and never a second
@@ -63,6 +64,9 @@ pub struct Pipeline {
     audit_sampler: AllowSampler,
     /// The identity bridge (`bridge:`), which signs what `exchange` issuers hand to Quay.
     bridge: Option<Bridge>,
+    /// Token exchange's revocation list, consulted on every Check of an exchanged token
+    /// (`Service.token_store`, kept across reloads; a private memory store by default).
+    token_store: Arc<TokenStore>,
 }
 
 impl Pipeline {
@@ -85,7 +89,30 @@ impl Pipeline {
                 .map(|settings| Bridge::new(settings, metrics.clone())),
             config,
             metrics,
+            token_store: Arc::new(TokenStore::Memory(Default::default())),
         }
+    }
+
+    /// The token store the running service owns (`Service::new` and `Service::apply` pass
+    /// it, so revocations outlive a reload); offline `explain` and the bench keep the private
+    /// memory store `new` made.
+    pub fn with_token_store(mut self, token_store: Arc<TokenStore>) -> Self {
+        self.token_store = token_store;
+        self
+    }
+
+    pub fn token_store(&self) -> &Arc<TokenStore> {
+        &self.token_store
+    }
+
+    /// Verifies a token presented to the token-exchange endpoint (`exchange`) exactly as a
+    /// Check verifies a bearer token (size limit, parse, issuer, keys, signature, claims,
+    /// the bridge principal): one implementation for both.
+    pub async fn identify_token(&self, token: &str, now: u64) -> Result<Arc<Identity>, IdentifyError> {
+        self.identify(token, now, &mut Unobserved)
+            .await
+            .map(|(identity, _)| identity)
+            .map_err(|(error, _)| error)
     }
 
     /// Ready when every `required` issuer has keys in every key source.
@@ -219,6 +246,13 @@ impl Pipeline {
             }
         };
 
+        // An exchanged token: the revocation list, on every Check (never cached).
+        if let Some(exchanged) = &identity.exchanged
+            && let Err(denied) = self.check_revocation(&identity, exchanged, now).await
+        {
+            return denied;
+        }
+
         // Phase 4 — authorize: the policy's grants must cover every required permission.
         let Some(required) = required else {
             return Decision::Deny {
@@ -245,10 +279,25 @@ impl Pipeline {
         {
             self.token_cache.admit(candidate, now);
         }
-        match outcome.authorize(&required) {
+        // An exchanged token gives only what both its `scope` and today's policy grant.
+        let in_token_scope = |permission: &Permission| {
+            identity.exchanged.as_ref().is_none_or(|exchanged| {
+                exchanged
+                    .scopes
+                    .iter()
+                    .any(|grant| grant.satisfies(permission))
+            })
+        };
+        let authorized = outcome.authorize(&required).and_then(|rules| {
+            match required.iter().find(|permission| !in_token_scope(permission)) {
+                Some(missing) => Err(missing),
+                None => Ok(rules),
+            }
+        });
+        match authorized {
             Ok(rules) => {
                 let rules: Vec<String> = rules.into_iter().map(str::to_string).collect();
-                let mut upstream = match self.upstream_credential(&identity, &rules, now) {
+                let mut upstream = match self.upstream_credential(&identity, token, &rules, now) {
                     Ok(upstream) => upstream,
                     // Fail closed: Quay never receives a request whose credential could not
                     // be made.
@@ -277,37 +326,53 @@ impl Pipeline {
                         .map(|scope| registry_token::parse_scope(scope, host))
                         .collect();
                     registry_token::downscope(&requests, |permission| {
-                        outcome
-                            .grants
-                            .iter()
-                            .any(|(grant, _)| grant.satisfies(permission))
+                        in_token_scope(permission)
+                            && outcome
+                                .grants
+                                .iter()
+                                .any(|(grant, _)| grant.satisfies(permission))
                     })
                 });
+                let policy_grants: Vec<Grant> =
+                    outcome.grants.into_iter().map(|(grant, _)| grant).collect();
+                let grants = match &identity.exchanged {
+                    Some(exchanged) => intersect_grants(Some(&exchanged.scopes), &policy_grants),
+                    None => policy_grants,
+                };
                 Decision::Allow {
                     upstream,
                     scopes,
                     required,
-                    grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
+                    grants,
                     rules,
                     identity,
                 }
             }
             Err(missing) => Decision::Deny {
                 reason: Reason::InsufficientScope,
-                detail: format!("requires {missing}"),
+                detail: if identity.exchanged.is_some() && !in_token_scope(missing) {
+                    format!("requires {missing}, outside the exchanged token's scope")
+                } else {
+                    format!("requires {missing}")
+                },
                 required: Some(missing.clone()),
                 issuer: Some(identity.issuer.clone()),
             },
         }
     }
 
-    /// What Quay receives for an allowed request of `identity` (its issuer's `upstream`).
+    /// What Quay receives for an allowed request of `identity` (its issuer's `upstream`; an
+    /// exchanged token is itself a bridge token, so Quay receives it as it is).
     fn upstream_credential(
         &self,
         identity: &Identity,
+        token: &str,
         rules: &[String],
         now: u64,
     ) -> Result<UpstreamCredential, MintError> {
+        if identity.exchanged.is_some() {
+            return Ok(UpstreamCredential::Bearer(token.into()));
+        }
         let Some(issuer) = self.config.issuer(&identity.issuer) else {
             return Ok(UpstreamCredential::Forward);
         };
@@ -373,6 +438,10 @@ impl Pipeline {
         }
         let (identity, key, valid_until) = self.verify(token, now, observer).await?;
         let identity = Arc::new(identity);
+        if identity.exchanged.is_some() {
+            // Never cached: its revocation and the bridge keys are checked on every Check.
+            return Ok((identity, None));
+        }
         let candidate = Candidate::new(digest, identity.clone(), &key, valid_until);
         Ok((identity, Some(candidate)))
     }
@@ -389,6 +458,11 @@ impl Pipeline {
         let parsed = identify::parse_token(token, self.config.max_token_bytes);
         observer.token(parsed.as_ref());
         let parsed = parsed.map_err(|e| (e, None))?;
+        if let Some(bridge) = &self.bridge
+            && parsed.iss == bridge.settings().issuer
+        {
+            return self.verify_exchanged(bridge, parsed, now, observer);
+        }
         let matched = identify::match_issuer(&self.config, &parsed.iss);
         observer.issuer(matched.as_ref());
         let Some(matched) = matched else {
@@ -465,6 +539,133 @@ impl Pipeline {
             .expires_at
             .saturating_add(matched.issuer.leeway_seconds);
         Ok((identity, key, valid_until))
+    }
+
+    /// A token of our own issuer (README, "Token exchange"): signed with the bridge's keys, for
+    /// the bridge audience, unexpired (no leeway: we signed it, on this clock), carrying the
+    /// `quay_authz` claim — an inline bridge token, minted for Quay, is never a client
+    /// credential. The holder's identity is rebuilt from the source claims it embeds with the
+    /// source issuer's settings in force, which must still say `upstream: exchange`.
+    #[allow(clippy::type_complexity)]
+    fn verify_exchanged<O: PhaseObserver>(
+        &self,
+        bridge: &Bridge,
+        parsed: ParsedToken<'_>,
+        now: u64,
+        observer: &mut O,
+    ) -> Result<(Identity, Arc<VerificationKey>, u64), (IdentifyError, Option<String>)> {
+        // Failures name the bridge issuer until the source is known: always a deny.
+        let fail = |reason: Reason, detail: &str| {
+            (
+                IdentifyError::new(reason, format!("exchanged token: {detail}")),
+                Some(EXCHANGED_TOKEN_ISSUER.to_string()),
+            )
+        };
+        if parsed.algorithm != "RS256" {
+            return Err(fail(Reason::AlgorithmNotAllowed, "only RS256 is signed here"));
+        }
+        let Some(key) = bridge.verification_key(parsed.key_id.as_deref()) else {
+            return Err(fail(
+                Reason::UnknownKey,
+                "its kid is not one of the bridge's signing keys",
+            ));
+        };
+        identify::verify_signature(&parsed, &key, SigningAlgorithm::RS256)
+            .map_err(|error| fail(error.reason, &error.detail))?;
+        let mut claims = parsed.claims;
+        let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str);
+        if text("aud") != Some(bridge.settings().audience.as_str()) {
+            return Err(fail(Reason::AudienceMismatch, "aud is not the bridge audience"));
+        }
+        let (Some(subject), Some(username), Some(jti)) =
+            (text("sub"), text("preferred_username"), text("jti"))
+        else {
+            return Err(fail(Reason::MissingClaim, "sub, preferred_username or jti missing"));
+        };
+        let (subject, username, jti) = (subject.to_string(), username.to_string(), jti.to_string());
+        let number = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
+        let (Some(issued_at), Some(expires_at)) = (number("iat"), number("exp")) else {
+            return Err(fail(Reason::MissingClaim, "iat or exp missing"));
+        };
+        if now >= expires_at {
+            return Err(fail(Reason::TokenExpired, &format!("expired {} s ago", now - expires_at)));
+        }
+        if number("nbf").unwrap_or(issued_at) > now {
+            return Err(fail(Reason::TokenNotYetValid, "nbf is in the future"));
+        }
+        let scopes = match text("scope").map(parse_scope_list) {
+            Some(Ok(scopes)) => scopes,
+            Some(Err(_)) => return Err(fail(Reason::TokenMalformed, "scope does not parse")),
+            None => Vec::new(),
+        };
+        let Some(serde_json::Value::Object(mut source)) = claims.remove(EXCHANGE_CLAIM) else {
+            return Err(fail(
+                Reason::MissingClaim,
+                "a bridge token minted for Quay is not a client credential (no quay_authz claim)",
+            ));
+        };
+        let (Some(serde_json::Value::String(source_issuer)), Some(serde_json::Value::Object(source_claims))) =
+            (source.remove("issuer"), source.remove("claims"))
+        else {
+            return Err(fail(Reason::TokenMalformed, "quay_authz has no issuer or claims"));
+        };
+        let iss = source_claims
+            .get("iss")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let matched = identify::match_issuer(&self.config, &iss)
+            .filter(|matched| {
+                matched.issuer.name == source_issuer && matched.issuer.upstream == Upstream::Exchange
+            });
+        observer.issuer(matched.as_ref());
+        let Some(matched) = matched else {
+            return Err(fail(
+                Reason::IssuerNotConfigured,
+                &format!("its source issuer {source_issuer:?} is no longer configured with upstream: exchange"),
+            ));
+        };
+        let mut identity =
+            identify::identity_from_claims(source_claims, matched, &iss, expires_at)
+                .map_err(|error| (error, Some(matched.issuer.name.clone())))?;
+        // Named as Quay sees the token itself: its `sub` and `preferred_username`.
+        identity.username = username;
+        identity.bridge_subject = Some(subject);
+        identity.exchanged = Some(Arc::new(ExchangedToken {
+            jti,
+            issued_at,
+            scopes,
+        }));
+        Ok((identity, key, expires_at))
+    }
+
+    /// The revocation list for an exchanged token: consulted on every Check, never cached;
+    /// a store that cannot answer fails closed.
+    async fn check_revocation(
+        &self,
+        identity: &Identity,
+        exchanged: &ExchangedToken,
+        now: u64,
+    ) -> Result<(), Decision> {
+        let principal = identity.bridge_subject.as_deref().unwrap_or_default();
+        let deny = |reason: Reason, detail: String| Decision::Deny {
+            reason,
+            detail,
+            required: None,
+            issuer: Some(identity.issuer.clone()),
+        };
+        match self
+            .token_store
+            .is_revoked(&exchanged.jti, principal, exchanged.issued_at, now)
+            .await
+        {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(deny(
+                Reason::TokenRevoked,
+                format!("exchanged token {} was revoked", exchanged.jti),
+            )),
+            Err(error) => Err(deny(error.reason(), error.to_string())),
+        }
     }
 
     fn record(&self, facts: &RequestFacts, decision: &Decision, elapsed: std::time::Duration) {
@@ -551,6 +752,10 @@ impl std::fmt::Display for DisplayList<'_> {
         Ok(())
     }
 }
+
+/// The issuer named in denies of a token of our own issuer before its source issuer is known
+/// (metrics label, audit field).
+pub const EXCHANGED_TOKEN_ISSUER: &str = "exchanged-token";
 
 fn deny(reason: Reason, detail: &str, required: Option<Permission>) -> Decision {
     Decision::Deny {

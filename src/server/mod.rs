@@ -56,7 +56,8 @@ impl Service {
             tracing::warn!("{warning}");
         }
         let token_store = Arc::new(TokenStore::open(&store_location(&config)));
-        let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics.clone());
+        let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics.clone())
+            .with_token_store(token_store.clone());
         Arc::new(Self {
             pipeline: ArcSwap::from_pointee(pipeline),
             key_store,
@@ -84,7 +85,8 @@ impl Service {
                 kept.join(", ")
             );
         }
-        let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone());
+        let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone())
+            .with_token_store(self.token_store.clone());
         self.pipeline.store(Arc::new(pipeline));
         self.key_store.prune(&self.pipeline.load().config);
         self.metrics
