@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bridge;
+mod exchange;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -313,7 +314,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz_handler))
-            .fallback(get(bridge::documents))
+            .fallback(exchange::fallback)
             .with_state(service.clone());
         let mut stop_signal = stop_signal.clone();
         tokio::spawn(async move {
@@ -397,6 +398,14 @@ where
 async fn metrics_handler(
     State(service): State<Arc<Service>>,
 ) -> ([(&'static str, &'static str); 1], String) {
+    // The live-token gauge is read from the store at scrape time too: revocations and
+    // expiries change it without an exchange.
+    if let Ok(live) = service.token_store.live_count(crate::model::clock::unix_now()).await {
+        service
+            .metrics
+            .exchanged_tokens_live
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
     let pipeline = service.pipeline.load();
     let key_sets = pipeline.key_sources().filter_map(|(issuer, source)| {
         let key_set = source.current()?;
