@@ -18,7 +18,8 @@ use crate::exchange::{self, Answer, ExchangeError, ExchangeRequest};
 use crate::model::clock::unix_now;
 
 /// Every request the other routes do not serve: the exchange endpoint when its path matches,
-/// else the bridge's documents (GET) or 405.
+/// else the bridge's documents (GET), else 404 (nothing else is served: with exchange off,
+/// its path is no different).
 pub async fn fallback(State(service): State<Arc<Service>>, request: Request) -> Response {
     let pipeline = service.pipeline.load_full();
     if exchange::exchange_settings(&pipeline)
@@ -31,7 +32,7 @@ pub async fn fallback(State(service): State<Arc<Service>>, request: Request) -> 
     if request.method() == Method::GET || request.method() == Method::HEAD {
         return super::bridge::documents(State(service), request.uri().clone()).await;
     }
-    StatusCode::METHOD_NOT_ALLOWED.into_response()
+    StatusCode::NOT_FOUND.into_response()
 }
 
 /// The transport checks, then the form. Never reads or logs the token beyond parsing it.
