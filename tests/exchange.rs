@@ -542,6 +542,48 @@ async fn a_bridge_token_minted_for_quay_is_not_a_client_credential() {
     assert_eq!(http_status(&response), 401);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_narrates_an_exchanged_token_and_its_revocation() {
+    let setup = start(Some("")).await;
+    let subject = gha_token(&setup.issuer, "acme", "111", 600);
+    let token = setup.exchanged(&subject, "repo:read on acme/app").await;
+    let jti = claims_of(&token)["jti"].as_str().expect("jti").to_string();
+    let server = setup.service.running.admin_addr.to_string();
+    let explain = |path: &'static str| {
+        let (server, token) = (server.clone(), token.clone());
+        tokio::task::spawn_blocking(move || {
+            common::cli::quay_authz(
+                &["explain", "--server", &server, "--token", &token, "--method", "POST", "--path", path],
+                &[],
+            )
+        })
+    };
+    let (code, stdout, stderr) = explain(WRITE).await.expect("explain");
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    for expected in [
+        "issuer     gha",
+        "exchanged  a token of this service's token exchange (jti ",
+        "principal gh:4242:111), scope [repo:read on acme/app]",
+        "outside the exchanged token's scope",
+        "decision   deny (insufficient_scope), HTTP 403",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+    setup
+        .service
+        .running
+        .service
+        .token_store
+        .revoke(&jti, now())
+        .await
+        .expect("store");
+    let (_, stdout, _) = explain(READ).await.expect("explain");
+    assert!(stdout.contains("decision   deny (token_revoked), HTTP 401"), "{stdout}");
+    for part in token.split('.') {
+        assert!(!stdout.contains(part), "the token must never be printed");
+    }
+}
+
 // === Audit log ===
 
 /// Every event this test process writes, as JSON lines (the binary's `--log-format json`
