@@ -31,9 +31,18 @@ const WRITE: &str = "/api/v1/repository/acme/app/build/";
 
 /// The bridge with `exchange` (`exchange_extra` inside it), a GitHub-like exchange issuer and
 /// an Entra issuer that forwards (its tokens cannot be exchanged), and `rules`.
-fn config(issuer: &DevIssuer, key: &std::path::Path, exchange: Option<&str>, rules: &str) -> String {
+fn config(
+    issuer: &DevIssuer,
+    key: &std::path::Path,
+    exchange: Option<&str>,
+    rules: &str,
+) -> String {
     let exchange = exchange
-        .map(|extra| format!("  exchange: {{max_lifetime_seconds: 1800, default_lifetime_seconds: 600{extra}}}\n"))
+        .map(|extra| {
+            format!(
+                "  exchange: {{max_lifetime_seconds: 1800, default_lifetime_seconds: 600{extra}}}\n"
+            )
+        })
         .unwrap_or_default();
     format!(
         r#"
@@ -179,12 +188,20 @@ fn claims_of(token: &str) -> Value {
 
 fn assert_refused(answer: &Answer, status: u16, error: &str, reason: &str) {
     assert_eq!(
-        (answer.status, answer.body["error"].as_str(), answer.body["reason"].as_str()),
+        (
+            answer.status,
+            answer.body["error"].as_str(),
+            answer.body["reason"].as_str()
+        ),
         (status, Some(error), Some(reason)),
         "{}",
         answer.text
     );
-    assert!(answer.body["error_description"].is_string(), "{}", answer.text);
+    assert!(
+        answer.body["error_description"].is_string(),
+        "{}",
+        answer.text
+    );
     assert_eq!(header(answer, "cache-control"), "no-store");
 }
 
@@ -230,7 +247,10 @@ async fn an_exchange_issues_a_bridge_token_scoped_to_the_request_within_the_poli
             .expect("base64url"),
     )
     .expect("JSON");
-    assert_eq!((header_json["alg"].as_str(), header_json["typ"].as_str()), (Some("RS256"), Some("JWT")));
+    assert_eq!(
+        (header_json["alg"].as_str(), header_json["typ"].as_str()),
+        (Some("RS256"), Some("JWT"))
+    );
     let claims = claims_of(token);
     assert_eq!(claims["iss"], BRIDGE_ISSUER);
     assert_eq!(claims["aud"], BRIDGE_AUDIENCE);
@@ -247,13 +267,32 @@ async fn an_exchange_issues_a_bridge_token_scoped_to_the_request_within_the_poli
 
     // Recorded in the store (never the token), and counted.
     let now = now();
-    let live = setup.service.running.service.token_store.list(now).await.expect("list");
+    let live = setup
+        .service
+        .running
+        .service
+        .token_store
+        .list(now)
+        .await
+        .expect("list");
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].jti, claims["jti"].as_str().expect("jti"));
     assert_eq!(live[0].principal, "gh:4242:101");
     assert_eq!(live[0].scopes, ["repo:read on acme/app"]);
-    assert_eq!(setup.service.metric("quay_authz_token_exchanges_total{result=\"issued\"}").await, 1.0);
-    assert_eq!(setup.service.metric("quay_authz_exchanged_tokens_live").await, 1.0);
+    assert_eq!(
+        setup
+            .service
+            .metric("quay_authz_token_exchanges_total{result=\"issued\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        setup
+            .service
+            .metric("quay_authz_exchanged_tokens_live")
+            .await,
+        1.0
+    );
 
     // Broader than the policy: narrowed to what the policy gives inside it; no scope: all of
     // it; the default lifetime.
@@ -266,11 +305,20 @@ async fn an_exchange_issues_a_bridge_token_scoped_to_the_request_within_the_poli
         "repo:read on acme/* repo:write on acme/* repo:read on tools/cli"
     );
     let everything = setup.exchange(&subject, &[]).await;
-    assert_eq!(everything.body["scope"], "repo:read on acme/* repo:write on acme/* repo:read on tools/cli");
+    assert_eq!(
+        everything.body["scope"],
+        "repo:read on acme/* repo:write on acme/* repo:read on tools/cli"
+    );
     assert_eq!(everything.body["expires_in"], 600);
     // Docker notation in the request; the answer in Quay notation.
     let docker = setup
-        .exchange(&subject, &[("scope", "repository:acme/app:pull,push"), ("subject_token_type", ACCESS_TOKEN)])
+        .exchange(
+            &subject,
+            &[
+                ("scope", "repository:acme/app:pull,push"),
+                ("subject_token_type", ACCESS_TOKEN),
+            ],
+        )
         .await;
     assert_refused(&docker, 400, "invalid_request", "duplicate_parameter");
     let docker = setup
@@ -284,8 +332,15 @@ async fn an_exchange_issues_a_bridge_token_scoped_to_the_request_within_the_poli
             &[],
         )
         .await;
-    assert_eq!(docker.body["scope"], "repo:read on acme/app repo:write on acme/app", "{}", docker.text);
+    assert_eq!(
+        docker.body["scope"], "repo:read on acme/app repo:write on acme/app",
+        "{}",
+        docker.text
+    );
 }
+
+/// Form parameters, in order.
+type Form = Vec<(&'static str, String)>;
 
 #[tokio::test]
 async fn every_refusal_has_its_oauth_error_reason_and_status() {
@@ -309,59 +364,185 @@ async fn every_refusal_has_its_oauth_error_reason_and_status() {
         }
     };
 
-    let without = |name: &str| base(&[]).into_iter().filter(|(n, _)| *n != name).collect::<Vec<_>>();
-    let mut cases: Vec<(Vec<(&'static str, String)>, u16, &str, &str)> = vec![
+    let without = |name: &str| {
+        base(&[])
+            .into_iter()
+            .filter(|(n, _)| *n != name)
+            .collect::<Vec<_>>()
+    };
+    let mut cases: Vec<(Form, u16, &str, &str)> = vec![
         (
-            vec![("grant_type", "client_credentials".into()), ("subject_token", subject.clone()), ("subject_token_type", JWT.into())],
-            400, "unsupported_grant_type", "unsupported_grant_type",
+            vec![
+                ("grant_type", "client_credentials".into()),
+                ("subject_token", subject.clone()),
+                ("subject_token_type", JWT.into()),
+            ],
+            400,
+            "unsupported_grant_type",
+            "unsupported_grant_type",
         ),
-        (without("grant_type"), 400, "invalid_request", "missing_parameter"),
-        (without("subject_token"), 400, "invalid_request", "missing_parameter"),
-        (without("subject_token_type"), 400, "invalid_request", "missing_parameter"),
-        (base(&[("subject_token", "x".into())]), 400, "invalid_request", "duplicate_parameter"),
-        (base(&[("scope", "repo:read on acme/app".into()), ("scope", "super:user".into())]), 400, "invalid_request", "duplicate_parameter"),
         (
-            vec![("grant_type", GRANT_TYPE.into()), ("subject_token", subject.clone()), ("subject_token_type", "urn:ietf:params:oauth:token-type:saml2".into())],
-            400, "invalid_request", "unsupported_token_type",
+            without("grant_type"),
+            400,
+            "invalid_request",
+            "missing_parameter",
         ),
-        (base(&[("requested_token_type", "urn:ietf:params:oauth:token-type:id_token".into())]), 400, "invalid_request", "unsupported_token_type"),
-        (base(&[("requested_lifetime", "1801".into())]), 400, "invalid_request", "lifetime_too_long"),
-        (base(&[("requested_lifetime", "soon".into())]), 400, "invalid_request", "invalid_parameter"),
-        (base(&[("audience", "someone-else".into())]), 400, "invalid_target", "audience_not_accepted"),
-        (base(&[("scope", "repo:read on".into())]), 400, "invalid_scope", "scope_malformed"),
-        (base(&[("scope", "repo:read on other/app".into())]), 400, "invalid_scope", "scope_not_granted"),
+        (
+            without("subject_token"),
+            400,
+            "invalid_request",
+            "missing_parameter",
+        ),
+        (
+            without("subject_token_type"),
+            400,
+            "invalid_request",
+            "missing_parameter",
+        ),
+        (
+            base(&[("subject_token", "x".into())]),
+            400,
+            "invalid_request",
+            "duplicate_parameter",
+        ),
+        (
+            base(&[
+                ("scope", "repo:read on acme/app".into()),
+                ("scope", "super:user".into()),
+            ]),
+            400,
+            "invalid_request",
+            "duplicate_parameter",
+        ),
+        (
+            vec![
+                ("grant_type", GRANT_TYPE.into()),
+                ("subject_token", subject.clone()),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:saml2".into(),
+                ),
+            ],
+            400,
+            "invalid_request",
+            "unsupported_token_type",
+        ),
+        (
+            base(&[(
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:id_token".into(),
+            )]),
+            400,
+            "invalid_request",
+            "unsupported_token_type",
+        ),
+        (
+            base(&[("requested_lifetime", "1801".into())]),
+            400,
+            "invalid_request",
+            "lifetime_too_long",
+        ),
+        (
+            base(&[("requested_lifetime", "soon".into())]),
+            400,
+            "invalid_request",
+            "invalid_parameter",
+        ),
+        (
+            base(&[("audience", "someone-else".into())]),
+            400,
+            "invalid_target",
+            "audience_not_accepted",
+        ),
+        (
+            base(&[("scope", "repo:read on".into())]),
+            400,
+            "invalid_scope",
+            "scope_malformed",
+        ),
+        (
+            base(&[("scope", "repo:read on other/app".into())]),
+            400,
+            "invalid_scope",
+            "scope_not_granted",
+        ),
     ];
     // The subject token: not a JWT, expired, of an issuer not configured, of an issuer that
     // does not exchange, of an owner the policy grants nothing.
     let with_subject = |token: String| {
-        vec![("grant_type", GRANT_TYPE.into()), ("subject_token", token), ("subject_token_type", JWT.into())]
+        vec![
+            ("grant_type", GRANT_TYPE.into()),
+            ("subject_token", token),
+            ("subject_token_type", JWT.into()),
+        ]
     };
     let foreign = setup
         .issuer
         .mint(SigningKeyKind::Rsa, &json!({"iss": "https://elsewhere.example.com", "aud": "quay", "sub": "x", "exp": now() + 600}))
         .expect("mint");
     cases.extend([
-        (with_subject("not-a-jwt".into()), 400, "invalid_grant", "token_malformed"),
-        (with_subject(gha_token(&setup.issuer, "acme", "102", -120)), 400, "invalid_grant", "token_expired"),
-        (with_subject(foreign), 400, "invalid_grant", "issuer_not_configured"),
-        (with_subject(entra_token(&setup.issuer, &[])), 400, "invalid_grant", "issuer_not_exchangeable"),
-        (with_subject(gha_token(&setup.issuer, "other", "103", 600)), 400, "invalid_scope", "scope_not_granted"),
+        (
+            with_subject("not-a-jwt".into()),
+            400,
+            "invalid_grant",
+            "token_malformed",
+        ),
+        (
+            with_subject(gha_token(&setup.issuer, "acme", "102", -120)),
+            400,
+            "invalid_grant",
+            "token_expired",
+        ),
+        (
+            with_subject(foreign),
+            400,
+            "invalid_grant",
+            "issuer_not_configured",
+        ),
+        (
+            with_subject(entra_token(&setup.issuer, &[])),
+            400,
+            "invalid_grant",
+            "issuer_not_exchangeable",
+        ),
+        (
+            with_subject(gha_token(&setup.issuer, "other", "103", 600)),
+            400,
+            "invalid_scope",
+            "scope_not_granted",
+        ),
     ]);
     for (pairs, status, error, reason) in cases {
         let description = format!("{pairs:?}");
         let answer = send(pairs).await;
         assert_refused(&answer, status, error, reason);
-        assert!(!answer.text.contains(&subject), "{description}: the token is echoed");
+        assert!(
+            !answer.text.contains(&subject),
+            "{description}: the token is echoed"
+        );
     }
 
     // An exchanged token is not a subject token: no chaining.
     let exchanged = setup.exchanged(&subject, "repo:read on acme/app").await;
     let answer = setup.exchange(&exchanged, &[]).await;
-    assert_refused(&answer, 400, "invalid_grant", "exchanged_token_not_accepted");
+    assert_refused(
+        &answer,
+        400,
+        "invalid_grant",
+        "exchanged_token_not_accepted",
+    );
 
     // Transport: another credential, the content type, the size, the method.
-    let body = form(&[("grant_type", GRANT_TYPE), ("subject_token", &subject), ("subject_token_type", JWT)]);
-    for (name, value) in [("authorization", format!("Bearer {subject}")), ("authorization", format!("Basic {}", STANDARD.encode("a:b"))), ("cookie", "session=1".to_string())] {
+    let body = form(&[
+        ("grant_type", GRANT_TYPE),
+        ("subject_token", &subject),
+        ("subject_token_type", JWT),
+    ]);
+    for (name, value) in [
+        ("authorization", format!("Bearer {subject}")),
+        ("authorization", format!("Basic {}", STANDARD.encode("a:b"))),
+        ("cookie", "session=1".to_string()),
+    ] {
         let answer = setup.post(body.clone(), &[(name, &value)]).await;
         assert_refused(&answer, 400, "invalid_request", "credential_not_allowed");
     }
@@ -376,16 +557,33 @@ async fn every_refusal_has_its_oauth_error_reason_and_status() {
             .expect("HTTP"),
     )
     .await;
-    assert_refused(&json_body, 400, "invalid_request", "unsupported_content_type");
-    let oversized = setup.post(format!("{body}&pad={}", "a".repeat(70 * 1024)), &[]).await;
+    assert_refused(
+        &json_body,
+        400,
+        "invalid_request",
+        "unsupported_content_type",
+    );
+    let oversized = setup
+        .post(format!("{body}&pad={}", "a".repeat(70 * 1024)), &[])
+        .await;
     assert_refused(&oversized, 413, "invalid_request", "body_too_large");
-    let get = read_answer(client.get(setup.url("/oauth2/token")).send().await.expect("HTTP")).await;
+    let get = read_answer(
+        client
+            .get(setup.url("/oauth2/token"))
+            .send()
+            .await
+            .expect("HTTP"),
+    )
+    .await;
     assert_refused(&get, 405, "invalid_request", "method_not_allowed");
     assert_eq!(header(&get, "allow"), "POST");
 
     // Counted by reason.
     assert_eq!(
-        setup.service.metric("quay_authz_token_exchanges_total{result=\"token_expired\"}").await,
+        setup
+            .service
+            .metric("quay_authz_token_exchanges_total{result=\"token_expired\"}")
+            .await,
         1.0
     );
 }
@@ -415,8 +613,15 @@ async fn mints_per_principal_per_minute_are_bounded() {
         }
         let statuses: Vec<u16> = answers.iter().map(|answer| answer.status).collect();
         assert_eq!(statuses, [200, 200, 200, 429]);
-        assert_refused(&answers[3], 429, "temporarily_unavailable", "mint_rate_limited");
-        let retry: u64 = header(&answers[3], "retry-after").parse().expect("Retry-After");
+        assert_refused(
+            &answers[3],
+            429,
+            "temporarily_unavailable",
+            "mint_rate_limited",
+        );
+        let retry: u64 = header(&answers[3], "retry-after")
+            .parse()
+            .expect("Retry-After");
         assert!((1..=60).contains(&retry), "{retry}");
         break;
     }
@@ -448,11 +653,20 @@ async fn an_exchanged_token_is_allowed_within_its_scope_and_todays_policy_until_
     // Within its scope: allowed, and Quay receives the exchanged token itself.
     let response = service.check_bearer("GET", READ, &token).await;
     assert_eq!(decision(&response), ("allow".into(), "allowed".into()));
-    assert_eq!(response_header(&response, "authorization"), Some(format!("Bearer {token}")));
-    assert_eq!(response_header(&response, "x-quay-authz-subject"), Some("gh:4242:107".into()));
+    assert_eq!(
+        response_header(&response, "authorization"),
+        Some(format!("Bearer {token}"))
+    );
+    assert_eq!(
+        response_header(&response, "x-quay-authz-subject"),
+        Some("gh:4242:107".into())
+    );
     // Beyond it, though the policy would allow a write: 403.
     let response = service.check_bearer("POST", WRITE, &token).await;
-    assert_eq!(decision(&response), ("deny".into(), "insufficient_scope".into()));
+    assert_eq!(
+        decision(&response),
+        ("deny".into(), "insufficient_scope".into())
+    );
     assert_eq!(http_status(&response), 403);
     // The IdP token itself may write (the policy grants it).
     let response = service.check_bearer("POST", WRITE, &subject).await;
@@ -461,19 +675,38 @@ async fn an_exchanged_token_is_allowed_within_its_scope_and_todays_policy_until_
     // `/v2/auth`: Basic $oauthtoken:<token>, scopes cut to the token's scope.
     let basic = format!("Basic {}", STANDARD.encode(format!("$oauthtoken:{token}")));
     let response = service
-        .check("GET", "/v2/auth?service=quay.example.com&scope=repository:acme/app:pull,push", &[("authorization", &basic)])
+        .check(
+            "GET",
+            "/v2/auth?service=quay.example.com&scope=repository:acme/app:pull,push",
+            &[("authorization", &basic)],
+        )
         .await;
     assert_eq!(decision(&response).0, "allow");
-    assert_eq!(response_header(&response, "authorization"), Some(basic.clone()));
-    assert_eq!(query_mutation(&response), [("scope".to_string(), "repository:acme/app:pull".to_string())]);
+    assert_eq!(
+        response_header(&response, "authorization"),
+        Some(basic.clone())
+    );
+    assert_eq!(
+        query_mutation(&response),
+        [("scope".to_string(), "repository:acme/app:pull".to_string())]
+    );
 
     // Revoked: 401 token_revoked on the next Check.
-    let revoked = service.running.service.token_store.revoke(&jti, now()).await.expect("store");
+    let revoked = service
+        .running
+        .service
+        .token_store
+        .revoke(&jti, now())
+        .await
+        .expect("store");
     assert!(revoked.is_some());
     let response = service.check_bearer("GET", READ, &token).await;
     assert_eq!(decision(&response), ("deny".into(), "token_revoked".into()));
     assert_eq!(http_status(&response), 401);
-    assert_eq!(service.metric("quay_authz_exchanged_tokens_live").await, 0.0);
+    assert_eq!(
+        service.metric("quay_authz_exchanged_tokens_live").await,
+        0.0
+    );
 }
 
 /// Applies `config_yaml` as a reload does (validated whole, then swapped in).
@@ -493,7 +726,10 @@ async fn todays_policy_judges_an_exchanged_token_on_every_check() {
     let service = &setup.service;
     let subject = gha_token(&setup.issuer, "acme", "108", 600);
     let token = setup.exchanged(&subject, "repo:read on acme/*").await;
-    assert_eq!(decision(&service.check_bearer("GET", READ, &token).await).0, "allow");
+    assert_eq!(
+        decision(&service.check_bearer("GET", READ, &token).await).0,
+        "allow"
+    );
 
     // A reload narrows the rule: the token's scope still says acme/*, the policy no longer.
     let narrower = r#"  - name: acme-ci
@@ -501,11 +737,22 @@ async fn todays_policy_judges_an_exchanged_token_on_every_check() {
     when: {claims: {repository_owner: acme}}
     grant: ["repository:acme/other:pull"]
 "#;
-    reload(service, &config(&setup.issuer, &setup.key, Some(""), narrower));
+    reload(
+        service,
+        &config(&setup.issuer, &setup.key, Some(""), narrower),
+    );
     let response = service.check_bearer("GET", READ, &token).await;
-    assert_eq!(decision(&response), ("deny".into(), "insufficient_scope".into()));
     assert_eq!(
-        decision(&service.check_bearer("GET", "/api/v1/repository/acme/other", &token).await).0,
+        decision(&response),
+        ("deny".into(), "insufficient_scope".into())
+    );
+    assert_eq!(
+        decision(
+            &service
+                .check_bearer("GET", "/api/v1/repository/acme/other", &token)
+                .await
+        )
+        .0,
         "allow"
     );
 
@@ -513,7 +760,10 @@ async fn todays_policy_judges_an_exchanged_token_on_every_check() {
     let forwarding = config(&setup.issuer, &setup.key, Some(""), RULES).replace("    upstream: exchange\n    subject: \"gh:{claims.repository_owner_id}:{claims.repository_id}\"\n    username: \"gh-{claims.repository|slug}\"\n", "");
     reload(service, &forwarding);
     let response = service.check_bearer("GET", READ, &token).await;
-    assert_eq!(decision(&response), ("deny".into(), "issuer_not_configured".into()));
+    assert_eq!(
+        decision(&response),
+        ("deny".into(), "issuer_not_configured".into())
+    );
 }
 
 #[tokio::test]
@@ -536,7 +786,10 @@ async fn a_bridge_token_minted_for_quay_is_not_a_client_credential() {
     // A forged exchanged token (our iss and claims, another key): refused.
     let mut claims = claims_of(&setup.exchanged(&subject, "repo:read on acme/app").await);
     claims["scope"] = json!("super:user");
-    let forged = setup.issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    let forged = setup
+        .issuer
+        .mint(SigningKeyKind::Rsa, &claims)
+        .expect("mint");
     let response = service.check_bearer("GET", READ, &forged).await;
     assert_eq!(decision(&response).0, "deny");
     assert_eq!(http_status(&response), 401);
@@ -553,7 +806,10 @@ async fn explain_narrates_an_exchanged_token_and_its_revocation() {
         let (server, token) = (server.clone(), token.clone());
         tokio::task::spawn_blocking(move || {
             common::cli::quay_authz(
-                &["explain", "--server", &server, "--token", &token, "--method", "POST", "--path", path],
+                &[
+                    "explain", "--server", &server, "--token", &token, "--method", "POST",
+                    "--path", path,
+                ],
                 &[],
             )
         })
@@ -567,7 +823,10 @@ async fn explain_narrates_an_exchanged_token_and_its_revocation() {
         "outside the exchanged token's scope",
         "decision   deny (insufficient_scope), HTTP 403",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
     setup
         .service
@@ -578,7 +837,10 @@ async fn explain_narrates_an_exchanged_token_and_its_revocation() {
         .await
         .expect("store");
     let (_, stdout, _) = explain(READ).await.expect("explain");
-    assert!(stdout.contains("decision   deny (token_revoked), HTTP 401"), "{stdout}");
+    assert!(
+        stdout.contains("decision   deny (token_revoked), HTTP 401"),
+        "{stdout}"
+    );
     for part in token.split('.') {
         assert!(!stdout.contains(part), "the token must never be printed");
     }
@@ -621,7 +883,8 @@ impl Write for CaptureWriter {
 }
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&captured_events().lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    String::from_utf8_lossy(&captured_events().lock().unwrap_or_else(|p| p.into_inner()))
+        .into_owned()
 }
 
 fn exchange_events(principal: &str) -> Vec<Value> {
@@ -639,17 +902,35 @@ async fn every_exchange_is_an_audit_event_and_no_token_is_logged() {
     let setup = start(Some("")).await;
     let subject = gha_token(&setup.issuer, "acme", "110", 600);
     let answer = setup
-        .exchange(&subject, &[("scope", "repo:read on acme/app"), ("requested_lifetime", "300")])
+        .exchange(
+            &subject,
+            &[
+                ("scope", "repo:read on acme/app"),
+                ("requested_lifetime", "300"),
+            ],
+        )
         .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    let token = answer.body["access_token"].as_str().expect("token").to_string();
+    let token = answer.body["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
     let claims = claims_of(&token);
-    let refused = setup.exchange(&subject, &[("scope", "repo:read on other/app")]).await;
+    let refused = setup
+        .exchange(&subject, &[("scope", "repo:read on other/app")])
+        .await;
     assert_eq!(refused.status, 400);
     // A Check of the exchanged token logs like any decision.
     let response = setup
         .service
-        .check("GET", READ, &[("authorization", &format!("Bearer {token}")), ("x-request-id", "exchanged-check-110")])
+        .check(
+            "GET",
+            READ,
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("x-request-id", "exchanged-check-110"),
+            ],
+        )
         .await;
     assert_eq!(decision(&response).0, "allow");
 

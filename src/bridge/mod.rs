@@ -330,8 +330,9 @@ impl Bridge {
         let verifying = match cached {
             Some(cached) if cached.0 == keys.generation => cached,
             _ => {
-                let parsed = crate::jwks::parse_jwks(keys.jwks().to_string().as_bytes(), usize::MAX)
-                    .unwrap_or_default();
+                let parsed =
+                    crate::jwks::parse_jwks(keys.jwks().to_string().as_bytes(), usize::MAX)
+                        .unwrap_or_default();
                 let built = Arc::new((keys.generation, parsed));
                 self.verifying.store(Some(built.clone()));
                 built

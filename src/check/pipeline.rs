@@ -108,7 +108,11 @@ impl Pipeline {
     /// Verifies a token presented to the token-exchange endpoint (`exchange`) exactly as a
     /// Check verifies a bearer token (size limit, parse, issuer, keys, signature, claims,
     /// the bridge principal): one implementation for both.
-    pub async fn identify_token(&self, token: &str, now: u64) -> Result<Arc<Identity>, IdentifyError> {
+    pub async fn identify_token(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Identity>, IdentifyError> {
         self.identify(token, now, &mut Unobserved)
             .await
             .map(|(identity, _)| identity)
@@ -289,7 +293,10 @@ impl Pipeline {
             })
         };
         let authorized = outcome.authorize(&required).and_then(|rules| {
-            match required.iter().find(|permission| !in_token_scope(permission)) {
+            match required
+                .iter()
+                .find(|permission| !in_token_scope(permission))
+            {
                 Some(missing) => Err(missing),
                 None => Ok(rules),
             }
@@ -562,7 +569,10 @@ impl Pipeline {
             )
         };
         if parsed.algorithm != "RS256" {
-            return Err(fail(Reason::AlgorithmNotAllowed, "only RS256 is signed here"));
+            return Err(fail(
+                Reason::AlgorithmNotAllowed,
+                "only RS256 is signed here",
+            ));
         }
         let Some(key) = bridge.verification_key(parsed.key_id.as_deref()) else {
             return Err(fail(
@@ -575,12 +585,18 @@ impl Pipeline {
         let mut claims = parsed.claims;
         let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str);
         if text("aud") != Some(bridge.settings().audience.as_str()) {
-            return Err(fail(Reason::AudienceMismatch, "aud is not the bridge audience"));
+            return Err(fail(
+                Reason::AudienceMismatch,
+                "aud is not the bridge audience",
+            ));
         }
         let (Some(subject), Some(username), Some(jti)) =
             (text("sub"), text("preferred_username"), text("jti"))
         else {
-            return Err(fail(Reason::MissingClaim, "sub, preferred_username or jti missing"));
+            return Err(fail(
+                Reason::MissingClaim,
+                "sub, preferred_username or jti missing",
+            ));
         };
         let (subject, username, jti) = (subject.to_string(), username.to_string(), jti.to_string());
         let number = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
@@ -588,7 +604,10 @@ impl Pipeline {
             return Err(fail(Reason::MissingClaim, "iat or exp missing"));
         };
         if now >= expires_at {
-            return Err(fail(Reason::TokenExpired, &format!("expired {} s ago", now - expires_at)));
+            return Err(fail(
+                Reason::TokenExpired,
+                &format!("expired {} s ago", now - expires_at),
+            ));
         }
         if number("nbf").unwrap_or(issued_at) > now {
             return Err(fail(Reason::TokenNotYetValid, "nbf is in the future"));
@@ -604,30 +623,35 @@ impl Pipeline {
                 "a bridge token minted for Quay is not a client credential (no quay_authz claim)",
             ));
         };
-        let (Some(serde_json::Value::String(source_issuer)), Some(serde_json::Value::Object(source_claims))) =
-            (source.remove("issuer"), source.remove("claims"))
+        let (
+            Some(serde_json::Value::String(source_issuer)),
+            Some(serde_json::Value::Object(source_claims)),
+        ) = (source.remove("issuer"), source.remove("claims"))
         else {
-            return Err(fail(Reason::TokenMalformed, "quay_authz has no issuer or claims"));
+            return Err(fail(
+                Reason::TokenMalformed,
+                "quay_authz has no issuer or claims",
+            ));
         };
         let iss = source_claims
             .get("iss")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let matched = identify::match_issuer(&self.config, &iss)
-            .filter(|matched| {
-                matched.issuer.name == source_issuer && matched.issuer.upstream == Upstream::Exchange
-            });
+        let matched = identify::match_issuer(&self.config, &iss).filter(|matched| {
+            matched.issuer.name == source_issuer && matched.issuer.upstream == Upstream::Exchange
+        });
         observer.issuer(matched.as_ref());
         let Some(matched) = matched else {
             return Err(fail(
                 Reason::IssuerNotConfigured,
-                &format!("its source issuer {source_issuer:?} is no longer configured with upstream: exchange"),
+                &format!(
+                    "its source issuer {source_issuer:?} is no longer configured with upstream: exchange"
+                ),
             ));
         };
-        let mut identity =
-            identify::identity_from_claims(source_claims, matched, &iss, expires_at)
-                .map_err(|error| (error, Some(matched.issuer.name.clone())))?;
+        let mut identity = identify::identity_from_claims(source_claims, matched, &iss, expires_at)
+            .map_err(|error| (error, Some(matched.issuer.name.clone())))?;
         // Named as Quay sees the token itself: its `sub` and `preferred_username`.
         identity.username = username;
         identity.bridge_subject = Some(subject);

@@ -20,12 +20,16 @@ pub enum ExchangeError {
         why: &'static str,
     },
     /// `requested_lifetime` above `bridge.exchange.max_lifetime_seconds`.
-    LifetimeTooLong { max: u64 },
+    LifetimeTooLong {
+        max: u64,
+    },
     /// `scope` does not parse (either notation, `on` joining its neighbours).
     MalformedScope(String),
     /// Not `application/x-www-form-urlencoded` (RFC 6749 §3.2).
     UnsupportedContentType,
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        limit: usize,
+    },
     /// An `Authorization` header or a cookie: the endpoint accepts no credential but the
     /// subject token.
     CredentialNotAllowed(&'static str),
@@ -33,17 +37,28 @@ pub enum ExchangeError {
     /// `audience` is not the bridge audience (RFC 8693 §2.2.2).
     InvalidTarget,
     /// The subject token failed verification (the Check's reason code).
-    SubjectToken { reason: Reason, detail: String },
+    SubjectToken {
+        reason: Reason,
+        detail: String,
+    },
     /// The subject token's issuer is configured, but not with `upstream: exchange`.
-    IssuerNotExchangeable { issuer: String },
+    IssuerNotExchangeable {
+        issuer: String,
+    },
     /// The subject token is one of our own exchanged tokens: no chaining.
     ExchangedTokenNotAccepted,
     /// The policy grants nothing of what was asked (or nothing at all).
     NothingGranted,
     /// `mints_per_principal_per_minute` reached; retry after this many seconds.
-    RateLimited { retry_after: u64, limit: u64 },
+    RateLimited {
+        retry_after: u64,
+        limit: u64,
+    },
     /// The token store or the signing keys cannot be used now.
-    Unavailable { reason: Reason, detail: String },
+    Unavailable {
+        reason: Reason,
+        detail: String,
+    },
 }
 
 impl ExchangeError {

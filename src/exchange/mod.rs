@@ -15,9 +15,7 @@ mod request;
 use std::sync::Arc;
 
 pub use error::ExchangeError;
-pub use request::{
-    ExchangeRequest, GRANT_TYPE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
-};
+pub use request::{ExchangeRequest, GRANT_TYPE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT};
 
 use crate::bridge::Bridge;
 use crate::check::pipeline::Pipeline;
@@ -69,10 +67,7 @@ pub async fn handle(
     };
     match result {
         Ok(issued) => {
-            metrics
-                .token_exchanges
-                .with_label_values(&["issued"])
-                .inc();
+            metrics.token_exchanges.with_label_values(&["issued"]).inc();
             if let Ok(live) = pipeline.token_store().live_count(now).await {
                 metrics
                     .exchanged_tokens_live

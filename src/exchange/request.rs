@@ -127,7 +127,10 @@ mod tests {
     fn a_minimal_request_and_every_optional_parameter() {
         let request = parse("").unwrap();
         assert_eq!(request.subject_token, "a.b.c");
-        assert_eq!((request.audience, request.scope, request.requested_lifetime), (None, None, None));
+        assert_eq!(
+            (request.audience, request.scope, request.requested_lifetime),
+            (None, None, None)
+        );
         let request = parse(
             "&audience=quay&scope=repo%3Aread+on+acme%2Fapp+super%3Auser&requested_lifetime=600\
              &requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&foo=1&foo=2",
@@ -150,15 +153,32 @@ mod tests {
                 b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange",
                 "missing_parameter",
             ),
-            (format!("{BASE}&subject_token=x").as_bytes().to_vec().leak(), "duplicate_parameter"),
             (
-                BASE.replace("token-type%3Ajwt", "token-type%3Asaml2").into_bytes().leak(),
+                format!("{BASE}&subject_token=x").as_bytes().to_vec().leak(),
+                "duplicate_parameter",
+            ),
+            (
+                BASE.replace("token-type%3Ajwt", "token-type%3Asaml2")
+                    .into_bytes()
+                    .leak(),
                 "unsupported_token_type",
             ),
-            (format!("{BASE}&requested_token_type=x").into_bytes().leak(), "unsupported_token_type"),
-            (format!("{BASE}&requested_lifetime=-1").into_bytes().leak(), "invalid_parameter"),
-            (format!("{BASE}&requested_lifetime=0").into_bytes().leak(), "invalid_parameter"),
-            (format!("{BASE}&scope=repo%3Aread+on").into_bytes().leak(), "scope_malformed"),
+            (
+                format!("{BASE}&requested_token_type=x").into_bytes().leak(),
+                "unsupported_token_type",
+            ),
+            (
+                format!("{BASE}&requested_lifetime=-1").into_bytes().leak(),
+                "invalid_parameter",
+            ),
+            (
+                format!("{BASE}&requested_lifetime=0").into_bytes().leak(),
+                "invalid_parameter",
+            ),
+            (
+                format!("{BASE}&scope=repo%3Aread+on").into_bytes().leak(),
+                "scope_malformed",
+            ),
         ];
         for (body, reason) in cases {
             let error = ExchangeRequest::parse(body).expect_err(reason);

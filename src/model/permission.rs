@@ -729,12 +729,24 @@ mod tests {
             format_scope_list(&intersect_grants(requested.as_deref(), &policy))
         };
         // Covered: issued as asked (narrower than the policy).
-        assert_eq!(issued(Some("repo:read on acme/app")), "repo:read on acme/app");
+        assert_eq!(
+            issued(Some("repo:read on acme/app")),
+            "repo:read on acme/app"
+        );
         // Broader than the policy: narrowed to the policy grants inside it.
-        assert_eq!(issued(Some("repo:admin on */*")), "repo:write on acme/* repo:read on tools/cli");
-        assert_eq!(issued(Some("repo:write on tools/cli")), "repo:read on tools/cli");
+        assert_eq!(
+            issued(Some("repo:admin on */*")),
+            "repo:write on acme/* repo:read on tools/cli"
+        );
+        assert_eq!(
+            issued(Some("repo:write on tools/cli")),
+            "repo:read on tools/cli"
+        );
         // Nothing of it granted.
-        assert_eq!(issued(Some("repo:read on other/app org:admin on other")), "");
+        assert_eq!(
+            issued(Some("repo:read on other/app org:admin on other")),
+            ""
+        );
         // `super:user` covers everything: narrowed to the whole policy.
         assert_eq!(issued(Some("super:user")), format_scope_list(&policy));
         // Absent: every policy grant; duplicates dropped.

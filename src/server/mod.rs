@@ -400,7 +400,11 @@ async fn metrics_handler(
 ) -> ([(&'static str, &'static str); 1], String) {
     // The live-token gauge is read from the store at scrape time too: revocations and
     // expiries change it without an exchange.
-    if let Ok(live) = service.token_store.live_count(crate::model::clock::unix_now()).await {
+    if let Ok(live) = service
+        .token_store
+        .live_count(crate::model::clock::unix_now())
+        .await
+    {
         service
             .metrics
             .exchanged_tokens_live
