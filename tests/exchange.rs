@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use common::issuer::{CLIENT_ID, TENANT, entra_token, now, start_issuer};
+use common::log_capture::{captured_events, captured_text};
 use common::pki::rsa_key_file;
 use common::service::{TestService, decision, http_status, response_header};
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
@@ -848,47 +847,8 @@ async fn explain_narrates_an_exchanged_token_and_its_revocation() {
 
 // === Audit log ===
 
-/// Every event this test process writes, as JSON lines (the binary's `--log-format json`
-/// layout, as tests/ops.rs captures it).
-fn captured_events() -> &'static Arc<Mutex<Vec<u8>>> {
-    static CAPTURE: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || CaptureWriter(sink.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buffer
-    })
-}
-
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CaptureWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn log_text() -> String {
-    String::from_utf8_lossy(&captured_events().lock().unwrap_or_else(|p| p.into_inner()))
-        .into_owned()
-}
-
 fn exchange_events(principal: &str) -> Vec<Value> {
-    log_text()
+    captured_text()
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|event| event["target"] == "audit" && event["event"] == "token_exchange")
@@ -951,7 +911,7 @@ async fn every_exchange_is_an_audit_event_and_no_token_is_logged() {
     assert_eq!(refusal["username"], "gh-acme-app");
     assert_eq!(refusal["source_issuer"], "gha");
 
-    let text = log_text();
+    let text = captured_text();
     let check = text
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())

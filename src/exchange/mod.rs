@@ -141,16 +141,7 @@ async fn exchange(
     let identity = pipeline
         .identify_token(&request.subject_token, now)
         .await
-        .map_err(|error| match error.reason {
-            Reason::KeysUnavailable => ExchangeError::Unavailable {
-                reason: error.reason,
-                detail: error.detail,
-            },
-            reason => ExchangeError::SubjectToken {
-                reason,
-                detail: error.detail,
-            },
-        })?;
+        .map_err(|error| refused_subject(error.reason, error.detail))?;
     facts.source_issuer = identity.issuer.clone();
     // No chaining: an exchanged token is re-scoped by exchanging the IdP token again, so
     // its lifetime and scope can never be stretched from a token of our own.
@@ -195,16 +186,7 @@ async fn exchange(
     let scope = format_scope_list(&granted);
     let minted = bridge
         .mint_exchanged(&identity, issuer, &scope, lifetime, now)
-        .map_err(|error| match error.reason {
-            Reason::KeysUnavailable => ExchangeError::Unavailable {
-                reason: error.reason,
-                detail: error.detail,
-            },
-            reason => ExchangeError::SubjectToken {
-                reason,
-                detail: error.detail,
-            },
-        })?;
+        .map_err(|error| refused_subject(error.reason, error.detail))?;
     let record = IssuedToken {
         jti: minted.jti,
         principal: minted.principal.subject,
@@ -220,6 +202,15 @@ async fn exchange(
         token: minted.token,
         record,
     })
+}
+
+/// A subject token refused by the Check's verification or the bridge's templates: the
+/// caller's `invalid_grant`, unless keys are missing here (503, retry).
+fn refused_subject(reason: Reason, detail: String) -> ExchangeError {
+    match reason {
+        Reason::KeysUnavailable => ExchangeError::Unavailable { reason, detail },
+        reason => ExchangeError::SubjectToken { reason, detail },
+    }
 }
 
 /// The bridge and its `exchange` settings, when token exchange is on.
