@@ -9,20 +9,21 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
+use crate::authn::exchanged;
 use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
 use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
-use crate::bridge::{Bridge, EXCHANGE_CLAIM, MintError};
+use crate::bridge::{Bridge, MintError};
 use crate::check::audit::AllowSampler;
 use crate::check::respond::{ResponseSettings, build_response, remove_also};
 use crate::config::raw::Upstream;
-use crate::config::{Config, NonApi, SigningAlgorithm, Unauthenticated};
+use crate::config::{Config, NonApi, Unauthenticated};
 use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::model::clock::unix_now;
 use crate::model::decision::{Decision, Reason, ScopeRewrite, UpstreamCredential};
 use crate::model::identity::{ExchangedToken, Identity};
-use crate::model::permission::{Grant, Permission, intersect_grants, parse_scope_list};
+use crate::model::permission::{Grant, Permission, intersect_grants};
 use crate::policy::{self, PolicyOutcome};
 use crate::route::{RouteOutcome, RouteTable, registry_token};
 use crate::store::TokenStore;
@@ -468,7 +469,16 @@ impl Pipeline {
         if let Some(bridge) = &self.bridge
             && parsed.iss == bridge.settings().issuer
         {
-            return self.verify_exchanged(bridge, parsed, now, observer);
+            return exchanged::verify(&self.config, bridge, parsed, now, |matched| {
+                observer.issuer(matched)
+            })
+            .map_err(|error| {
+                // Named after the bridge until the source issuer is known: always a deny.
+                let issuer = error
+                    .issuer
+                    .unwrap_or_else(|| EXCHANGED_TOKEN_ISSUER.to_string());
+                (error.error, Some(issuer))
+            });
         }
         let matched = identify::match_issuer(&self.config, &parsed.iss);
         observer.issuer(matched.as_ref());
@@ -546,121 +556,6 @@ impl Pipeline {
             .expires_at
             .saturating_add(matched.issuer.leeway_seconds);
         Ok((identity, key, valid_until))
-    }
-
-    /// A token of our own issuer (README, "Token exchange"): signed with the bridge's keys, for
-    /// the bridge audience, unexpired (no leeway: we signed it, on this clock), carrying the
-    /// `quay_authz` claim — an inline bridge token, minted for Quay, is never a client
-    /// credential. The holder's identity is rebuilt from the source claims it embeds with the
-    /// source issuer's settings in force, which must still say `upstream: exchange`.
-    #[allow(clippy::type_complexity)]
-    fn verify_exchanged<O: PhaseObserver>(
-        &self,
-        bridge: &Bridge,
-        parsed: ParsedToken<'_>,
-        now: u64,
-        observer: &mut O,
-    ) -> Result<(Identity, Arc<VerificationKey>, u64), (IdentifyError, Option<String>)> {
-        // Failures name the bridge issuer until the source is known: always a deny.
-        let fail = |reason: Reason, detail: &str| {
-            (
-                IdentifyError::new(reason, format!("exchanged token: {detail}")),
-                Some(EXCHANGED_TOKEN_ISSUER.to_string()),
-            )
-        };
-        if parsed.algorithm != "RS256" {
-            return Err(fail(
-                Reason::AlgorithmNotAllowed,
-                "only RS256 is signed here",
-            ));
-        }
-        let Some(key) = bridge.verification_key(parsed.key_id.as_deref()) else {
-            return Err(fail(
-                Reason::UnknownKey,
-                "its kid is not one of the bridge's signing keys",
-            ));
-        };
-        identify::verify_signature(&parsed, &key, SigningAlgorithm::RS256)
-            .map_err(|error| fail(error.reason, &error.detail))?;
-        let mut claims = parsed.claims;
-        let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str);
-        if text("aud") != Some(bridge.settings().audience.as_str()) {
-            return Err(fail(
-                Reason::AudienceMismatch,
-                "aud is not the bridge audience",
-            ));
-        }
-        let (Some(subject), Some(username), Some(jti)) =
-            (text("sub"), text("preferred_username"), text("jti"))
-        else {
-            return Err(fail(
-                Reason::MissingClaim,
-                "sub, preferred_username or jti missing",
-            ));
-        };
-        let (subject, username, jti) = (subject.to_string(), username.to_string(), jti.to_string());
-        let number = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
-        let (Some(issued_at), Some(expires_at)) = (number("iat"), number("exp")) else {
-            return Err(fail(Reason::MissingClaim, "iat or exp missing"));
-        };
-        if now >= expires_at {
-            return Err(fail(
-                Reason::TokenExpired,
-                &format!("expired {} s ago", now - expires_at),
-            ));
-        }
-        if number("nbf").unwrap_or(issued_at) > now {
-            return Err(fail(Reason::TokenNotYetValid, "nbf is in the future"));
-        }
-        let scopes = match text("scope").map(parse_scope_list) {
-            Some(Ok(scopes)) => scopes,
-            Some(Err(_)) => return Err(fail(Reason::TokenMalformed, "scope does not parse")),
-            None => Vec::new(),
-        };
-        let Some(serde_json::Value::Object(mut source)) = claims.remove(EXCHANGE_CLAIM) else {
-            return Err(fail(
-                Reason::MissingClaim,
-                "a bridge token minted for Quay is not a client credential (no quay_authz claim)",
-            ));
-        };
-        let (
-            Some(serde_json::Value::String(source_issuer)),
-            Some(serde_json::Value::Object(source_claims)),
-        ) = (source.remove("issuer"), source.remove("claims"))
-        else {
-            return Err(fail(
-                Reason::TokenMalformed,
-                "quay_authz has no issuer or claims",
-            ));
-        };
-        let iss = source_claims
-            .get("iss")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let matched = identify::match_issuer(&self.config, &iss).filter(|matched| {
-            matched.issuer.name == source_issuer && matched.issuer.upstream == Upstream::Exchange
-        });
-        observer.issuer(matched.as_ref());
-        let Some(matched) = matched else {
-            return Err(fail(
-                Reason::IssuerNotConfigured,
-                &format!(
-                    "its source issuer {source_issuer:?} is no longer configured with upstream: exchange"
-                ),
-            ));
-        };
-        let mut identity = identify::identity_from_claims(source_claims, matched, &iss, expires_at)
-            .map_err(|error| (error, Some(matched.issuer.name.clone())))?;
-        // Named as Quay sees the token itself: its `sub` and `preferred_username`.
-        identity.username = username;
-        identity.bridge_subject = Some(subject);
-        identity.exchanged = Some(Arc::new(ExchangedToken {
-            jti,
-            issued_at,
-            scopes,
-        }));
-        Ok((identity, key, expires_at))
     }
 
     /// The revocation list for an exchanged token: consulted on every Check, never cached;
