@@ -141,3 +141,139 @@ pub fn verify(
     }));
     Ok((identity, key, expires_at))
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde_json::json;
+
+    use super::*;
+    use crate::authn::identify::parse_token;
+    use crate::metrics::Metrics;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn config(dir: &std::path::Path, upstream: &str) -> Config {
+        let key = dir.join("bridge.pem");
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .unwrap()
+            .serialize_pem();
+        std::fs::write(&key, pem).unwrap();
+        let text = format!(
+            "quay: {{service: q.example.com, realm: \"https://q.example.com/v2/auth\"}}\n\
+             bridge: {{issuer: \"https://authz.example.com/b\", audience: quay-authz, signing_keys: [{}], exchange: {{}}}}\n\
+             issuers:\n  - {{name: gh, issuer: \"https://idp.example.com\", audiences: [quay], upstream: {upstream}, \
+             subject: \"gh:{{claims.sub}}\", username: \"{{claims.sub|slug}}\"}}\n",
+            key.display()
+        );
+        let text = if upstream == "exchange" {
+            text
+        } else {
+            text.replace(
+                ", subject: \"gh:{claims.sub}\", username: \"{claims.sub|slug}\"",
+                "",
+            )
+        };
+        Config::parse(&text, "t.yaml").unwrap()
+    }
+
+    /// A token of the bridge's issuer with `claims`, signed with its key.
+    fn signed(bridge: &Bridge, claims: &Value) -> String {
+        let keys = bridge.settings().keys.current();
+        let header = json!({"alg": "RS256", "kid": keys.signing().kid, "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = keys.signing().sign(input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    fn claims() -> Value {
+        json!({
+            "iss": "https://authz.example.com/b", "aud": "quay-authz", "azp": "quay-authz",
+            "sub": "gh:alice", "preferred_username": "alice", "iat": NOW - 10, "nbf": NOW - 10,
+            "exp": NOW + 600, "jti": "j1", "scope": "repo:read on acme/app",
+            "quay_authz": {"issuer": "gh", "claims": {
+                "iss": "https://idp.example.com", "aud": "quay", "sub": "alice", "exp": NOW - 3600,
+            }},
+        })
+    }
+
+    fn outcome(config: &Config, claims: &Value) -> Result<Identity, String> {
+        let bridge = Bridge::new(config.bridge.as_ref().unwrap(), Metrics::new());
+        let token = signed(&bridge, claims);
+        let parsed = parse_token(&token, 16_384).unwrap();
+        verify(config, &bridge, parsed, NOW, |_| {})
+            .map(|(identity, _, _)| identity)
+            .map_err(|error| error.error.reason.code().to_string())
+    }
+
+    #[test]
+    fn an_exchanged_token_rebuilds_its_holder_even_after_the_source_token_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "exchange");
+        let identity = outcome(&config, &claims()).unwrap();
+        assert_eq!(identity.issuer, "gh");
+        assert_eq!(identity.username, "alice");
+        assert_eq!(identity.bridge_subject.as_deref(), Some("gh:alice"));
+        assert_eq!(identity.expires_at, NOW + 600);
+        let exchanged = identity.exchanged.unwrap();
+        assert_eq!(
+            (exchanged.jti.as_str(), exchanged.issued_at),
+            ("j1", NOW - 10)
+        );
+        assert_eq!(
+            exchanged.scopes,
+            parse_scope_list("repo:read on acme/app").unwrap()
+        );
+    }
+
+    /// A change to the claims of a valid exchanged token.
+    type Edit = dyn Fn(&mut Value);
+
+    #[test]
+    fn every_flaw_of_an_exchanged_token_is_refused_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "exchange");
+        let with = |edit: &Edit| {
+            let mut claims = claims();
+            edit(&mut claims);
+            outcome(&config, &claims).unwrap_err()
+        };
+        let cases: [(&Edit, &str); 8] = [
+            (&|c| c["exp"] = json!(NOW), "token_expired"),
+            (&|c| c["nbf"] = json!(NOW + 60), "token_not_yet_valid"),
+            (&|c| c["aud"] = json!("quay"), "audience_mismatch"),
+            (&|c| c["scope"] = json!("repo:read on"), "token_malformed"),
+            (
+                &|c| drop(c.as_object_mut().unwrap().remove("jti")),
+                "missing_claim",
+            ),
+            // An inline bridge token: never a client credential.
+            (
+                &|c| drop(c.as_object_mut().unwrap().remove("quay_authz")),
+                "missing_claim",
+            ),
+            (
+                &|c| c["quay_authz"]["issuer"] = json!("other"),
+                "issuer_not_configured",
+            ),
+            (
+                &|c| c["quay_authz"]["claims"] = json!("x"),
+                "token_malformed",
+            ),
+        ];
+        for (index, (edit, reason)) in cases.into_iter().enumerate() {
+            assert_eq!(with(edit), reason, "case {index}");
+        }
+        // The source issuer no longer exchanges.
+        let forwarding = self::config(dir.path(), "forward");
+        assert_eq!(
+            outcome(&forwarding, &claims()).unwrap_err(),
+            "issuer_not_configured"
+        );
+    }
+}
