@@ -311,16 +311,6 @@ async fn an_exchange_issues_a_bridge_token_scoped_to_the_request_within_the_poli
     assert_eq!(everything.body["expires_in"], 600);
     // Docker notation in the request; the answer in Quay notation.
     let docker = setup
-        .exchange(
-            &subject,
-            &[
-                ("scope", "repository:acme/app:pull,push"),
-                ("subject_token_type", ACCESS_TOKEN),
-            ],
-        )
-        .await;
-    assert_refused(&docker, 400, "invalid_request", "duplicate_parameter");
-    let docker = setup
         .post(
             form(&[
                 ("grant_type", GRANT_TYPE),
