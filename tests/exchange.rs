@@ -835,6 +835,62 @@ async fn explain_narrates_an_exchanged_token_and_its_revocation() {
     }
 }
 
+#[tokio::test]
+async fn with_redis_unreachable_exchanged_tokens_fail_closed_and_idp_tokens_do_not() {
+    let Some(mut redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let issuer = start_issuer().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rsa_key_file(dir.path(), "bridge.pem");
+    let text = config(&issuer, &key, Some(""), RULES).replace(
+        "bridge:\n",
+        &format!("bridge:\n  store: \"{}\"\n", redis.url()),
+    );
+    let setup = Setup {
+        service: TestService::start(&text, true).await,
+        issuer,
+        key,
+        _dir: dir,
+    };
+    let subject = gha_token(&setup.issuer, "acme", "112", 600);
+    let token = setup.exchanged(&subject, "repo:read on acme/app").await;
+    assert_eq!(
+        decision(&setup.service.check_bearer("GET", READ, &token).await).0,
+        "allow"
+    );
+
+    redis.stop();
+    // The exchanged token needs the revocation list: 503, never an allow.
+    let response = setup.service.check_bearer("GET", READ, &token).await;
+    assert_eq!(
+        decision(&response),
+        ("deny".into(), "revocation_unavailable".into())
+    );
+    assert_eq!(http_status(&response), 503);
+    // Nothing is issued that could not be listed and revoked.
+    let answer = setup.exchange(&subject, &[]).await;
+    assert_refused(
+        &answer,
+        503,
+        "temporarily_unavailable",
+        "revocation_unavailable",
+    );
+    assert_eq!(header(&answer, "retry-after"), "1");
+    // The IdP token itself needs no store.
+    assert_eq!(
+        decision(&setup.service.check_bearer("GET", READ, &subject).await).0,
+        "allow"
+    );
+
+    redis.restart();
+    assert_eq!(
+        decision(&setup.service.check_bearer("GET", READ, &token).await).0,
+        "allow"
+    );
+    assert_eq!(setup.exchange(&subject, &[]).await.status, 200);
+}
+
 // === Audit log ===
 
 fn exchange_events(principal: &str) -> Vec<Value> {
