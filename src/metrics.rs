@@ -44,6 +44,11 @@ pub struct Metrics {
     pub token_revocations: IntCounterVec,
     /// 1 while the token store (`bridge.store`) answers, 0 while it does not.
     pub token_store_up: prometheus::IntGauge,
+    /// Token exchanges by result: `issued` or the refusal's reason code (README "Token
+    /// exchange"), a bounded set.
+    pub token_exchanges: IntCounterVec,
+    /// Exchanged tokens live (unexpired, unrevoked) in the token store.
+    pub exchanged_tokens_live: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -135,6 +140,19 @@ impl Metrics {
             "1 while the token store (bridge.store) answers, 0 while it does not",
         )
         .expect("static metric definition");
+        let token_exchanges = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_token_exchanges_total",
+                "Token exchanges by result (issued, or the refusal's reason code)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let exchanged_tokens_live = prometheus::IntGauge::new(
+            "quay_authz_exchanged_tokens_live",
+            "Exchanged tokens live (unexpired, unrevoked) in the token store",
+        )
+        .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "quay_authz_config_reloads_total",
@@ -167,6 +185,8 @@ impl Metrics {
             Box::new(bridge_mint_cache.clone()),
             Box::new(token_revocations.clone()),
             Box::new(token_store_up.clone()),
+            Box::new(token_exchanges.clone()),
+            Box::new(exchanged_tokens_live.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -187,6 +207,8 @@ impl Metrics {
             bridge_mint_cache,
             token_revocations,
             token_store_up,
+            token_exchanges,
+            exchanged_tokens_live,
         }
     }
 
@@ -234,7 +256,7 @@ impl Metrics {
     /// field belongs in the list below.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 12] = [
+        let collectors: [&dyn Collector; 14] = [
             &self.decisions,
             &self.check_duration,
             &self.jwks_fetches,
@@ -247,6 +269,8 @@ impl Metrics {
             &self.bridge_mint_cache,
             &self.token_revocations,
             &self.token_store_up,
+            &self.token_exchanges,
+            &self.exchanged_tokens_live,
         ];
         let described = collectors
             .into_iter()

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
+use crate::authn::exchanged;
 use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
 use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
@@ -21,10 +22,11 @@ use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::model::clock::unix_now;
 use crate::model::decision::{Decision, Reason, ScopeRewrite, UpstreamCredential};
-use crate::model::identity::Identity;
-use crate::model::permission::Permission;
+use crate::model::identity::{ExchangedToken, Identity};
+use crate::model::permission::{Grant, Permission, intersect_grants};
 use crate::policy::{self, PolicyOutcome};
 use crate::route::{RouteOutcome, RouteTable, registry_token};
+use crate::store::TokenStore;
 
 /// What the phases of one decision report as they run, in order. `explain` is an observer (it
 /// turns the reports into its steps), so what it shows is the real run and never a second
@@ -63,6 +65,9 @@ pub struct Pipeline {
     audit_sampler: AllowSampler,
     /// The identity bridge (`bridge:`), which signs what `exchange` issuers hand to Quay.
     bridge: Option<Bridge>,
+    /// Token exchange's revocation list, consulted on every Check of an exchanged token
+    /// (`Service.token_store`, kept across reloads; a private memory store by default).
+    token_store: Arc<TokenStore>,
 }
 
 impl Pipeline {
@@ -85,7 +90,34 @@ impl Pipeline {
                 .map(|settings| Bridge::new(settings, metrics.clone())),
             config,
             metrics,
+            token_store: Arc::new(TokenStore::Memory(Default::default())),
         }
+    }
+
+    /// The token store the running service owns (`Service::new` and `Service::apply` pass
+    /// it, so revocations outlive a reload); offline `explain` and the bench keep the private
+    /// memory store `new` made.
+    pub fn with_token_store(mut self, token_store: Arc<TokenStore>) -> Self {
+        self.token_store = token_store;
+        self
+    }
+
+    pub fn token_store(&self) -> &Arc<TokenStore> {
+        &self.token_store
+    }
+
+    /// Verifies a token presented to the token-exchange endpoint (`exchange`) exactly as a
+    /// Check verifies a bearer token (size limit, parse, issuer, keys, signature, claims,
+    /// the bridge principal): one implementation for both.
+    pub async fn identify_token(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Identity>, IdentifyError> {
+        self.identify(token, now, &mut Unobserved)
+            .await
+            .map(|(identity, _)| identity)
+            .map_err(|(error, _)| error)
     }
 
     /// Ready when every `required` issuer has keys in every key source.
@@ -219,6 +251,13 @@ impl Pipeline {
             }
         };
 
+        // An exchanged token: the revocation list, on every Check (never cached).
+        if let Some(exchanged) = &identity.exchanged
+            && let Err(denied) = self.check_revocation(&identity, exchanged, now).await
+        {
+            return denied;
+        }
+
         // Phase 4 — authorize: the policy's grants must cover every required permission.
         let Some(required) = required else {
             return Decision::Deny {
@@ -245,10 +284,28 @@ impl Pipeline {
         {
             self.token_cache.admit(candidate, now);
         }
-        match outcome.authorize(&required) {
+        // An exchanged token gives only what both its `scope` and today's policy grant.
+        let in_token_scope = |permission: &Permission| {
+            identity.exchanged.as_ref().is_none_or(|exchanged| {
+                exchanged
+                    .scopes
+                    .iter()
+                    .any(|grant| grant.satisfies(permission))
+            })
+        };
+        let authorized = outcome.authorize(&required).and_then(|rules| {
+            match required
+                .iter()
+                .find(|permission| !in_token_scope(permission))
+            {
+                Some(missing) => Err(missing),
+                None => Ok(rules),
+            }
+        });
+        match authorized {
             Ok(rules) => {
                 let rules: Vec<String> = rules.into_iter().map(str::to_string).collect();
-                let mut upstream = match self.upstream_credential(&identity, &rules, now) {
+                let mut upstream = match self.upstream_credential(&identity, token, &rules, now) {
                     Ok(upstream) => upstream,
                     // Fail closed: Quay never receives a request whose credential could not
                     // be made.
@@ -277,37 +334,53 @@ impl Pipeline {
                         .map(|scope| registry_token::parse_scope(scope, host))
                         .collect();
                     registry_token::downscope(&requests, |permission| {
-                        outcome
-                            .grants
-                            .iter()
-                            .any(|(grant, _)| grant.satisfies(permission))
+                        in_token_scope(permission)
+                            && outcome
+                                .grants
+                                .iter()
+                                .any(|(grant, _)| grant.satisfies(permission))
                     })
                 });
+                let policy_grants: Vec<Grant> =
+                    outcome.grants.into_iter().map(|(grant, _)| grant).collect();
+                let grants = match &identity.exchanged {
+                    Some(exchanged) => intersect_grants(Some(&exchanged.scopes), &policy_grants),
+                    None => policy_grants,
+                };
                 Decision::Allow {
                     upstream,
                     scopes,
                     required,
-                    grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
+                    grants,
                     rules,
                     identity,
                 }
             }
             Err(missing) => Decision::Deny {
                 reason: Reason::InsufficientScope,
-                detail: format!("requires {missing}"),
+                detail: if identity.exchanged.is_some() && !in_token_scope(missing) {
+                    format!("requires {missing}, outside the exchanged token's scope")
+                } else {
+                    format!("requires {missing}")
+                },
                 required: Some(missing.clone()),
                 issuer: Some(identity.issuer.clone()),
             },
         }
     }
 
-    /// What Quay receives for an allowed request of `identity` (its issuer's `upstream`).
+    /// What Quay receives for an allowed request of `identity` (its issuer's `upstream`; an
+    /// exchanged token is itself a bridge token, so Quay receives it as it is).
     fn upstream_credential(
         &self,
         identity: &Identity,
+        token: &str,
         rules: &[String],
         now: u64,
     ) -> Result<UpstreamCredential, MintError> {
+        if identity.exchanged.is_some() {
+            return Ok(UpstreamCredential::Bearer(token.into()));
+        }
         let Some(issuer) = self.config.issuer(&identity.issuer) else {
             return Ok(UpstreamCredential::Forward);
         };
@@ -373,6 +446,10 @@ impl Pipeline {
         }
         let (identity, key, valid_until) = self.verify(token, now, observer).await?;
         let identity = Arc::new(identity);
+        if identity.exchanged.is_some() {
+            // Never cached: its revocation and the bridge keys are checked on every Check.
+            return Ok((identity, None));
+        }
         let candidate = Candidate::new(digest, identity.clone(), &key, valid_until);
         Ok((identity, Some(candidate)))
     }
@@ -389,6 +466,20 @@ impl Pipeline {
         let parsed = identify::parse_token(token, self.config.max_token_bytes);
         observer.token(parsed.as_ref());
         let parsed = parsed.map_err(|e| (e, None))?;
+        if let Some(bridge) = &self.bridge
+            && parsed.iss == bridge.settings().issuer
+        {
+            return exchanged::verify(&self.config, bridge, parsed, now, |matched| {
+                observer.issuer(matched)
+            })
+            .map_err(|error| {
+                // Named after the bridge until the source issuer is known: always a deny.
+                let issuer = error
+                    .issuer
+                    .unwrap_or_else(|| EXCHANGED_TOKEN_ISSUER.to_string());
+                (error.error, Some(issuer))
+            });
+        }
         let matched = identify::match_issuer(&self.config, &parsed.iss);
         observer.issuer(matched.as_ref());
         let Some(matched) = matched else {
@@ -465,6 +556,35 @@ impl Pipeline {
             .expires_at
             .saturating_add(matched.issuer.leeway_seconds);
         Ok((identity, key, valid_until))
+    }
+
+    /// The revocation list for an exchanged token: consulted on every Check, never cached;
+    /// a store that cannot answer fails closed.
+    async fn check_revocation(
+        &self,
+        identity: &Identity,
+        exchanged: &ExchangedToken,
+        now: u64,
+    ) -> Result<(), Decision> {
+        let principal = identity.bridge_subject.as_deref().unwrap_or_default();
+        let deny = |reason: Reason, detail: String| Decision::Deny {
+            reason,
+            detail,
+            required: None,
+            issuer: Some(identity.issuer.clone()),
+        };
+        match self
+            .token_store
+            .is_revoked(&exchanged.jti, principal, exchanged.issued_at, now)
+            .await
+        {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(deny(
+                Reason::TokenRevoked,
+                format!("exchanged token {} was revoked", exchanged.jti),
+            )),
+            Err(error) => Err(deny(error.reason(), error.to_string())),
+        }
     }
 
     fn record(&self, facts: &RequestFacts, decision: &Decision, elapsed: std::time::Duration) {
@@ -551,6 +671,10 @@ impl std::fmt::Display for DisplayList<'_> {
         Ok(())
     }
 }
+
+/// The issuer named in denies of a token of our own issuer before its source issuer is known
+/// (metrics label, audit field).
+pub const EXCHANGED_TOKEN_ISSUER: &str = "exchanged-token";
 
 fn deny(reason: Reason, detail: &str, required: Option<Permission>) -> Decision {
     Decision::Deny {

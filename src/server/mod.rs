@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bridge;
+mod exchange;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,7 +57,8 @@ impl Service {
             tracing::warn!("{warning}");
         }
         let token_store = Arc::new(TokenStore::open(&store_location(&config)));
-        let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics.clone());
+        let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics.clone())
+            .with_token_store(token_store.clone());
         Arc::new(Self {
             pipeline: ArcSwap::from_pointee(pipeline),
             key_store,
@@ -84,7 +86,8 @@ impl Service {
                 kept.join(", ")
             );
         }
-        let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone());
+        let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone())
+            .with_token_store(self.token_store.clone());
         self.pipeline.store(Arc::new(pipeline));
         self.key_store.prune(&self.pipeline.load().config);
         self.metrics
@@ -311,7 +314,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz_handler))
-            .fallback(get(bridge::documents))
+            .fallback(exchange::fallback)
             .with_state(service.clone());
         let mut stop_signal = stop_signal.clone();
         tokio::spawn(async move {
@@ -395,6 +398,18 @@ where
 async fn metrics_handler(
     State(service): State<Arc<Service>>,
 ) -> ([(&'static str, &'static str); 1], String) {
+    // The live-token gauge is read from the store at scrape time too: revocations and
+    // expiries change it without an exchange.
+    if let Ok(live) = service
+        .token_store
+        .live_count(crate::model::clock::unix_now())
+        .await
+    {
+        service
+            .metrics
+            .exchanged_tokens_live
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
     let pipeline = service.pipeline.load();
     let key_sets = pipeline.key_sources().filter_map(|(issuer, source)| {
         let key_set = source.current()?;
