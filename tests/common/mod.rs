@@ -10,6 +10,7 @@ pub mod log_capture;
 pub mod pki;
 pub mod quay;
 pub mod redis;
+pub mod serve;
 pub mod service;
 pub mod tools;
 pub mod upstream;
