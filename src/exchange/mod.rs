@@ -67,12 +67,9 @@ pub async fn handle(
     };
     match result {
         Ok(issued) => {
+            // The live-token gauge is set when /metrics is scraped: counting here would cost
+            // every exchange a walk of the index (memory) or a round trip (Redis).
             metrics.token_exchanges.with_label_values(&["issued"]).inc();
-            if let Ok(live) = pipeline.token_store().live_count(now).await {
-                metrics
-                    .exchanged_tokens_live
-                    .set(i64::try_from(live).unwrap_or(i64::MAX));
-            }
             let record = &issued.record;
             // One audit event per exchange; never a token.
             tracing::info!(
