@@ -8,7 +8,7 @@
 //!   quay-authz's policy does not grant never reaches Quay, superuser included.
 //! - `strip`: Quay receives no `Authorization` and answers as anonymous.
 //! - `exchange` and the keyless registry push (issue 12 items 2–5): Quay's second login provider
-//!   is quay-authz's bridge; ignored until the bridge and `/v2/auth` branches are merged.
+//!   is quay-authz's bridge.
 //!
 //! Issue 10 item 0, the attack: a token whose grants are pull and push on `alice/*` sends
 //! `DELETE //api/v1/repository/alice/hello`. Gunicorn keeps the slashes and Werkzeug strips them,
@@ -109,6 +109,48 @@ async fn bearer_get(url: impl reqwest::IntoUrl, token: &str) -> (u16, serde_json
     (status, response.json().await.unwrap_or_default())
 }
 
+/// `method url` with `token` as the bearer and `body` as JSON: the status and the JSON answer
+/// (`null` when not JSON).
+async fn bearer_send(
+    method: reqwest::Method,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("an HTTP answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Asserts that no request carrying `denied_marker` reached Quay: sends an allowed request with
+/// `token` through `envoy` after them and waits until Quay logged it (it would have logged the
+/// denied ones first).
+async fn assert_quay_never_saw(
+    quay: &common::quay::Quay,
+    envoy: &Envoy,
+    token: &str,
+    denied_marker: &str,
+) {
+    let allowed_marker = unique("allowed");
+    let (status, _) = bearer_get(
+        envoy.url(&format!("/api/v1/user/?m={allowed_marker}")),
+        token,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
+    let log = quay_logged(quay, &allowed_marker).await;
+    assert!(
+        !log.contains(denied_marker),
+        "Quay saw a request quay-authz denied"
+    );
+}
+
 /// A name no earlier run used: the shared Quay's database outlives test runs.
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -199,7 +241,6 @@ async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denie
         return;
     };
     let (quay, issuer) = (&shared.quay, &shared.issuer);
-    let http = reqwest::Client::new();
 
     // A plain user: Quay receives the token unchanged (it is the only credential Quay could
     // know the user by), creates the user on first sight and answers as them.
@@ -230,30 +271,16 @@ async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denie
     .await;
     assert_eq!(status, 403, "{}", envoy.log());
     assert_eq!(body["reason"], "insufficient_scope", "{body}");
-    let response = http
-        .post(envoy.url(&format!("/api/v1/superuser/users/?m={denied_marker}")))
-        .bearer_auth(&admin)
-        .json(&json!({"username": victim, "email": format!("{victim}@example.com")}))
-        .send()
-        .await
-        .expect("superuser create through Envoy");
-    assert_eq!(response.status(), 403, "{}", envoy.log());
-    let body: serde_json::Value = response.json().await.expect("quay-authz's JSON");
-    assert_eq!(body["reason"], "insufficient_scope", "{body}");
-
-    // An allowed request after them: once Quay logged it, it would have logged the denied ones.
-    let allowed_marker = unique("allowed");
-    let (status, _) = bearer_get(
-        envoy.url(&format!("/api/v1/user/?m={allowed_marker}")),
+    let (status, body) = bearer_send(
+        reqwest::Method::POST,
+        envoy.url(&format!("/api/v1/superuser/users/?m={denied_marker}")),
         &admin,
+        &json!({"username": victim, "email": format!("{victim}@example.com")}),
     )
     .await;
-    assert_eq!(status, 200, "{}", quay.log_tail());
-    let log = quay_logged(quay, &allowed_marker).await;
-    assert!(
-        !log.contains(&denied_marker),
-        "Quay saw a request quay-authz denied"
-    );
+    assert_eq!(status, 403, "{}", envoy.log());
+    assert_eq!(body["reason"], "insufficient_scope", "{body}");
+    assert_quay_never_saw(quay, &envoy, &admin, &denied_marker).await;
     let (status, _) = bearer_get(
         quay.url(&format!("/api/v1/superuser/users/{victim}")),
         &admin,
@@ -340,9 +367,10 @@ fn github_user(owner_id: &str, repo_id: &str) -> String {
 }
 
 /// quay-authz with the bridge on (the names of DESIGN.md "Identity bridge", as the shared Quay's
-/// second login provider expects them) and a `github-actions` issuer in `exchange` mode whose
-/// tokens from repository owner `owner_id` may read their Quay user and pull and push in the
-/// namespace of that user, repository `app` only.
+/// second login provider expects them), its token exchange endpoint on (`bridge.exchange`), and
+/// a `github-actions` issuer in `exchange` mode whose tokens from repository owner `owner_id`
+/// may read their Quay user and pull and push in the namespace of that user, repositories `app`
+/// and `lib` only.
 fn exchange_config(
     shared: &SharedQuay,
     signing_keys: &[&std::path::Path],
@@ -362,6 +390,7 @@ bridge:
   audience: {audience}
   signing_keys: [{keys}]
   token_lifetime_seconds: 300
+  exchange: {{default_lifetime_seconds: 300}}
 issuers:
   - name: github
     preset: github-actions
@@ -379,6 +408,8 @@ rules:
       - "user:read"
       - "repository:gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/app:pull,push"
       - "repo:write on gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/app"
+      - "repository:gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/lib:pull,push"
+      - "repo:write on gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/lib"
 "#,
         envoy_port = shared.envoy_port,
         bridge_issuer = shared.bridge_issuer(),
@@ -423,6 +454,29 @@ async fn start_bridge(shared: &'static SharedQuay) -> BridgeRun {
         key,
         owner_id,
         _port: port,
+    }
+}
+
+/// The deploy Envoy in front of the shared Quay for a bridge run: Checks to `service`, and its
+/// `/quay-authz/…` routes (discovery, JWKS, token exchange) to the bridge's HTTP port. On
+/// `listen_port` when given (Quay's `SERVER_HOSTNAME`, for registry clients), else anywhere.
+async fn bridge_envoy(
+    bin: &std::path::Path,
+    shared: &SharedQuay,
+    service: &TestService,
+    listen_port: Option<u16>,
+) -> Envoy {
+    let (grpc, quay) = (service.running.grpc_addr.port(), shared.quay.port);
+    let bridge_http = [(
+        common::envoy::DEPLOY_AUTHZ_HTTP_PORT,
+        format!("port_value: {}", shared.bridge_port),
+    )];
+    match listen_port {
+        Some(port) => Envoy::start_listening(bin, port, grpc, quay, &bridge_http).await,
+        None => {
+            let config = common::envoy::deploy_config_path();
+            Envoy::start_config(bin, &config, grpc, quay, &bridge_http).await
+        }
     }
 }
 
@@ -544,13 +598,7 @@ async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_gran
     let bridge = start_bridge(shared).await;
     let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "7");
     // On the port Quay's SERVER_HOSTNAME names: the /v2/ challenge sends skopeo to this Envoy.
-    let envoy = Envoy::start_listening(
-        &bin,
-        shared.envoy_port,
-        service.running.grpc_addr.port(),
-        quay.port,
-    )
-    .await;
+    let envoy = bridge_envoy(&bin, shared, service, Some(shared.envoy_port)).await;
     let registry = format!("127.0.0.1:{}", shared.envoy_port);
     let namespace = github_user(owner_id, repo_id);
     let token = github_token(&shared.issuer, owner_id, repo_id);
