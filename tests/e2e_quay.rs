@@ -9,6 +9,10 @@
 //! - `strip`: Quay receives no `Authorization` and answers as anonymous.
 //! - `exchange` and the keyless registry push (issue 12 items 2–5): Quay's second login provider
 //!   is quay-authz's bridge.
+//! - `exchanged_token_*` (issue 13): a token from the bridge's exchange endpoint, obtained
+//!   through Envoy, is accepted by Quay within its scope, refused by quay-authz beyond it (never
+//!   reaching Quay), works as a `docker login` password for skopeo, and stops working once
+//!   revoked with `quay-authz tokens revoke`.
 //!
 //! Issue 10 item 0, the attack: a token whose grants are pull and push on `alice/*` sends
 //! `DELETE //api/v1/repository/alice/hello`. Gunicorn keeps the slashes and Werkzeug strips them,
@@ -739,4 +743,215 @@ async fn key_rotation_quay_accepts_the_new_kid_and_tokens_minted_before() {
     assert_eq!(quay_user(quay, &before).await, (200, json!(user)));
     let (status, _) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
     assert_eq!(status, 200, "{}", quay.log_tail());
+}
+
+// --- token exchange (issue 13): exchanged tokens through the deploy Envoy to the real Quay -----
+
+/// `POST /quay-authz/oauth2/token` through `envoy` (RFC 8693, form-encoded, no other
+/// credential): `subject` (an IdP JWT) for `scope`. The status and quay-authz's JSON answer.
+async fn exchange_through(envoy: &Envoy, subject: &str, scope: &str) -> (u16, serde_json::Value) {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        )
+        .append_pair("subject_token", subject)
+        .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+        .append_pair("scope", scope)
+        .finish();
+    let response = reqwest::Client::new()
+        .post(envoy.url("/quay-authz/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("the exchange through Envoy");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Exchanges `subject` for `scope` through `envoy` and checks the answer is RFC 8693's for a
+/// bridge token of `shared`'s bridge whose scope is `issued` (`scope` in Quay's notation): the
+/// token.
+async fn exchanged_through(
+    shared: &SharedQuay,
+    envoy: &Envoy,
+    subject: &str,
+    scope: &str,
+    issued: &str,
+) -> String {
+    let (status, mut body) = exchange_through(envoy, subject, scope).await;
+    let token = body["access_token"].take();
+    assert_eq!(status, 200, "{body}\n{}", envoy.log());
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert_eq!(
+        body["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token",
+        "{body}"
+    );
+    assert_eq!(body["scope"], issued, "{body}");
+    let token = token.as_str().expect("an access_token").to_string();
+    let claims = jwt_segment(&token, 1);
+    assert_eq!(claims["iss"], shared.bridge_issuer().as_str(), "{claims}");
+    assert_eq!(claims["aud"], common::quay::BRIDGE_AUDIENCE, "{claims}");
+    assert_eq!(claims["scope"], issued, "{claims}");
+    token
+}
+
+/// `quay-authz tokens …` (the CLI, as an operator runs it) against `service`'s admin API;
+/// panics unless it exits 0. Its stdout.
+fn tokens_cli(service: &TestService, args: &[&str]) -> String {
+    let admin = service.running.admin_addr.to_string();
+    let mut argv = vec!["tokens", "--admin", admin.as_str()];
+    argv.extend_from_slice(args);
+    let (code, stdout, stderr) = common::cli::quay_authz(&argv, &[]);
+    assert_eq!(code, 0, "quay-authz {argv:?}: {stdout}{stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanged_token_reaches_quay_within_its_scope_never_beyond_and_not_once_revoked() {
+    let Some(bin) = require_envoy() else { return };
+    let Some(shared) = SharedQuay::get() else {
+        return;
+    };
+    let quay = &shared.quay;
+    let bridge = start_bridge(shared).await;
+    let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "13");
+    let envoy = bridge_envoy(&bin, shared, service, None).await;
+    let user = github_user(owner_id, repo_id);
+    let subject = github_token(&shared.issuer, owner_id, repo_id);
+
+    // Exchanged through the deploy Envoy for `user:read` alone, where the policy also grants
+    // write on `{user}/app` and `{user}/lib`.
+    let token = exchanged_through(shared, &envoy, &subject, "user:read", "user:read").await;
+    let jti = jwt_segment(&token, 1)["jti"]
+        .as_str()
+        .expect("a jti")
+        .to_string();
+
+    // Within its scope: allowed, and Quay, receiving the exchanged token itself (a bridge
+    // token), answers as the bridge's user — through Envoy and straight at Quay alike.
+    let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
+    assert_eq!(status, 200, "{body}\n{}", quay.log_tail());
+    assert_eq!(body["username"], user.as_str(), "{body}");
+    assert_eq!(quay_user(quay, &token).await, (200, json!(user)));
+
+    // Beyond its scope, within the policy (the subject token itself passes): a read and a
+    // write of `{user}/app` are refused by quay-authz and never reach Quay.
+    let app = format!("/api/v1/repository/{user}/app");
+    let (status, body) = bearer_get(envoy.url(&app), &subject).await;
+    assert!(body.get("reason").is_none(), "{status}: {body}");
+    let denied_marker = unique("xdenied");
+    let app = format!("{app}?m={denied_marker}");
+    let (status, body) = bearer_get(envoy.url(&app), &token).await;
+    assert_eq!(status, 403, "{body}\n{}", envoy.log());
+    assert_eq!(body["reason"], "insufficient_scope", "{body}");
+    let (status, body) = bearer_send(
+        reqwest::Method::PUT,
+        envoy.url(&app),
+        &token,
+        &json!({"description": "written with a user:read token"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}\n{}", envoy.log());
+    assert_eq!(body["reason"], "insufficient_scope", "{body}");
+    assert_quay_never_saw(quay, &envoy, &token, &denied_marker).await;
+
+    // Revoked with the operator's CLI against this quay-authz's admin API: the next call
+    // through Envoy is 401 token_revoked (and never reaches Quay); the IdP token is unaffected.
+    let listed = tokens_cli(service, &["list", "--json"]);
+    assert!(listed.contains(&jti), "{listed}");
+    assert!(!listed.contains(&token), "tokens list printed the token");
+    tokens_cli(service, &["revoke", "--jti", &jti]);
+    let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
+    assert_eq!(status, 401, "{body}\n{}", envoy.log());
+    assert_eq!(body["reason"], "token_revoked", "{body}");
+    let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &subject).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// `skopeo inspect` of `docker://{reference}` with `--creds`.
+fn skopeo_inspect(reference: &str, creds: &str) -> std::process::Output {
+    std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--creds", creds])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo (Debian's skopeo: scripts/setup.sh installs it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanged_token_as_docker_login_pushes_only_within_its_scope() {
+    let Some(bin) = require_envoy() else { return };
+    let Some(shared) = SharedQuay::get() else {
+        return;
+    };
+    let quay = &shared.quay;
+    let bridge = start_bridge(shared).await;
+    let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "21");
+    // On the port Quay's SERVER_HOSTNAME names: the /v2/ challenge sends skopeo to this Envoy.
+    let envoy = bridge_envoy(&bin, shared, service, Some(shared.envoy_port)).await;
+    let registry = format!("127.0.0.1:{}", shared.envoy_port);
+    let namespace = github_user(owner_id, repo_id);
+    let subject = github_token(&shared.issuer, owner_id, repo_id);
+    let image = tempfile::tempdir().expect("a directory for the image");
+    make_oci(&common::quay::quay_dir(), image.path());
+
+    // What a CI job does: exchange its OIDC token for one repository (the policy grants two),
+    // then `docker login -u oauth2 -p "$TOKEN"`, as skopeo does it.
+    let scope = format!("repository:{namespace}/app:pull,push");
+    let issued = format!("repo:read on {namespace}/app repo:write on {namespace}/app");
+    let token = exchanged_through(shared, &envoy, &subject, &scope, &issued).await;
+    let creds = format!("oauth2:{token}");
+    let app = format!("{registry}/{namespace}/app:latest");
+    let pushed = skopeo_copy(image.path(), &app, &creds);
+    assert!(
+        pushed.status.success(),
+        "push to {namespace}/app: {}\n{}",
+        String::from_utf8_lossy(&pushed.stderr),
+        quay.log_tail()
+    );
+    let inspected = skopeo_inspect(&app, &creds);
+    assert!(
+        inspected.status.success(),
+        "inspect {namespace}/app: {}\n{}",
+        String::from_utf8_lossy(&inspected.stderr),
+        quay.log_tail()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&inspected.stdout).expect("skopeo inspect's JSON");
+    assert_eq!(
+        manifest["Name"],
+        format!("{registry}/{namespace}/app"),
+        "{manifest}"
+    );
+
+    // `{namespace}/lib`: the policy grants the push, the token's scope does not.
+    let refused = skopeo_copy(
+        image.path(),
+        &format!("{registry}/{namespace}/lib:latest"),
+        &creds,
+    );
+    assert!(
+        !refused.status.success(),
+        "pushed outside the token's scope"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("unauthorized"), "{stderr}");
+    // Quay has the one repository and not the other (asked with the subject token, whose
+    // policy reads both), and never issued a registry token for the other: its /v2/auth
+    // never received that scope.
+    let marker = unique("xlib");
+    let repository =
+        |name: &str| envoy.url(&format!("/api/v1/repository/{namespace}/{name}?m={marker}"));
+    let (status, body) = bearer_get(repository("app"), &subject).await;
+    assert_eq!(status, 200, "{body}\n{}", quay.log_tail());
+    let (status, body) = bearer_get(repository("lib"), &subject).await;
+    assert_eq!(status, 404, "{namespace}/lib exists: {body}");
+    assert!(body.get("reason").is_none(), "denied by quay-authz: {body}");
+    let log = quay_logged(quay, &format!("{namespace}/lib?m={marker}")).await;
+    let lib_auth: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("/v2/auth") && line.contains(&format!("{namespace}%2Flib")))
+        .collect();
+    assert!(lib_auth.is_empty(), "Quay received the scope: {lib_auth:?}");
 }
