@@ -202,9 +202,12 @@ impl RedisStore {
         let json =
             serde_json::to_string(token).map_err(|_| StoreError::new("cannot encode the entry"))?;
         let ttl = token.expires_at - now;
+        // Tried again on a fresh connection after a dropped one (Redis restarted while idle):
+        // the script sets the same entry, score and expiries, so applying it twice is
+        // harmless, and the first exchange after a restart is not refused for nothing.
         self.script(
             "record",
-            false,
+            true,
             &self.record,
             &[key(&["token", &token.jti]), key(&["tokens"])],
             &[
@@ -321,8 +324,11 @@ impl RedisStore {
         let counter = key(&["mints", principal, &window.to_string()]);
         // Until the end of the minute it counts; at least a second so EXPIRE never deletes.
         let ttl = (window + MINT_WINDOW_SECONDS).saturating_sub(now).max(1);
+        // Tried again after a dropped connection: if the first INCR was applied and only its
+        // answer lost, the principal is counted once too often — the safe direction for a
+        // limit — instead of the exchange being refused.
         let (count,): (u64,) = self
-            .run("count_mint", false, |mut connection| {
+            .run("count_mint", true, |mut connection| {
                 let counter = counter.clone();
                 async move {
                     redis::pipe()
@@ -360,8 +366,9 @@ impl RedisStore {
         .await
     }
 
-    /// Runs one operation within the timeout. A read that meets a dropped connection (Redis
-    /// restarted) is tried once more on a fresh one; a write is not (it may have been applied).
+    /// Runs one operation within the timeout. An `idempotent` one (reads, and the writes whose
+    /// repetition is harmless) that meets a dropped connection (Redis restarted) is tried once
+    /// more on a fresh one; the others are not (they may have been applied).
     async fn run<T, F, Fut>(
         &self,
         operation: &'static str,
