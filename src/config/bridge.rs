@@ -341,6 +341,33 @@ pub(super) fn build_bridge_identity(
     })
 }
 
+/// `bridge.issuer` is quay-authz's own: its tokens are exchanged tokens, verified with the
+/// bridge's keys. A configured identity provider with the same `iss` would never be consulted,
+/// so the configuration says so instead of shadowing it.
+pub(super) fn check_own_issuer(
+    bridge: Option<&BridgeSettings>,
+    issuers: &[IssuerConfig],
+    issues: &mut Issues<'_>,
+) {
+    let Some(bridge) = bridge else { return };
+    for (index, issuer) in issuers.iter().enumerate() {
+        if issuer
+            .issuer_strings
+            .iter()
+            .any(|string| string.iss == bridge.issuer)
+        {
+            issues.push(
+                format!("issuers[{index}]"),
+                format!(
+                    "issuer {:?} has the iss of bridge.issuer, quay-authz's own tokens: give the \
+                     bridge an issuer URL of its own",
+                    issuer.name
+                ),
+            );
+        }
+    }
+}
+
 /// All `exchange` issuers sign into one Quay login provider, where a user is its `sub`: two
 /// issuers must never render the same one. Each subject's literal prefix must not be a prefix
 /// of another's (values cannot spell a separator, `bridge::template`), so their subjects differ.
@@ -498,6 +525,16 @@ mod tests {
             let error = parse(&bridge, &issuers).expect_err(field);
             assert!(error.contains(field), "{field}: {error}");
         }
+        // An identity provider with the bridge's own iss would be shadowed by it.
+        let error = parse(
+            &format!("bridge: {{issuer: \"https://authz.example.com\", audience: a, signing_keys: [{key}]}}\n"),
+            "  - {name: a, issuer: \"https://authz.example.com\", audiences: [x]}\n",
+        )
+        .expect_err("own iss");
+        assert!(
+            error.contains("issuers[0]") && error.contains("bridge.issuer"),
+            "{error}"
+        );
         // Distinct literal prefixes make two oidc issuers fine.
         let bridge =
             format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n");
