@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use quay_authz::config::Config;
-use quay_authz::model::identity::Identity;
+use quay_authz::model::identity::{Claims, Identity};
 use quay_authz::model::permission::{NamePattern, ResourcePattern, Target};
 use quay_authz::policy::evaluate;
 use quay_authz::route::{RouteOutcome, RouteTable};
@@ -82,8 +82,8 @@ fn identity(repository: &str) -> Identity {
         tenant: None,
         client: None,
         audiences: vec![],
-        groups: vec![format!("Quay.{repository}.write")],
-        claims: claims.as_object().cloned().unwrap_or_default(),
+        groups: vec![format!("Quay.{repository}.write").into()],
+        claims: Claims::all(claims.as_object().cloned().unwrap_or_default()),
         expires_at: u64::MAX,
         bridge_subject: None,
         exchanged: None,

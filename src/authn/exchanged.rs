@@ -216,7 +216,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), "exchange");
         let identity = outcome(&config, &claims()).unwrap();
-        assert_eq!(identity.issuer, "gh");
+        assert_eq!(&*identity.issuer, "gh");
         assert_eq!(identity.username, "alice");
         assert_eq!(identity.bridge_subject.as_deref(), Some("gh:alice"));
         assert_eq!(identity.expires_at, NOW + 600);
