@@ -231,6 +231,34 @@ mod tests {
         );
     }
 
+    /// An exchanged token embeds `Identity::embedded_claims` (only the claims the
+    /// configuration reads, issue 14 item 2) and this module turns them back into the
+    /// identity: the same identity comes back, and nothing unread is embedded.
+    #[test]
+    fn embedded_claims_rebuild_the_same_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "exchange");
+        let source = json!({
+            "iss": "https://idp.example.com", "aud": ["quay", "other"], "sub": "alice",
+            "groups": ["a", "b"], "azp": "cli", "exp": NOW + 60, "iat": NOW, "nbf": NOW,
+            "unread": "x".repeat(1000),
+        });
+        let Value::Object(source) = source else {
+            unreachable!()
+        };
+        let matched = match_issuer(&config, "https://idp.example.com").unwrap();
+        let identity =
+            identity_from_claims(source, matched, "https://idp.example.com", NOW + 60).unwrap();
+        assert_eq!(identity.claims.get("unread"), None);
+        assert_eq!(identity.claims.get("exp"), None);
+        let embedded = identity.embedded_claims();
+        assert!(!embedded.contains_key("unread") && !embedded.contains_key("exp"));
+        let rebuilt = identity_from_claims(embedded, matched, &identity.iss, NOW + 60).unwrap();
+        assert_eq!(rebuilt, identity);
+        assert_eq!(rebuilt.groups, [Arc::from("a"), Arc::from("b")]);
+        assert_eq!(rebuilt.client.as_deref(), Some("cli"));
+    }
+
     /// A change to the claims of a valid exchanged token.
     type Edit = dyn Fn(&mut Value);
 

@@ -1039,17 +1039,20 @@ fn build_issuer(
     })
 }
 
-/// The claims the configuration can read of `issuer`'s tokens, sorted and without duplicates:
-/// the issuer's `username_claims`, `groups_claims` and `required_claims`, its bridge templates
-/// (and `sub`, named in the mint's audit event; `email_verified`, when it has an email
-/// template), and `when.claims` and `{claims.NAME}` of every rule that can apply to it. An
-/// identity keeps only these claims (issue 14 item 2): `iss`, `aud`, tenant and client are
-/// typed fields of the identity, and the rest of a token is never read after verification.
+/// The claims the configuration can read of `issuer`'s tokens once verified, sorted and without
+/// duplicates: `when.claims` and `{claims.NAME}` of every rule that can apply to it, and for an
+/// `upstream: exchange` issuer also its bridge templates (with `sub`, named in the mint's audit
+/// event, and `email_verified` when it has an email template) and what an exchanged token is
+/// rebuilt from (`authn::exchanged`: `username_claims`, `groups_claims`, `required_claims`).
+/// An identity keeps only these claims (issue 14 item 2): username, groups, `iss`, `aud`,
+/// tenant and client are its typed fields, and the rest of a token is never read again.
 pub fn claims_read<'a>(issuer: &'a IssuerConfig, rules: &'a [CompiledRule]) -> Vec<&'a str> {
     let mut names: Vec<&str> = Vec::new();
-    names.extend(issuer.username_claims.iter().map(String::as_str));
-    names.extend(issuer.groups_claims.iter().map(String::as_str));
-    names.extend(issuer.required_claims.keys().map(String::as_str));
+    if issuer.upstream == raw::Upstream::Exchange {
+        names.extend(issuer.username_claims.iter().map(String::as_str));
+        names.extend(issuer.groups_claims.iter().map(String::as_str));
+        names.extend(issuer.required_claims.keys().map(String::as_str));
+    }
     if let Some(bridge) = &issuer.bridge_identity {
         names.push("sub");
         names.extend(bridge.subject.claims_read());
