@@ -370,8 +370,8 @@ fn gha_identity(issuer: &DevIssuer, owner_id: &str) -> quay_authz::model::identi
         username: "gh-acme-app".into(),
         tenant: None,
         client: None,
-        audiences: vec!["quay".into()],
-        groups: vec![],
+        audiences: vec!["quay".into()].into(),
+        groups: Default::default(),
         claims: Claims::all(
             json!({"repository_owner_id": owner_id, "repository_id": "7", "repository": "acme/app"})
                 .as_object()

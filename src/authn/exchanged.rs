@@ -132,7 +132,7 @@ pub fn verify(
             }
         })?;
     // Named as Quay sees the token itself: its `sub` and `preferred_username`.
-    identity.username = username;
+    identity.username = username.into();
     identity.bridge_subject = Some(subject);
     identity.exchanged = Some(Arc::new(ExchangedToken {
         jti,
@@ -217,7 +217,7 @@ mod tests {
         let config = config(dir.path(), "exchange");
         let identity = outcome(&config, &claims()).unwrap();
         assert_eq!(&*identity.issuer, "gh");
-        assert_eq!(identity.username, "alice");
+        assert_eq!(&*identity.username, "alice");
         assert_eq!(identity.bridge_subject.as_deref(), Some("gh:alice"));
         assert_eq!(identity.expires_at, NOW + 600);
         let exchanged = identity.exchanged.unwrap();
@@ -255,7 +255,7 @@ mod tests {
         assert!(!embedded.contains_key("unread") && !embedded.contains_key("exp"));
         let rebuilt = identity_from_claims(embedded, matched, &identity.iss, NOW + 60).unwrap();
         assert_eq!(rebuilt, identity);
-        assert_eq!(rebuilt.groups, [Arc::from("a"), Arc::from("b")]);
+        assert_eq!(*rebuilt.groups, [Arc::from("a"), Arc::from("b")]);
         assert_eq!(rebuilt.client.as_deref(), Some("cli"));
     }
 

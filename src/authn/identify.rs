@@ -391,12 +391,14 @@ pub fn identity_from_claims(
 ) -> Result<Identity, IdentifyError> {
     let issuer = matched.issuer;
     // RFC 7519 §4.1.3: a string or an array of strings (`check_claims` refused other shapes).
-    let audiences: Vec<Arc<str>> = claims
-        .get("aud")
-        .map_or(&[][..], values)
-        .iter()
-        .filter_map(|item| item.as_str().map(|aud| issuer.strings.get(aud)))
-        .collect();
+    let audiences = issuer.strings.list(
+        claims
+            .get("aud")
+            .map_or(&[][..], values)
+            .iter()
+            .filter_map(|item| item.as_str().map(|aud| issuer.strings.get(aud)))
+            .collect(),
+    );
     // Entra: the tenant in `iss` must be the token's `tid`, or a token minted by one tenant
     // could be presented as another's.
     if let Some(tenant) = matched.tenant {
@@ -456,6 +458,7 @@ pub fn identity_from_claims(
             .map(|group| issuer.strings.get(group))
             .collect();
     }
+    let groups = issuer.strings.list(groups);
     let tenant = match matched.tenant {
         Some(tenant) => Some(issuer.strings.get(tenant)),
         None if issuer.preset == Preset::Entra => claims
@@ -467,7 +470,7 @@ pub fn identity_from_claims(
     Ok(Identity {
         issuer: issuer.shared_name.clone(),
         iss: issuer.strings.get(iss),
-        username,
+        username: username.into(),
         tenant,
         client,
         audiences,
@@ -569,7 +572,6 @@ fn collect_groups(
             _ => {}
         }
     }
-    groups.shrink_to_fit();
     groups
 }
 
@@ -638,10 +640,10 @@ issuers:
         let config = config();
         let [v1, v2] = crate::config::entra_issuer_pair(TENANT);
         let one = check(&config, entra_claims(&v1, TENANT), 1000).expect("v1");
-        assert_eq!(one.username, "alice@example.com");
+        assert_eq!(&*one.username, "alice@example.com");
         assert_eq!(one.client.as_deref(), Some("app-1"));
         assert_eq!(one.tenant.as_deref(), Some(TENANT));
-        assert_eq!(one.groups, [Arc::from("Quay.acme.write")]);
+        assert_eq!(*one.groups, [Arc::from("Quay.acme.write")]);
         let mut v2_claims = entra_claims(&v2, TENANT);
         v2_claims["aud"] = json!("6f1c2d3e-0000-4000-8000-000000000001");
         v2_claims["ver"] = json!("2.0");
@@ -735,10 +737,10 @@ issuers:
         // Read while verifying, not afterwards: nothing keeps them (no rule reads them, and
         // the issuer's tokens are not exchanged).
         assert!(one.claims.is_empty(), "{kept:?}");
-        assert_eq!(one.username, "alice@example.com");
+        assert_eq!(&*one.username, "alice@example.com");
         // The typed fields still say what the token said.
         assert_eq!(&*one.iss, v1.as_str());
-        assert_eq!(one.audiences, [Arc::from("api://quay-api/")]);
+        assert_eq!(*one.audiences, [Arc::from("api://quay-api/")]);
         assert_eq!(one.client.as_deref(), Some("app-1"));
         // One allocation per configuration, not per identity.
         let two = check(&config, claims, 1000).expect("v1");
@@ -759,8 +761,8 @@ issuers:
         object.remove("roles");
         object.remove("upn");
         let identity = check(&config, claims, 1000).expect("valid");
-        assert_eq!(identity.groups, [Arc::from("everyone")]);
-        assert_eq!(identity.username, "o-1");
+        assert_eq!(*identity.groups, [Arc::from("everyone")]);
+        assert_eq!(&*identity.username, "o-1");
     }
 
     #[test]

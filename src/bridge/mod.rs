@@ -120,7 +120,7 @@ impl Bridge {
         let principal = Principal {
             subject: render(&templates.subject, identity, issuer)?,
             username: if template::valid_username(&identity.username) {
-                identity.username.clone()
+                identity.username.to_string()
             } else {
                 render(&templates.username, identity, issuer)?
             },

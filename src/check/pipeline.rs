@@ -549,7 +549,7 @@ impl Pipeline {
             // caller the templates cannot name is refused here, before any grant.
             let principal = Bridge::principal(&identity, matched.issuer)
                 .map_err(|error| fail(IdentifyError::new(error.reason, error.detail)))?;
-            identity.username = principal.username;
+            identity.username = principal.username.into();
             identity.bridge_subject = Some(principal.subject);
         }
         let valid_until = identity

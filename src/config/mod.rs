@@ -1094,9 +1094,9 @@ fn share_strings(issuer: &mut IssuerConfig, rules: &[CompiledRule]) {
             strings.insert(tenant);
         }
     }
-    for text in issuer.audiences.iter().chain(&issuer.default_groups) {
-        strings.insert(text);
-    }
+    strings.insert_list(&issuer.audiences);
+    strings.insert_list(&issuer.default_groups);
+    strings.insert_list(&[]);
     for rule in applicable(rules, issuer) {
         for group in rule.when.groups_any.iter().chain(&rule.when.groups_all) {
             strings.insert(group);

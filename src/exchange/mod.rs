@@ -153,7 +153,7 @@ async fn exchange(
             issuer: identity.issuer.to_string(),
         })?;
     facts.principal = identity.bridge_subject.clone().unwrap_or_default();
-    facts.username = identity.username.clone();
+    facts.username = identity.username.to_string();
 
     let outcome = crate::policy::evaluate(&config.rules, &identity);
     let policy: Vec<_> = outcome.grants.into_iter().map(|(grant, _)| grant).collect();

@@ -6,7 +6,7 @@
 //! of an issuer shares (issuer name, `iss`, tenant, configured audiences, group names the
 //! rules name) are one `Arc<str>` per configuration ([`Interner`]) rather than a copy each.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -20,13 +20,13 @@ pub struct Identity {
     /// The token's `iss`.
     pub iss: Arc<str>,
     /// First present claim of the issuer's `username_claims` chain.
-    pub username: String,
+    pub username: Box<str>,
     pub tenant: Option<Arc<str>>,
     /// The client application: `azp` (Entra v2, OIDC) or `appid` (Entra v1).
     pub client: Option<Box<str>>,
     /// The token's `aud` (its string items).
-    pub audiences: Vec<Arc<str>>,
-    pub groups: Vec<Arc<str>>,
+    pub audiences: Arc<[Arc<str>]>,
+    pub groups: Arc<[Arc<str>]>,
     /// The token's claims that the configuration reads, and only those
     /// (`IssuerConfig::claims_read`).
     pub claims: Claims,
@@ -125,23 +125,53 @@ impl Claims {
 }
 
 /// The strings a configuration's identities share: one `Arc<str>` each, handed out instead of
-/// a new allocation when a token's value is one of them.
+/// a new allocation when a token's value is one of them; likewise whole lists (a token's one
+/// known group or audience, the default groups).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Interner(HashSet<Arc<str>>);
+pub struct Interner {
+    /// Each known string, with the list of just it.
+    strings: HashMap<Arc<str>, Arc<[Arc<str>]>>,
+    /// Known lists of any other length.
+    lists: Vec<Arc<[Arc<str>]>>,
+}
 
 impl Interner {
     pub fn insert(&mut self, text: &str) -> Arc<str> {
-        if let Some(known) = self.0.get(text) {
+        if let Some((known, _)) = self.strings.get_key_value(text) {
             return known.clone();
         }
         let shared: Arc<str> = Arc::from(text);
-        self.0.insert(shared.clone());
+        let list: Arc<[Arc<str>]> = Arc::from([shared.clone()]);
+        self.strings.insert(shared.clone(), list);
         shared
+    }
+
+    pub fn insert_list(&mut self, items: &[String]) {
+        let list: Arc<[Arc<str>]> = items.iter().map(|item| self.insert(item)).collect();
+        if list.len() != 1 && !self.lists.contains(&list) {
+            self.lists.push(list);
+        }
     }
 
     /// The shared copy of `text` when the configuration knows it, else a new one.
     pub fn get(&self, text: &str) -> Arc<str> {
-        self.0.get(text).cloned().unwrap_or_else(|| Arc::from(text))
+        match self.strings.get_key_value(text) {
+            Some((known, _)) => known.clone(),
+            None => Arc::from(text),
+        }
+    }
+
+    /// The shared copy of the list `items` when the configuration knows it, else a new one.
+    pub fn list(&self, items: Vec<Arc<str>>) -> Arc<[Arc<str>]> {
+        if let [one] = items.as_slice()
+            && let Some(list) = self.strings.get(&**one)
+        {
+            return list.clone();
+        }
+        match self.lists.iter().find(|list| ***list == *items) {
+            Some(list) => list.clone(),
+            None => Arc::from(items),
+        }
     }
 }
 

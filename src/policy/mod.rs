@@ -531,7 +531,7 @@ pub fn evaluate(rules: &[CompiledRule], identity: &Identity) -> PolicyOutcome {
             expand(template, identity, &no_captures, &rule.name, &mut outcome);
         }
         if let Some(group_grants) = &rule.from_groups {
-            for group in &identity.groups {
+            for group in identity.groups.iter() {
                 let Some(found) = group_grants.pattern.captures(group) else {
                     continue;
                 };
@@ -716,7 +716,7 @@ mod tests {
             username: "alice".into(),
             tenant: Some("11111111-2222-3333-4444-555555555555".into()),
             client: Some("client-1".into()),
-            audiences: vec!["api://quay-api".into()],
+            audiences: Arc::from([Arc::from("api://quay-api")]),
             groups: groups.iter().map(|g| Arc::from(*g)).collect(),
             claims: Claims::all(claims.as_object().cloned().unwrap_or_default()),
             expires_at: u64::MAX,
@@ -898,7 +898,7 @@ mod tests {
         let outcome = evaluate(&rules, &identity("entra", &["Quay.Reader"], Value::Null));
         assert_eq!(outcome.matched_rules, ["obo", "every-tenant"]);
         let mut other = identity("entra", &["Quay.Reader"], Value::Null);
-        other.audiences = vec!["api://quay-api-2".into()];
+        other.audiences = Arc::from([Arc::from("api://quay-api-2")]);
         other.tenant = Some("99999999-2222-3333-4444-555555555555".into());
         assert_eq!(evaluate(&rules, &other).matched_rules, ["every-tenant"]);
     }
