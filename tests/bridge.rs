@@ -16,6 +16,7 @@ use common::service::{TestService, decision, http_status, response_header};
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use quay_authz::config::Config;
 use quay_authz::dev::issuer::{DevIssuer, SigningKeyKind};
+use quay_authz::model::identity::Claims;
 use serde_json::{Value, json};
 
 const BRIDGE_ISSUER: &str = "https://quay-authz.example.com/bridge";
@@ -347,7 +348,14 @@ async fn bridge_tokens_are_minted_again_at_80_percent_of_their_lifetime() {
     assert_eq!(bridge.cached(), 2);
     // An identity the templates cannot name: the contract's reason, no token.
     let mut unnamed = identity("1");
-    unnamed.claims.remove("repository_id");
+    unnamed.claims = Claims::all(
+        unnamed
+            .claims
+            .iter()
+            .filter(|(name, _)| *name != "repository_id")
+            .map(|(name, value)| (name.to_string(), value.clone()))
+            .collect(),
+    );
     assert_eq!(
         bridge.token_for(&unnamed, gha, t0),
         Err(quay_authz::model::decision::Reason::BridgeIdentityInvalid)
@@ -362,13 +370,14 @@ fn gha_identity(issuer: &DevIssuer, owner_id: &str) -> quay_authz::model::identi
         username: "gh-acme-app".into(),
         tenant: None,
         client: None,
-        audiences: vec!["quay".into()],
-        groups: vec![],
-        claims:
+        audiences: vec!["quay".into()].into(),
+        groups: Default::default(),
+        claims: Claims::all(
             json!({"repository_owner_id": owner_id, "repository_id": "7", "repository": "acme/app"})
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),
+        ),
         expires_at: now() + 3600,
         bridge_subject: None,
         exchanged: None,

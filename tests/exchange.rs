@@ -263,6 +263,12 @@ async fn an_exchange_issues_a_bridge_token_scoped_to_the_request_within_the_poli
     assert!(claims["jti"].as_str().is_some_and(|jti| jti.len() >= 16));
     assert_eq!(claims["quay_authz"]["issuer"], "gha");
     assert_eq!(claims["quay_authz"]["claims"]["repository_id"], "101");
+    // Only the claims the configuration reads are embedded (issue 14 item 2): the rule's
+    // `repository_owner` and what rebuilding the identity needs, not the token's `iat`/`exp`.
+    assert_eq!(claims["quay_authz"]["claims"]["repository_owner"], "acme");
+    assert!(claims["quay_authz"]["claims"]["iss"].is_string());
+    assert!(claims["quay_authz"]["claims"].get("iat").is_none());
+    assert!(claims["quay_authz"]["claims"].get("exp").is_none());
 
     // Recorded in the store (never the token), and counted.
     let now = now();

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use quay_authz::config::Config;
-use quay_authz::model::identity::Identity;
+use quay_authz::model::identity::{Claims, Identity};
 use quay_authz::model::permission::{NamePattern, ResourcePattern, Target};
 use quay_authz::policy::evaluate;
 use quay_authz::route::{RouteOutcome, RouteTable};
@@ -81,9 +81,9 @@ fn identity(repository: &str) -> Identity {
         username: "u".into(),
         tenant: None,
         client: None,
-        audiences: vec![],
-        groups: vec![format!("Quay.{repository}.write")],
-        claims: claims.as_object().cloned().unwrap_or_default(),
+        audiences: Default::default(),
+        groups: vec![format!("Quay.{repository}.write").into()].into(),
+        claims: Claims::all(claims.as_object().cloned().unwrap_or_default()),
         expires_at: u64::MAX,
         bridge_subject: None,
         exchanged: None,

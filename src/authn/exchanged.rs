@@ -132,7 +132,7 @@ pub fn verify(
             }
         })?;
     // Named as Quay sees the token itself: its `sub` and `preferred_username`.
-    identity.username = username;
+    identity.username = username.into();
     identity.bridge_subject = Some(subject);
     identity.exchanged = Some(Arc::new(ExchangedToken {
         jti,
@@ -216,8 +216,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path(), "exchange");
         let identity = outcome(&config, &claims()).unwrap();
-        assert_eq!(identity.issuer, "gh");
-        assert_eq!(identity.username, "alice");
+        assert_eq!(&*identity.issuer, "gh");
+        assert_eq!(&*identity.username, "alice");
         assert_eq!(identity.bridge_subject.as_deref(), Some("gh:alice"));
         assert_eq!(identity.expires_at, NOW + 600);
         let exchanged = identity.exchanged.unwrap();
@@ -229,6 +229,34 @@ mod tests {
             exchanged.scopes,
             parse_scope_list("repo:read on acme/app").unwrap()
         );
+    }
+
+    /// An exchanged token embeds `Identity::embedded_claims` (only the claims the
+    /// configuration reads, issue 14 item 2) and this module turns them back into the
+    /// identity: the same identity comes back, and nothing unread is embedded.
+    #[test]
+    fn embedded_claims_rebuild_the_same_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "exchange");
+        let source = json!({
+            "iss": "https://idp.example.com", "aud": ["quay", "other"], "sub": "alice",
+            "groups": ["a", "b"], "azp": "cli", "exp": NOW + 60, "iat": NOW, "nbf": NOW,
+            "unread": "x".repeat(1000),
+        });
+        let Value::Object(source) = source else {
+            unreachable!()
+        };
+        let matched = match_issuer(&config, "https://idp.example.com").unwrap();
+        let identity =
+            identity_from_claims(source, matched, "https://idp.example.com", NOW + 60).unwrap();
+        assert_eq!(identity.claims.get("unread"), None);
+        assert_eq!(identity.claims.get("exp"), None);
+        let embedded = identity.embedded_claims();
+        assert!(!embedded.contains_key("unread") && !embedded.contains_key("exp"));
+        let rebuilt = identity_from_claims(embedded, matched, &identity.iss, NOW + 60).unwrap();
+        assert_eq!(rebuilt, identity);
+        assert_eq!(*rebuilt.groups, [Arc::from("a"), Arc::from("b")]);
+        assert_eq!(rebuilt.client.as_deref(), Some("cli"));
     }
 
     /// A change to the claims of a valid exchanged token.

@@ -5,6 +5,8 @@
 //! then the caller finds the key (`jwks`), `verify_signature`, and `check_claims` with an
 //! explicit `now`, which also builds the identity.
 
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
@@ -13,7 +15,7 @@ use crate::config::{Config, IssuerConfig, Preset, SigningAlgorithm, TenantBindin
 use crate::jwks::VerificationKey;
 use crate::model::claims::{audience_equal, scalar_text, truncate, values};
 use crate::model::decision::Reason;
-use crate::model::identity::Identity;
+use crate::model::identity::{Claims, Identity, Interner};
 
 /// Why a token was refused, with a detail safe to show (never key material or the token).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -389,12 +391,14 @@ pub fn identity_from_claims(
 ) -> Result<Identity, IdentifyError> {
     let issuer = matched.issuer;
     // RFC 7519 §4.1.3: a string or an array of strings (`check_claims` refused other shapes).
-    let audiences: Vec<String> = claims
-        .get("aud")
-        .map_or(&[][..], values)
-        .iter()
-        .filter_map(|item| item.as_str().map(str::to_string))
-        .collect();
+    let audiences = issuer.strings.list(
+        claims
+            .get("aud")
+            .map_or(&[][..], values)
+            .iter()
+            .filter_map(|item| item.as_str().map(|aud| issuer.strings.get(aud)))
+            .collect(),
+    );
     // Entra: the tenant in `iss` must be the token's `tid`, or a token minted by one tenant
     // could be presented as another's.
     if let Some(tenant) = matched.tenant {
@@ -445,30 +449,35 @@ pub fn identity_from_claims(
     let client = ["azp", "appid"]
         .iter()
         .find_map(|claim| claims.get(*claim).and_then(Value::as_str))
-        .map(str::to_string);
-    let mut groups = collect_groups(&claims, &issuer.groups_claims);
+        .map(Box::from);
+    let mut groups = collect_groups(&claims, &issuer.groups_claims, &issuer.strings);
     if groups.is_empty() {
-        groups = issuer.default_groups.clone();
+        groups = issuer
+            .default_groups
+            .iter()
+            .map(|group| issuer.strings.get(group))
+            .collect();
     }
-    let tenant = matched.tenant.map(str::to_string).or_else(|| {
-        (issuer.preset == Preset::Entra)
-            .then(|| {
-                claims
-                    .get("tid")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
-            .flatten()
-    });
+    let groups = issuer.strings.list(groups);
+    let tenant = match matched.tenant {
+        Some(tenant) => Some(issuer.strings.get(tenant)),
+        None if issuer.preset == Preset::Entra => claims
+            .get("tid")
+            .and_then(Value::as_str)
+            .map(|tid| issuer.strings.get(tid)),
+        None => None,
+    };
     Ok(Identity {
-        issuer: issuer.name.clone(),
-        iss: iss.to_string(),
-        username,
+        issuer: issuer.shared_name.clone(),
+        iss: issuer.strings.get(iss),
+        username: username.into(),
         tenant,
         client,
         audiences,
         groups,
-        claims,
+        // Only what the configuration reads stays: the identity is what the token cache
+        // holds per token (issue 14 item 2).
+        claims: Claims::keep(claims, &issuer.claims_read),
         expires_at,
         bridge_subject: None,
         exchanged: None,
@@ -545,11 +554,15 @@ fn required_claim_holds(actual: Option<&Value>, expected: &Value) -> bool {
 
 /// Groups from the configured claims: arrays as they are, strings split on spaces (Entra's
 /// `scp` is one space-separated string).
-fn collect_groups(claims: &Map<String, Value>, names: &[String]) -> Vec<String> {
-    let mut groups: Vec<String> = Vec::new();
+fn collect_groups(
+    claims: &Map<String, Value>,
+    names: &[String],
+    strings: &Interner,
+) -> Vec<Arc<str>> {
+    let mut groups: Vec<Arc<str>> = Vec::new();
     let mut add = |group: &str| {
-        if !group.is_empty() && !groups.iter().any(|g| g == group) {
-            groups.push(group.to_string());
+        if !group.is_empty() && !groups.iter().any(|g| &**g == group) {
+            groups.push(strings.get(group));
         }
     };
     for name in names {
@@ -627,16 +640,16 @@ issuers:
         let config = config();
         let [v1, v2] = crate::config::entra_issuer_pair(TENANT);
         let one = check(&config, entra_claims(&v1, TENANT), 1000).expect("v1");
-        assert_eq!(one.username, "alice@example.com");
+        assert_eq!(&*one.username, "alice@example.com");
         assert_eq!(one.client.as_deref(), Some("app-1"));
         assert_eq!(one.tenant.as_deref(), Some(TENANT));
-        assert_eq!(one.groups, ["Quay.acme.write"]);
+        assert_eq!(*one.groups, [Arc::from("Quay.acme.write")]);
         let mut v2_claims = entra_claims(&v2, TENANT);
         v2_claims["aud"] = json!("6f1c2d3e-0000-4000-8000-000000000001");
         v2_claims["ver"] = json!("2.0");
         v2_claims["azp"] = json!("app-2");
         let two = check(&config, v2_claims, 1000).expect("v2");
-        assert_eq!(two.issuer, "entra");
+        assert_eq!(&*two.issuer, "entra");
         assert_eq!(two.client.as_deref(), Some("app-2"));
     }
 
@@ -701,6 +714,44 @@ issuers:
         );
     }
 
+    /// Issue 14 item 2: the identity (what the token cache holds per token) keeps only the
+    /// claims the configuration reads, and shares the configuration's strings.
+    #[test]
+    fn identity_keeps_only_the_claims_the_configuration_reads() {
+        let config = config();
+        let entra = config.issuer("entra").expect("entra");
+        let [v1, _] = crate::config::entra_issuer_pair(TENANT);
+        let mut claims = entra_claims(&v1, TENANT);
+        claims["unread"] = json!("x".repeat(4000));
+        let one = check(&config, claims.clone(), 1000).expect("v1");
+        let kept: Vec<&str> = one.claims.iter().map(|(name, _)| name).collect();
+        assert!(
+            kept.iter()
+                .all(|name| entra.claims_read.iter().any(|read| &**read == *name)),
+            "{kept:?} ⊄ {:?}",
+            entra.claims_read
+        );
+        for dropped in ["unread", "iss", "aud", "exp", "iat", "nbf", "appid", "tid"] {
+            assert_eq!(one.claims.get(dropped), None, "{dropped}");
+        }
+        // Read while verifying, not afterwards: nothing keeps them (no rule reads them, and
+        // the issuer's tokens are not exchanged).
+        assert!(one.claims.is_empty(), "{kept:?}");
+        assert_eq!(&*one.username, "alice@example.com");
+        // The typed fields still say what the token said.
+        assert_eq!(&*one.iss, v1.as_str());
+        assert_eq!(*one.audiences, [Arc::from("api://quay-api/")]);
+        assert_eq!(one.client.as_deref(), Some("app-1"));
+        // One allocation per configuration, not per identity.
+        let two = check(&config, claims, 1000).expect("v1");
+        assert!(Arc::ptr_eq(&one.issuer, &two.issuer));
+        assert!(Arc::ptr_eq(&one.iss, &two.iss));
+        assert!(Arc::ptr_eq(
+            one.tenant.as_ref().expect("tenant"),
+            two.tenant.as_ref().expect("tenant")
+        ));
+    }
+
     #[test]
     fn default_groups_and_username_chain() {
         let config = config();
@@ -710,8 +761,8 @@ issuers:
         object.remove("roles");
         object.remove("upn");
         let identity = check(&config, claims, 1000).expect("valid");
-        assert_eq!(identity.groups, ["everyone"]);
-        assert_eq!(identity.username, "o-1");
+        assert_eq!(*identity.groups, [Arc::from("everyone")]);
+        assert_eq!(&*identity.username, "o-1");
     }
 
     #[test]

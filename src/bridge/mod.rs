@@ -120,7 +120,7 @@ impl Bridge {
         let principal = Principal {
             subject: render(&templates.subject, identity, issuer)?,
             username: if template::valid_username(&identity.username) {
-                identity.username.clone()
+                identity.username.to_string()
             } else {
                 render(&templates.username, identity, issuer)?
             },
@@ -194,8 +194,10 @@ impl Bridge {
     /// token like those minted for Quay inline (same header, keys and claims, so Quay accepts
     /// it as it accepts them), valid `lifetime_seconds`, plus `scope` (the granted scopes,
     /// RFC 8693 §2.2.1 / RFC 9068 §2.2.3 style) and the private claim `quay_authz`: the
-    /// source issuer and the source token's claims, so each Check re-runs today's policy for
-    /// the holder (who had the source token: nothing new is disclosed). Never cached: every
+    /// source issuer and the source token's claims that the configuration reads
+    /// ([`Identity::embedded_claims`]), so each Check re-runs today's policy for the holder
+    /// (who had the source token: nothing new is disclosed). A rule added later that reads a
+    /// claim not embedded finds it missing, and does not match: fail safe. Never cached: every
     /// exchange is a new token with its own `jti`.
     pub fn mint_exchanged(
         &self,
@@ -214,7 +216,7 @@ impl Bridge {
             object.insert("scope".into(), scope.into());
             object.insert(
                 EXCHANGE_CLAIM.into(),
-                serde_json::json!({"issuer": issuer.name, "claims": identity.claims}),
+                serde_json::json!({"issuer": issuer.name, "claims": identity.embedded_claims()}),
             );
         }
         let token = sign(keys.signing(), claims)?;
@@ -364,7 +366,7 @@ fn render(
     issuer: &IssuerConfig,
 ) -> Result<String, MintError> {
     template
-        .render(&identity.claims)
+        .render(|name| identity.claims.get(name))
         .map_err(|error| MintError {
             reason: Reason::BridgeIdentityInvalid,
             detail: format!("issuer {}: {error}", issuer.name),

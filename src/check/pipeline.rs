@@ -268,7 +268,7 @@ impl Pipeline {
                     facts.path_without_query()
                 ),
                 required: None,
-                issuer: Some(identity.issuer.clone()),
+                issuer: Some(identity.issuer.to_string()),
             };
         };
         let outcome = policy::evaluate(&self.config.rules, &identity);
@@ -314,7 +314,7 @@ impl Pipeline {
                             reason: error.reason,
                             detail: error.detail,
                             required: None,
-                            issuer: Some(identity.issuer.clone()),
+                            issuer: Some(identity.issuer.to_string()),
                         };
                     }
                 };
@@ -364,7 +364,7 @@ impl Pipeline {
                     format!("requires {missing}")
                 },
                 required: Some(missing.clone()),
-                issuer: Some(identity.issuer.clone()),
+                issuer: Some(identity.issuer.to_string()),
             },
         }
     }
@@ -549,7 +549,7 @@ impl Pipeline {
             // caller the templates cannot name is refused here, before any grant.
             let principal = Bridge::principal(&identity, matched.issuer)
                 .map_err(|error| fail(IdentifyError::new(error.reason, error.detail)))?;
-            identity.username = principal.username;
+            identity.username = principal.username.into();
             identity.bridge_subject = Some(principal.subject);
         }
         let valid_until = identity
@@ -571,7 +571,7 @@ impl Pipeline {
             reason,
             detail,
             required: None,
-            issuer: Some(identity.issuer.clone()),
+            issuer: Some(identity.issuer.to_string()),
         };
         match self
             .token_store
@@ -589,7 +589,7 @@ impl Pipeline {
 
     fn record(&self, facts: &RequestFacts, decision: &Decision, elapsed: std::time::Duration) {
         let issuer = match decision {
-            Decision::Allow { identity, .. } => identity.issuer.as_str(),
+            Decision::Allow { identity, .. } => &identity.issuer,
             Decision::Deny {
                 issuer: Some(issuer),
                 ..

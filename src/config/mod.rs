@@ -12,11 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub mod env;
 
 use crate::model::claims::is_tenant_id;
+use crate::model::identity::Interner;
 use crate::policy::{CompiledRule, compile_rules};
 use env::AppliedOverride;
 
@@ -270,6 +272,14 @@ pub struct IssuerConfig {
     pub upstream: raw::Upstream,
     /// `upstream: exchange`: how the caller is named in bridge tokens.
     pub bridge_identity: Option<bridge::BridgeIdentity>,
+    /// The claims this configuration can read of this issuer's tokens, sorted: an identity
+    /// keeps only these (issue 14 item 2; see [`claims_read`]).
+    pub claims_read: Box<[Arc<str>]>,
+    /// Strings this issuer's identities share instead of copying (its name, `iss` values,
+    /// tenants, audiences, default groups, the groups its rules name).
+    pub strings: Interner,
+    /// `name`, shared by every identity of this issuer.
+    pub shared_name: Arc<str>,
 }
 
 impl IssuerConfig {
@@ -532,6 +542,9 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
     };
 
     warnings.extend(unmatchable_rules(&rules, &issuers));
+    for issuer in &mut issuers {
+        share_strings(issuer, &rules);
+    }
     check_rule_trust(&document.rules, &issuers, &mut issues, &mut warnings);
 
     if !issues.found.is_empty() {
@@ -1021,7 +1034,79 @@ fn build_issuer(
         accept_id_tokens: raw.accept_id_tokens,
         upstream: raw.upstream,
         bridge_identity: None,
+        claims_read: Box::default(),
+        strings: Interner::default(),
+        shared_name: Arc::from(raw.name.as_str()),
     })
+}
+
+/// The claims the configuration can read of `issuer`'s tokens once verified, sorted and without
+/// duplicates: `when.claims` and `{claims.NAME}` of every rule that can apply to it, and for an
+/// `upstream: exchange` issuer also its bridge templates (with `sub`, named in the mint's audit
+/// event, and `email_verified` when it has an email template) and what an exchanged token is
+/// rebuilt from (`authn::exchanged`: `username_claims`, `groups_claims`, `required_claims`).
+/// An identity keeps only these claims (issue 14 item 2): username, groups, `iss`, `aud`,
+/// tenant and client are its typed fields, and the rest of a token is never read again.
+pub fn claims_read<'a>(issuer: &'a IssuerConfig, rules: &'a [CompiledRule]) -> Vec<&'a str> {
+    let mut names: Vec<&str> = Vec::new();
+    if issuer.upstream == raw::Upstream::Exchange {
+        names.extend(issuer.username_claims.iter().map(String::as_str));
+        names.extend(issuer.groups_claims.iter().map(String::as_str));
+        names.extend(issuer.required_claims.keys().map(String::as_str));
+    }
+    if let Some(bridge) = &issuer.bridge_identity {
+        names.push("sub");
+        names.extend(bridge.subject.claims_read());
+        names.extend(bridge.username.claims_read());
+        if let Some(email) = &bridge.email {
+            names.push("email_verified");
+            names.extend(email.claims_read());
+        }
+    }
+    for rule in applicable(rules, issuer) {
+        names.extend(rule.claims_read());
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// The rules that can apply to `issuer`'s identities (`issuers:` empty or naming it).
+fn applicable<'a>(
+    rules: &'a [CompiledRule],
+    issuer: &'a IssuerConfig,
+) -> impl Iterator<Item = &'a CompiledRule> {
+    rules
+        .iter()
+        .filter(|rule| rule.issuers.is_empty() || rule.issuers.contains(&issuer.name))
+}
+
+/// Fills `claims_read` and `strings` of `issuer` once per configuration.
+fn share_strings(issuer: &mut IssuerConfig, rules: &[CompiledRule]) {
+    issuer.claims_read = claims_read(issuer, rules)
+        .into_iter()
+        .map(Arc::from)
+        .collect();
+    let mut strings = Interner::default();
+    issuer.shared_name = strings.insert(&issuer.name);
+    for string in &issuer.issuer_strings {
+        strings.insert(&string.iss);
+        if let Some(tenant) = &string.tenant {
+            strings.insert(tenant);
+        }
+    }
+    strings.insert_list(&issuer.audiences);
+    strings.insert_list(&issuer.default_groups);
+    strings.insert_list(&[]);
+    for rule in applicable(rules, issuer) {
+        for group in rule.when.groups_any.iter().chain(&rule.when.groups_all) {
+            strings.insert(group);
+        }
+        for tenant in &rule.when.tenants {
+            strings.insert(tenant);
+        }
+    }
+    issuer.strings = strings;
 }
 
 /// Entra publishes v1 (`sts.windows.net/{tid}/`) and v2 (`login.microsoftonline.com/{tid}/v2.0`)

@@ -139,7 +139,7 @@ async fn exchange(
         .identify_token(&request.subject_token, now)
         .await
         .map_err(|error| refused_subject(error.reason, error.detail))?;
-    facts.source_issuer = identity.issuer.clone();
+    facts.source_issuer = identity.issuer.to_string();
     // No chaining: an exchanged token is re-scoped by exchanging the IdP token again, so
     // its lifetime and scope can never be stretched from a token of our own.
     if identity.exchanged.is_some() {
@@ -150,10 +150,10 @@ async fn exchange(
         .issuer(&identity.issuer)
         .filter(|issuer| issuer.upstream == Upstream::Exchange)
         .ok_or_else(|| ExchangeError::IssuerNotExchangeable {
-            issuer: identity.issuer.clone(),
+            issuer: identity.issuer.to_string(),
         })?;
     facts.principal = identity.bridge_subject.clone().unwrap_or_default();
-    facts.username = identity.username.clone();
+    facts.username = identity.username.to_string();
 
     let outcome = crate::policy::evaluate(&config.rules, &identity);
     let policy: Vec<_> = outcome.grants.into_iter().map(|(grant, _)| grant).collect();

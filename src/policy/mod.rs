@@ -91,6 +91,34 @@ pub struct GrantTemplate {
     fixed: Option<Vec<Grant>>,
 }
 
+impl GrantTemplate {
+    /// The claims its `{claims.NAME}` placeholders read.
+    pub fn claims_read(&self) -> impl Iterator<Item = &str> {
+        self.pieces.iter().filter_map(|piece| match piece {
+            Piece::Claim { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+    }
+}
+
+impl CompiledRule {
+    /// Every claim this rule can read: `when.claims` and its grants' placeholders
+    /// (`IssuerConfig::claims_read` keeps these in the identity, issue 14 item 2).
+    pub fn claims_read(&self) -> impl Iterator<Item = &str> {
+        let from_groups = self.from_groups.iter().flat_map(|g| g.grants.iter());
+        self.when
+            .claims
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .chain(
+                self.grants
+                    .iter()
+                    .chain(from_groups)
+                    .flat_map(GrantTemplate::claims_read),
+            )
+    }
+}
+
 /// Grants the policy gave one identity, each with the rule that gave it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PolicyOutcome {
@@ -491,7 +519,7 @@ fn fits(value: &str, position: Position) -> bool {
 pub fn evaluate(rules: &[CompiledRule], identity: &Identity) -> PolicyOutcome {
     let mut outcome = PolicyOutcome::default();
     for rule in rules {
-        if !rule.issuers.is_empty() && !rule.issuers.contains(&identity.issuer) {
+        if !rule.issuers.is_empty() && !rule.issuers.iter().any(|name| **name == *identity.issuer) {
             continue;
         }
         if !conditions_hold(&rule.when, identity) {
@@ -503,7 +531,7 @@ pub fn evaluate(rules: &[CompiledRule], identity: &Identity) -> PolicyOutcome {
             expand(template, identity, &no_captures, &rule.name, &mut outcome);
         }
         if let Some(group_grants) = &rule.from_groups {
-            for group in &identity.groups {
+            for group in identity.groups.iter() {
                 let Some(found) = group_grants.pattern.captures(group) else {
                     continue;
                 };
@@ -597,7 +625,7 @@ fn push_grant(outcome: &mut PolicyOutcome, grant: Grant, rule: &str) {
 }
 
 fn conditions_hold(when: &Conditions, identity: &Identity) -> bool {
-    let has_group = |group: &String| identity.groups.contains(group);
+    let has_group = |group: &String| identity.groups.iter().any(|have| **have == **group);
     if !when.groups_any.is_empty() && !when.groups_any.iter().any(has_group) {
         return false;
     }
@@ -617,7 +645,7 @@ fn conditions_hold(when: &Conditions, identity: &Identity) -> bool {
         && !identity
             .tenant
             .as_ref()
-            .is_some_and(|tenant| when.tenants.contains(tenant))
+            .is_some_and(|tenant| when.tenants.iter().any(|t| **t == **tenant))
     {
         return false;
     }
@@ -625,7 +653,7 @@ fn conditions_hold(when: &Conditions, identity: &Identity) -> bool {
         && !identity
             .client
             .as_ref()
-            .is_some_and(|client| when.clients.contains(client))
+            .is_some_and(|client| when.clients.iter().any(|c| **c == **client))
     {
         return false;
     }
@@ -678,6 +706,9 @@ mod tests {
         compile_rules(&raw_rules, &["entra", "github"]).expect_err("should fail")
     }
 
+    use crate::model::identity::Claims;
+    use std::sync::Arc;
+
     pub(crate) fn identity(issuer: &str, groups: &[&str], claims: Value) -> Identity {
         Identity {
             issuer: issuer.into(),
@@ -685,9 +716,9 @@ mod tests {
             username: "alice".into(),
             tenant: Some("11111111-2222-3333-4444-555555555555".into()),
             client: Some("client-1".into()),
-            audiences: vec!["api://quay-api".into()],
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            claims: claims.as_object().cloned().unwrap_or_default(),
+            audiences: Arc::from([Arc::from("api://quay-api")]),
+            groups: groups.iter().map(|g| Arc::from(*g)).collect(),
+            claims: Claims::all(claims.as_object().cloned().unwrap_or_default()),
             expires_at: u64::MAX,
             bridge_subject: None,
             exchanged: None,
@@ -867,7 +898,7 @@ mod tests {
         let outcome = evaluate(&rules, &identity("entra", &["Quay.Reader"], Value::Null));
         assert_eq!(outcome.matched_rules, ["obo", "every-tenant"]);
         let mut other = identity("entra", &["Quay.Reader"], Value::Null);
-        other.audiences = vec!["api://quay-api-2".into()];
+        other.audiences = Arc::from([Arc::from("api://quay-api-2")]);
         other.tenant = Some("99999999-2222-3333-4444-555555555555".into());
         assert_eq!(evaluate(&rules, &other).matched_rules, ["every-tenant"]);
     }
