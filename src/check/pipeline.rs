@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 
 use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
-use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
+use crate::authn::token_cache::{Cached, Candidate, TokenCache, TokenDigest};
 use crate::bridge::{Bridge, MintError};
 use crate::check::audit::AllowSampler;
 use crate::check::respond::{ResponseSettings, build_response, remove_also};
@@ -59,7 +59,10 @@ pub struct Pipeline {
     key_sources: Vec<Vec<Arc<KeySource>>>,
     responses: ResponseSettings,
     metrics: Metrics,
-    token_cache: TokenCache,
+    /// Each admitted identity with what policy granted it, so a hit skips policy too. The
+    /// cache is this configuration's: a reload builds a new Pipeline, and with it an empty
+    /// cache, so a cached outcome is never one of an older policy.
+    token_cache: TokenCache<Arc<PolicyOutcome>>,
     audit_sampler: AllowSampler,
     /// The identity bridge (`bridge:`), which signs what `exchange` issuers hand to Quay.
     bridge: Option<Bridge>,
@@ -77,7 +80,11 @@ impl Pipeline {
             routes: RouteTable::new(),
             key_sources,
             responses,
-            token_cache: TokenCache::new(config.token_cache_entries, metrics.clone()),
+            token_cache: TokenCache::new(
+                config.token_cache_entries,
+                config.token_cache_bytes,
+                metrics.clone(),
+            ),
             audit_sampler: AllowSampler::new(config.audit.allow_sample_rate),
             bridge: config
                 .bridge
@@ -202,7 +209,7 @@ impl Pipeline {
         };
 
         // Phase 3 — identify: parse, match the issuer, find the key, verify, check claims.
-        let (identity, candidate) = match self.identify(token, now, observer).await {
+        let (identity, admission) = match self.identify(token, now, observer).await {
             Ok(identified) => identified,
             Err((error, issuer)) => {
                 if issuer.is_none() && error.reason != Reason::TokenTooLarge {
@@ -232,19 +239,27 @@ impl Pipeline {
                 issuer: Some(identity.issuer.clone()),
             };
         };
-        let outcome = policy::evaluate(&self.config.rules, &identity);
+        let outcome = match admission {
+            // Grants depend on the identity and the configuration alone, not on the route:
+            // those computed when the token was admitted stand while this Pipeline does.
+            Admission::Cached(outcome) => outcome,
+            Admission::Verified(candidate) => {
+                let outcome = Arc::new(policy::evaluate(&self.config.rules, &identity));
+                for dropped in &outcome.dropped {
+                    tracing::warn!(issuer = %identity.issuer, "{dropped}");
+                }
+                // Only a token some rule grants something is remembered: valid tokens that
+                // grant nothing (any GitHub repository, any tenant of a multi-tenant app) must
+                // not take the slots of those that do.
+                if !outcome.grants.is_empty() {
+                    let bytes = outcome_bytes(&outcome);
+                    self.token_cache
+                        .admit(candidate, outcome.clone(), bytes, now);
+                }
+                outcome
+            }
+        };
         observer.policy(&outcome);
-        for dropped in &outcome.dropped {
-            tracing::warn!(issuer = %identity.issuer, "{dropped}");
-        }
-        // Only a token some rule grants something is remembered: valid tokens that grant
-        // nothing (any GitHub repository, any tenant of a multi-tenant app) must not take the
-        // slots of those that do. Grants depend on the identity alone, not on the route.
-        if let Some(candidate) = candidate
-            && !outcome.grants.is_empty()
-        {
-            self.token_cache.admit(candidate, now);
-        }
         match outcome.authorize(&required) {
             Ok(rules) => {
                 let rules: Vec<String> = rules.into_iter().map(str::to_string).collect();
@@ -287,7 +302,11 @@ impl Pipeline {
                     upstream,
                     scopes,
                     required,
-                    grants: outcome.grants.into_iter().map(|(grant, _)| grant).collect(),
+                    grants: outcome
+                        .grants
+                        .iter()
+                        .map(|(grant, _)| grant.clone())
+                        .collect(),
                     rules,
                     identity,
                 }
@@ -337,8 +356,8 @@ impl Pipeline {
         }
     }
 
-    /// The identity, from the verified-token cache or verified now; a token verified now
-    /// comes with its cache `Candidate`, admitted once policy has granted it something.
+    /// The identity, from the verified-token cache (with what policy granted it then) or
+    /// verified now (with its cache `Candidate`, admitted once policy has granted it something).
     /// Errors carry the issuer name once the token is known to be one of ours: from then on a
     /// failure is always a deny.
     async fn identify<O: PhaseObserver>(
@@ -346,7 +365,7 @@ impl Pipeline {
         token: &str,
         now: u64,
         observer: &mut O,
-    ) -> Result<(Arc<Identity>, Option<Candidate>), (IdentifyError, Option<String>)> {
+    ) -> Result<(Arc<Identity>, Admission), (IdentifyError, Option<String>)> {
         let result = self.identify_unreported(token, now, observer).await;
         observer.identity(
             result
@@ -362,19 +381,19 @@ impl Pipeline {
         token: &str,
         now: u64,
         observer: &mut O,
-    ) -> Result<(Arc<Identity>, Option<Candidate>), (IdentifyError, Option<String>)> {
+    ) -> Result<(Arc<Identity>, Admission), (IdentifyError, Option<String>)> {
         // The size limit comes first: an oversized token is refused unread, not even hashed
         // for the cache lookup.
         identify::check_size(token, self.config.max_token_bytes).map_err(|e| (e, None))?;
         let digest = TokenDigest::of(token);
-        if let Some(identity) = self.token_cache.get(&digest, now) {
+        if let Some(Cached { identity, granted }) = self.token_cache.get(&digest, now) {
             observer.cached();
-            return Ok((identity, None));
+            return Ok((identity, Admission::Cached(granted)));
         }
         let (identity, key, valid_until) = self.verify(token, now, observer).await?;
         let identity = Arc::new(identity);
         let candidate = Candidate::new(digest, identity.clone(), &key, valid_until);
-        Ok((identity, Some(candidate)))
+        Ok((identity, Admission::Verified(candidate)))
     }
 
     /// Full verification; also returns the key that verified the token and until when the
@@ -535,6 +554,36 @@ impl Pipeline {
             ),
         }
     }
+}
+
+/// Where an identity came from, and what that leaves for policy to do.
+enum Admission {
+    /// A cache hit: what policy granted the identity when it was admitted.
+    Cached(Arc<PolicyOutcome>),
+    /// Verified now: policy runs, and the cache takes the token if it grants something.
+    Verified(Candidate),
+}
+
+/// Estimated heap bytes of a policy outcome kept in the verified-token cache (its share of
+/// `limits.token_cache_bytes`). Runs once per admitted token, never on a hit.
+fn outcome_bytes(outcome: &PolicyOutcome) -> usize {
+    const ALLOCATION: usize = 16;
+    let strings = |values: &mut dyn Iterator<Item = usize>| -> usize {
+        values
+            .map(|len| if len == 0 { 0 } else { ALLOCATION + len })
+            .sum()
+    };
+    std::mem::size_of::<PolicyOutcome>()
+        + 2 * std::mem::size_of::<usize>() // the Arc's counts
+        + ALLOCATION
+        + outcome.grants.capacity() * std::mem::size_of::<(crate::model::permission::Grant, String)>()
+        // A grant's own strings are about as long as its text (`repository:acme/app:pull`).
+        + strings(&mut outcome.grants.iter().map(|(grant, _)| grant.to_string().len()))
+        + strings(&mut outcome.grants.iter().map(|(_, rule)| rule.len()))
+        + outcome.matched_rules.capacity() * std::mem::size_of::<String>()
+        + strings(&mut outcome.matched_rules.iter().map(String::len))
+        + outcome.dropped.capacity() * std::mem::size_of::<String>()
+        + strings(&mut outcome.dropped.iter().map(String::len))
 }
 
 /// Permissions joined by `, ` for a log field, formatted only if the event is written.
