@@ -24,6 +24,18 @@ pub struct KeySetAge<'a> {
     pub age: Duration,
 }
 
+/// Audit events the log writer dropped, for the whole process: the writer is set up with the
+/// logging, before any service and its registry exist, so every `Metrics` registers this one
+/// counter (`check::audit::NonBlocking` increments it).
+pub static AUDIT_EVENTS_DROPPED: std::sync::LazyLock<prometheus::IntCounter> =
+    std::sync::LazyLock::new(|| {
+        prometheus::IntCounter::new(
+            "quay_authz_audit_events_dropped_total",
+            "Audit events of allowed requests dropped because the log writer fell behind",
+        )
+        .expect("static metric definition")
+    });
+
 /// Every metric of one service instance, on its own registry (so tests can run several).
 #[derive(Clone)]
 pub struct Metrics {
@@ -109,11 +121,7 @@ impl Metrics {
             "Estimated bytes held by the verified-token cache",
         )
         .expect("static metric definition");
-        let audit_events_dropped = prometheus::IntCounter::new(
-            "quay_authz_audit_events_dropped_total",
-            "Audit events (allows only) dropped because the log writer fell behind",
-        )
-        .expect("static metric definition");
+        let audit_events_dropped = AUDIT_EVENTS_DROPPED.clone();
         let token_cache_evictions = prometheus::IntCounter::new(
             "quay_authz_token_cache_evictions_total",
             "Entries evicted from the verified-token cache to make room",

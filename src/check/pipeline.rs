@@ -4,10 +4,11 @@
 //! Usage: `Pipeline::new(config, &key_store)` once per configuration; per request
 //! `pipeline.check(&check_request).await` (or `decide` for the bare decision).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use prometheus::{Histogram, IntCounter};
 
 use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
@@ -58,12 +59,13 @@ pub struct Pipeline {
     /// Per issuer (same order as `config.issuers`), per key source.
     key_sources: Vec<Vec<Arc<KeySource>>>,
     responses: ResponseSettings,
-    metrics: Metrics,
     /// Each admitted identity with what policy granted it, so a hit skips policy too. The
     /// cache is this configuration's: a reload builds a new Pipeline, and with it an empty
     /// cache, so a cached outcome is never one of an older policy.
     token_cache: TokenCache<Arc<PolicyOutcome>>,
     audit_sampler: AllowSampler,
+    /// The decision counters and duration histograms `record` updates, resolved once.
+    decision_metrics: DecisionMetrics,
     /// The identity bridge (`bridge:`), which signs what `exchange` issuers hand to Quay.
     bridge: Option<Bridge>,
 }
@@ -86,12 +88,12 @@ impl Pipeline {
                 metrics.clone(),
             ),
             audit_sampler: AllowSampler::new(config.audit.allow_sample_rate),
+            decision_metrics: DecisionMetrics::new(&config, metrics.clone()),
             bridge: config
                 .bridge
                 .as_ref()
                 .map(|settings| Bridge::new(settings, metrics.clone())),
             config,
-            metrics,
         }
     }
 
@@ -146,14 +148,14 @@ impl Pipeline {
     }
 
     /// The decision for one request at `now` (Unix seconds).
-    pub async fn decide(&self, facts: &RequestFacts, now: u64) -> Decision {
+    pub async fn decide(&self, facts: &RequestFacts<'_>, now: u64) -> Decision {
         self.decide_observed(facts, now, &mut Unobserved).await
     }
 
     /// The decision, with every phase reporting to `observer` as it runs (`explain`).
     pub async fn decide_observed<O: PhaseObserver>(
         &self,
-        facts: &RequestFacts,
+        facts: &RequestFacts<'_>,
         now: u64,
         observer: &mut O,
     ) -> Decision {
@@ -486,7 +488,7 @@ impl Pipeline {
         Ok((identity, key, valid_until))
     }
 
-    fn record(&self, facts: &RequestFacts, decision: &Decision, elapsed: std::time::Duration) {
+    fn record(&self, facts: &RequestFacts<'_>, decision: &Decision, elapsed: std::time::Duration) {
         let issuer = match decision {
             Decision::Allow { identity, .. } => identity.issuer.as_str(),
             Decision::Deny {
@@ -495,13 +497,9 @@ impl Pipeline {
             } => issuer.as_str(),
             _ => "",
         };
-        self.metrics
-            .decisions
-            .with_label_values(&[decision.kind(), decision.reason().code(), issuer])
-            .inc();
-        self.metrics
-            .check_duration
-            .with_label_values(&[decision.kind()])
+        self.decision_metrics.count(decision, issuer);
+        self.decision_metrics
+            .duration(decision)
             .observe(elapsed.as_secs_f64());
         let latency_us = elapsed.as_micros() as u64;
         match decision {
@@ -553,6 +551,72 @@ impl Pipeline {
                 request_id = %facts.request_id,
             ),
         }
+    }
+}
+
+/// The metric children `record` updates on every Check, looked up by label once and kept: one
+/// decision counter per decision kind × reason × configured issuer (and no issuer), one
+/// duration histogram per kind. Each is created on its first use, so `/metrics` shows only the
+/// label sets that occurred, as before; an issuer name this configuration does not have (none
+/// reaches `record` today) falls back to the label lookup.
+struct DecisionMetrics {
+    /// The configured issuers' names; a decision without an issuer takes the slot after them.
+    issuers: Vec<String>,
+    /// `[kind][reason][issuer]`, flattened.
+    decisions: Box<[OnceLock<IntCounter>]>,
+    durations: [OnceLock<Histogram>; 3],
+    metrics: Metrics,
+}
+
+impl DecisionMetrics {
+    const KINDS: [&'static str; 3] = ["allow", "passthrough", "deny"];
+
+    fn new(config: &Config, metrics: Metrics) -> Self {
+        let issuers: Vec<String> = config.issuers.iter().map(|i| i.name.clone()).collect();
+        let slots = Self::KINDS.len() * Reason::ALL.len() * (issuers.len() + 1);
+        Self {
+            decisions: (0..slots).map(|_| OnceLock::new()).collect(),
+            durations: Default::default(),
+            issuers,
+            metrics,
+        }
+    }
+
+    fn kind_index(decision: &Decision) -> usize {
+        match decision {
+            Decision::Allow { .. } => 0,
+            Decision::Passthrough { .. } => 1,
+            Decision::Deny { .. } => 2,
+        }
+    }
+
+    fn count(&self, decision: &Decision, issuer: &str) {
+        let reason = decision.reason();
+        let issuer_index = if issuer.is_empty() {
+            Some(self.issuers.len())
+        } else {
+            self.issuers.iter().position(|name| name == issuer)
+        };
+        let reason_index = Reason::ALL.iter().position(|r| *r == reason);
+        let labels = [decision.kind(), reason.code(), issuer];
+        let (Some(issuer_index), Some(reason_index)) = (issuer_index, reason_index) else {
+            self.metrics.decisions.with_label_values(&labels).inc();
+            return;
+        };
+        let slot = (Self::kind_index(decision) * Reason::ALL.len() + reason_index)
+            * (self.issuers.len() + 1)
+            + issuer_index;
+        self.decisions[slot]
+            .get_or_init(|| self.metrics.decisions.with_label_values(&labels))
+            .inc();
+    }
+
+    fn duration(&self, decision: &Decision) -> &Histogram {
+        self.durations[Self::kind_index(decision)].get_or_init(|| {
+            self.metrics
+                .check_duration
+                .with_label_values(&[decision.kind()])
+        })
     }
 }
 
