@@ -400,6 +400,7 @@ mod tests {
     }
 
     /// The test's log sink (the integration tests have their own: no code is shared with them).
+    #[derive(Clone, Default)]
     struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
     impl std::io::Write for Capture {
@@ -436,7 +437,7 @@ mod tests {
     #[derive(Clone, Default)]
     struct Gate {
         open: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        written: Capture,
     }
 
     impl Gate {
@@ -447,7 +448,7 @@ mod tests {
         }
 
         fn text(&self) -> String {
-            String::from_utf8_lossy(&self.written.lock().unwrap_or_else(|p| p.into_inner()))
+            String::from_utf8_lossy(&self.written.0.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_owned()
         }
     }
@@ -459,11 +460,7 @@ mod tests {
             while !*is_open {
                 is_open = changed.wait(is_open).unwrap_or_else(|p| p.into_inner());
             }
-            self.written
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
+            self.written.write(bytes)
         }
 
         fn flush(&mut self) -> std::io::Result<()> {
