@@ -238,14 +238,14 @@ fn need_permissions(
     Some(match need {
         ApiNeed::Authenticated => Vec::new(),
         ApiNeed::Repository(scope) => {
-            let (namespace, name) = params.repository.as_deref()?.split_once('/')?;
+            let (namespace, name) = params.repository?.split_once('/')?;
             if !is_namespace_name(namespace) || !is_repository_path(name) {
                 return None;
             }
             vec![Permission::repository(scope, namespace, name)]
         }
         ApiNeed::Namespace(scope) => {
-            let namespace = params.namespace.as_deref()?;
+            let namespace = params.namespace?;
             if !is_namespace_name(namespace) {
                 return None;
             }

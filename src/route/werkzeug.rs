@@ -438,12 +438,7 @@ impl<'m, 'p> Searcher<'_, 'm, 'p> {
 
     /// Searches below `state`; converter values found on the way are pushed on `values`, and
     /// taken off again when a branch fails.
-    fn run(
-        &self,
-        state: usize,
-        parts: &[&'p str],
-        values: &mut Vec<(&'m str, &'p str)>,
-    ) -> Search {
+    fn run(&self, state: usize, parts: &[&'p str], values: &mut Vec<(&'m str, &'p str)>) -> Search {
         let here = &self.matcher.states[state];
         let Some((&part, remaining)) = parts.split_first() else {
             if let Some(&rule) = here.rules.iter().find(|&&rule| self.allows(rule)) {
@@ -475,6 +470,11 @@ impl<'m, 'p> Searcher<'_, 'm, 'p> {
             } else {
                 (part, remaining)
             };
+            // Most transitions tried do not match: the DFA answers that without the cost of
+            // finding capture groups, which only a match needs.
+            if !regex.is_match(target) {
+                continue;
+            }
             let Some(captures) = regex.captures(target) else {
                 continue;
             };
