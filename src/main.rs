@@ -53,6 +53,8 @@ enum Command {
     },
     /// Run the full decision for one token and request and print every step.
     Explain(cli::explain::ExplainArgs),
+    /// List and revoke exchanged tokens through a running instance's admin API.
+    Tokens(cli::tokens::TokensArgs),
     /// FOR LOCAL TESTING ONLY: a development OIDC issuer on loopback, with a matching
     /// configuration and sample tokens written to --out.
     DevIssuer {
@@ -129,6 +131,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(cli::check_config::run(&file, quay_config))
         }
         Command::Explain(args) => cli::explain::run(args).await,
+        Command::Tokens(args) => cli::tokens::run(args).await,
         Command::DevIssuer {
             listen,
             out,

@@ -59,6 +59,15 @@ pub struct Metrics {
     pub bridge_mints: IntCounterVec,
     /// Mint-cache lookups by result (hit, miss).
     pub bridge_mint_cache: IntCounterVec,
+    /// Revocations through the admin API, by kind (jti, principal).
+    pub token_revocations: IntCounterVec,
+    /// 1 while the token store (`bridge.store`) answers, 0 while it does not.
+    pub token_store_up: prometheus::IntGauge,
+    /// Token exchanges by result: `issued` or the refusal's reason code (README "Token
+    /// exchange"), a bounded set.
+    pub token_exchanges: IntCounterVec,
+    /// Exchanged tokens live (unexpired, unrevoked) in the token store.
+    pub exchanged_tokens_live: prometheus::IntGauge,
 }
 
 impl Default for Metrics {
@@ -143,6 +152,32 @@ impl Metrics {
             &["result"],
         )
         .expect("static metric definition");
+        let token_revocations = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_token_revocations_total",
+                "Exchanged-token revocations through the admin API, by kind (jti, principal)",
+            ),
+            &["kind"],
+        )
+        .expect("static metric definition");
+        let token_store_up = prometheus::IntGauge::new(
+            "quay_authz_token_store_up",
+            "1 while the token store (bridge.store) answers, 0 while it does not",
+        )
+        .expect("static metric definition");
+        let token_exchanges = IntCounterVec::new(
+            Opts::new(
+                "quay_authz_token_exchanges_total",
+                "Token exchanges by result (issued, or the refusal's reason code)",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let exchanged_tokens_live = prometheus::IntGauge::new(
+            "quay_authz_exchanged_tokens_live",
+            "Exchanged tokens live (unexpired, unrevoked) in the token store",
+        )
+        .expect("static metric definition");
         let config_reloads = IntCounterVec::new(
             Opts::new(
                 "quay_authz_config_reloads_total",
@@ -175,6 +210,10 @@ impl Metrics {
             Box::new(audit_events_dropped.clone()),
             Box::new(bridge_mints.clone()),
             Box::new(bridge_mint_cache.clone()),
+            Box::new(token_revocations.clone()),
+            Box::new(token_store_up.clone()),
+            Box::new(token_exchanges.clone()),
+            Box::new(exchanged_tokens_live.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -197,6 +236,10 @@ impl Metrics {
             audit_events_dropped,
             bridge_mints,
             bridge_mint_cache,
+            token_revocations,
+            token_store_up,
+            token_exchanges,
+            exchanged_tokens_live,
         }
     }
 
@@ -244,7 +287,7 @@ impl Metrics {
     /// field belongs in the list below.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 12] = [
+        let collectors: [&dyn Collector; 16] = [
             &self.decisions,
             &self.check_duration,
             &self.jwks_fetches,
@@ -257,6 +300,10 @@ impl Metrics {
             &self.audit_events_dropped,
             &self.bridge_mints,
             &self.bridge_mint_cache,
+            &self.token_revocations,
+            &self.token_store_up,
+            &self.token_exchanges,
+            &self.exchanged_tokens_live,
         ];
         let described = collectors
             .into_iter()

@@ -371,6 +371,7 @@ fn gha_identity(issuer: &DevIssuer, owner_id: &str) -> quay_authz::model::identi
                 .unwrap_or_default(),
         expires_at: now() + 3600,
         bridge_subject: None,
+        exchanged: None,
     }
 }
 

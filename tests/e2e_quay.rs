@@ -8,7 +8,11 @@
 //!   quay-authz's policy does not grant never reaches Quay, superuser included.
 //! - `strip`: Quay receives no `Authorization` and answers as anonymous.
 //! - `exchange` and the keyless registry push (issue 12 items 2–5): Quay's second login provider
-//!   is quay-authz's bridge; ignored until the bridge and `/v2/auth` branches are merged.
+//!   is quay-authz's bridge.
+//! - `exchanged_token_*` (issue 13): a token from the bridge's exchange endpoint, obtained
+//!   through Envoy, is accepted by Quay within its scope, refused by quay-authz beyond it (never
+//!   reaching Quay), works as a `docker login` password for skopeo, and stops working once
+//!   revoked with `quay-authz tokens revoke`.
 //!
 //! Issue 10 item 0, the attack: a token whose grants are pull and push on `alice/*` sends
 //! `DELETE //api/v1/repository/alice/hello`. Gunicorn keeps the slashes and Werkzeug strips them,
@@ -109,6 +113,48 @@ async fn bearer_get(url: impl reqwest::IntoUrl, token: &str) -> (u16, serde_json
     (status, response.json().await.unwrap_or_default())
 }
 
+/// `method url` with `token` as the bearer and `body` as JSON: the status and the JSON answer
+/// (`null` when not JSON).
+async fn bearer_send(
+    method: reqwest::Method,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("an HTTP answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Asserts that no request carrying `denied_marker` reached Quay: sends an allowed request with
+/// `token` through `envoy` after them and waits until Quay logged it (it would have logged the
+/// denied ones first).
+async fn assert_quay_never_saw(
+    quay: &common::quay::Quay,
+    envoy: &Envoy,
+    token: &str,
+    denied_marker: &str,
+) {
+    let allowed_marker = unique("allowed");
+    let (status, _) = bearer_get(
+        envoy.url(&format!("/api/v1/user/?m={allowed_marker}")),
+        token,
+    )
+    .await;
+    assert_eq!(status, 200, "{}", quay.log_tail());
+    let log = quay_logged(quay, &allowed_marker).await;
+    assert!(
+        !log.contains(denied_marker),
+        "Quay saw a request quay-authz denied"
+    );
+}
+
 /// A name no earlier run used: the shared Quay's database outlives test runs.
 fn unique(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -199,7 +245,6 @@ async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denie
         return;
     };
     let (quay, issuer) = (&shared.quay, &shared.issuer);
-    let http = reqwest::Client::new();
 
     // A plain user: Quay receives the token unchanged (it is the only credential Quay could
     // know the user by), creates the user on first sight and answers as them.
@@ -230,30 +275,16 @@ async fn forward_quay_answers_as_the_caller_and_never_sees_what_the_policy_denie
     .await;
     assert_eq!(status, 403, "{}", envoy.log());
     assert_eq!(body["reason"], "insufficient_scope", "{body}");
-    let response = http
-        .post(envoy.url(&format!("/api/v1/superuser/users/?m={denied_marker}")))
-        .bearer_auth(&admin)
-        .json(&json!({"username": victim, "email": format!("{victim}@example.com")}))
-        .send()
-        .await
-        .expect("superuser create through Envoy");
-    assert_eq!(response.status(), 403, "{}", envoy.log());
-    let body: serde_json::Value = response.json().await.expect("quay-authz's JSON");
-    assert_eq!(body["reason"], "insufficient_scope", "{body}");
-
-    // An allowed request after them: once Quay logged it, it would have logged the denied ones.
-    let allowed_marker = unique("allowed");
-    let (status, _) = bearer_get(
-        envoy.url(&format!("/api/v1/user/?m={allowed_marker}")),
+    let (status, body) = bearer_send(
+        reqwest::Method::POST,
+        envoy.url(&format!("/api/v1/superuser/users/?m={denied_marker}")),
         &admin,
+        &json!({"username": victim, "email": format!("{victim}@example.com")}),
     )
     .await;
-    assert_eq!(status, 200, "{}", quay.log_tail());
-    let log = quay_logged(quay, &allowed_marker).await;
-    assert!(
-        !log.contains(&denied_marker),
-        "Quay saw a request quay-authz denied"
-    );
+    assert_eq!(status, 403, "{}", envoy.log());
+    assert_eq!(body["reason"], "insufficient_scope", "{body}");
+    assert_quay_never_saw(quay, &envoy, &admin, &denied_marker).await;
     let (status, _) = bearer_get(
         quay.url(&format!("/api/v1/superuser/users/{victim}")),
         &admin,
@@ -340,9 +371,10 @@ fn github_user(owner_id: &str, repo_id: &str) -> String {
 }
 
 /// quay-authz with the bridge on (the names of DESIGN.md "Identity bridge", as the shared Quay's
-/// second login provider expects them) and a `github-actions` issuer in `exchange` mode whose
-/// tokens from repository owner `owner_id` may read their Quay user and pull and push in the
-/// namespace of that user, repository `app` only.
+/// second login provider expects them), its token exchange endpoint on (`bridge.exchange`), and
+/// a `github-actions` issuer in `exchange` mode whose tokens from repository owner `owner_id`
+/// may read their Quay user and pull and push in the namespace of that user, repositories `app`
+/// and `lib` only.
 fn exchange_config(
     shared: &SharedQuay,
     signing_keys: &[&std::path::Path],
@@ -362,6 +394,7 @@ bridge:
   audience: {audience}
   signing_keys: [{keys}]
   token_lifetime_seconds: 300
+  exchange: {{default_lifetime_seconds: 300}}
 issuers:
   - name: github
     preset: github-actions
@@ -379,6 +412,8 @@ rules:
       - "user:read"
       - "repository:gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/app:pull,push"
       - "repo:write on gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/app"
+      - "repository:gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/lib:pull,push"
+      - "repo:write on gh-{{claims.repository_owner_id}}-{{claims.repository_id}}/lib"
 "#,
         envoy_port = shared.envoy_port,
         bridge_issuer = shared.bridge_issuer(),
@@ -423,6 +458,29 @@ async fn start_bridge(shared: &'static SharedQuay) -> BridgeRun {
         key,
         owner_id,
         _port: port,
+    }
+}
+
+/// The deploy Envoy in front of the shared Quay for a bridge run: Checks to `service`, and its
+/// `/quay-authz/…` routes (discovery, JWKS, token exchange) to the bridge's HTTP port. On
+/// `listen_port` when given (Quay's `SERVER_HOSTNAME`, for registry clients), else anywhere.
+async fn bridge_envoy(
+    bin: &std::path::Path,
+    shared: &SharedQuay,
+    service: &TestService,
+    listen_port: Option<u16>,
+) -> Envoy {
+    let (grpc, quay) = (service.running.grpc_addr.port(), shared.quay.port);
+    let bridge_http = [(
+        common::envoy::DEPLOY_AUTHZ_HTTP_PORT,
+        format!("port_value: {}", shared.bridge_port),
+    )];
+    match listen_port {
+        Some(port) => Envoy::start_listening(bin, port, grpc, quay, &bridge_http).await,
+        None => {
+            let config = common::envoy::deploy_config_path();
+            Envoy::start_config(bin, &config, grpc, quay, &bridge_http).await
+        }
     }
 }
 
@@ -544,13 +602,7 @@ async fn keyless_skopeo_push_with_a_github_token_goes_only_where_the_policy_gran
     let bridge = start_bridge(shared).await;
     let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "7");
     // On the port Quay's SERVER_HOSTNAME names: the /v2/ challenge sends skopeo to this Envoy.
-    let envoy = Envoy::start_listening(
-        &bin,
-        shared.envoy_port,
-        service.running.grpc_addr.port(),
-        quay.port,
-    )
-    .await;
+    let envoy = bridge_envoy(&bin, shared, service, Some(shared.envoy_port)).await;
     let registry = format!("127.0.0.1:{}", shared.envoy_port);
     let namespace = github_user(owner_id, repo_id);
     let token = github_token(&shared.issuer, owner_id, repo_id);
@@ -691,4 +743,215 @@ async fn key_rotation_quay_accepts_the_new_kid_and_tokens_minted_before() {
     assert_eq!(quay_user(quay, &before).await, (200, json!(user)));
     let (status, _) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
     assert_eq!(status, 200, "{}", quay.log_tail());
+}
+
+// --- token exchange (issue 13): exchanged tokens through the deploy Envoy to the real Quay -----
+
+/// `POST /quay-authz/oauth2/token` through `envoy` (RFC 8693, form-encoded, no other
+/// credential): `subject` (an IdP JWT) for `scope`. The status and quay-authz's JSON answer.
+async fn exchange_through(envoy: &Envoy, subject: &str, scope: &str) -> (u16, serde_json::Value) {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        )
+        .append_pair("subject_token", subject)
+        .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+        .append_pair("scope", scope)
+        .finish();
+    let response = reqwest::Client::new()
+        .post(envoy.url("/quay-authz/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("the exchange through Envoy");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// Exchanges `subject` for `scope` through `envoy` and checks the answer is RFC 8693's for a
+/// bridge token of `shared`'s bridge whose scope is `issued` (`scope` in Quay's notation): the
+/// token.
+async fn exchanged_through(
+    shared: &SharedQuay,
+    envoy: &Envoy,
+    subject: &str,
+    scope: &str,
+    issued: &str,
+) -> String {
+    let (status, mut body) = exchange_through(envoy, subject, scope).await;
+    let token = body["access_token"].take();
+    assert_eq!(status, 200, "{body}\n{}", envoy.log());
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert_eq!(
+        body["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token",
+        "{body}"
+    );
+    assert_eq!(body["scope"], issued, "{body}");
+    let token = token.as_str().expect("an access_token").to_string();
+    let claims = jwt_segment(&token, 1);
+    assert_eq!(claims["iss"], shared.bridge_issuer().as_str(), "{claims}");
+    assert_eq!(claims["aud"], common::quay::BRIDGE_AUDIENCE, "{claims}");
+    assert_eq!(claims["scope"], issued, "{claims}");
+    token
+}
+
+/// `quay-authz tokens …` (the CLI, as an operator runs it) against `service`'s admin API;
+/// panics unless it exits 0. Its stdout.
+fn tokens_cli(service: &TestService, args: &[&str]) -> String {
+    let admin = service.running.admin_addr.to_string();
+    let mut argv = vec!["tokens", "--admin", admin.as_str()];
+    argv.extend_from_slice(args);
+    let (code, stdout, stderr) = common::cli::quay_authz(&argv, &[]);
+    assert_eq!(code, 0, "quay-authz {argv:?}: {stdout}{stderr}");
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanged_token_reaches_quay_within_its_scope_never_beyond_and_not_once_revoked() {
+    let Some(bin) = require_envoy() else { return };
+    let Some(shared) = SharedQuay::get() else {
+        return;
+    };
+    let quay = &shared.quay;
+    let bridge = start_bridge(shared).await;
+    let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "13");
+    let envoy = bridge_envoy(&bin, shared, service, None).await;
+    let user = github_user(owner_id, repo_id);
+    let subject = github_token(&shared.issuer, owner_id, repo_id);
+
+    // Exchanged through the deploy Envoy for `user:read` alone, where the policy also grants
+    // write on `{user}/app` and `{user}/lib`.
+    let token = exchanged_through(shared, &envoy, &subject, "user:read", "user:read").await;
+    let jti = jwt_segment(&token, 1)["jti"]
+        .as_str()
+        .expect("a jti")
+        .to_string();
+
+    // Within its scope: allowed, and Quay, receiving the exchanged token itself (a bridge
+    // token), answers as the bridge's user — through Envoy and straight at Quay alike.
+    let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
+    assert_eq!(status, 200, "{body}\n{}", quay.log_tail());
+    assert_eq!(body["username"], user.as_str(), "{body}");
+    assert_eq!(quay_user(quay, &token).await, (200, json!(user)));
+
+    // Beyond its scope, within the policy (the subject token itself passes): a read and a
+    // write of `{user}/app` are refused by quay-authz and never reach Quay.
+    let app = format!("/api/v1/repository/{user}/app");
+    let (status, body) = bearer_get(envoy.url(&app), &subject).await;
+    assert!(body.get("reason").is_none(), "{status}: {body}");
+    let denied_marker = unique("xdenied");
+    let app = format!("{app}?m={denied_marker}");
+    let (status, body) = bearer_get(envoy.url(&app), &token).await;
+    assert_eq!(status, 403, "{body}\n{}", envoy.log());
+    assert_eq!(body["reason"], "insufficient_scope", "{body}");
+    let (status, body) = bearer_send(
+        reqwest::Method::PUT,
+        envoy.url(&app),
+        &token,
+        &json!({"description": "written with a user:read token"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}\n{}", envoy.log());
+    assert_eq!(body["reason"], "insufficient_scope", "{body}");
+    assert_quay_never_saw(quay, &envoy, &token, &denied_marker).await;
+
+    // Revoked with the operator's CLI against this quay-authz's admin API: the next call
+    // through Envoy is 401 token_revoked (and never reaches Quay); the IdP token is unaffected.
+    let listed = tokens_cli(service, &["list", "--json"]);
+    assert!(listed.contains(&jti), "{listed}");
+    assert!(!listed.contains(&token), "tokens list printed the token");
+    tokens_cli(service, &["revoke", "--jti", &jti]);
+    let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &token).await;
+    assert_eq!(status, 401, "{body}\n{}", envoy.log());
+    assert_eq!(body["reason"], "token_revoked", "{body}");
+    let (status, body) = bearer_get(envoy.url("/api/v1/user/"), &subject).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// `skopeo inspect` of `docker://{reference}` with `--creds`.
+fn skopeo_inspect(reference: &str, creds: &str) -> std::process::Output {
+    std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--creds", creds])
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("run skopeo (Debian's skopeo: scripts/setup.sh installs it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanged_token_as_docker_login_pushes_only_within_its_scope() {
+    let Some(bin) = require_envoy() else { return };
+    let Some(shared) = SharedQuay::get() else {
+        return;
+    };
+    let quay = &shared.quay;
+    let bridge = start_bridge(shared).await;
+    let (service, owner_id, repo_id) = (&bridge.service, &bridge.owner_id, "21");
+    // On the port Quay's SERVER_HOSTNAME names: the /v2/ challenge sends skopeo to this Envoy.
+    let envoy = bridge_envoy(&bin, shared, service, Some(shared.envoy_port)).await;
+    let registry = format!("127.0.0.1:{}", shared.envoy_port);
+    let namespace = github_user(owner_id, repo_id);
+    let subject = github_token(&shared.issuer, owner_id, repo_id);
+    let image = tempfile::tempdir().expect("a directory for the image");
+    make_oci(&common::quay::quay_dir(), image.path());
+
+    // What a CI job does: exchange its OIDC token for one repository (the policy grants two),
+    // then `docker login -u oauth2 -p "$TOKEN"`, as skopeo does it.
+    let scope = format!("repository:{namespace}/app:pull,push");
+    let issued = format!("repo:read on {namespace}/app repo:write on {namespace}/app");
+    let token = exchanged_through(shared, &envoy, &subject, &scope, &issued).await;
+    let creds = format!("oauth2:{token}");
+    let app = format!("{registry}/{namespace}/app:latest");
+    let pushed = skopeo_copy(image.path(), &app, &creds);
+    assert!(
+        pushed.status.success(),
+        "push to {namespace}/app: {}\n{}",
+        String::from_utf8_lossy(&pushed.stderr),
+        quay.log_tail()
+    );
+    let inspected = skopeo_inspect(&app, &creds);
+    assert!(
+        inspected.status.success(),
+        "inspect {namespace}/app: {}\n{}",
+        String::from_utf8_lossy(&inspected.stderr),
+        quay.log_tail()
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&inspected.stdout).expect("skopeo inspect's JSON");
+    assert_eq!(
+        manifest["Name"],
+        format!("{registry}/{namespace}/app"),
+        "{manifest}"
+    );
+
+    // `{namespace}/lib`: the policy grants the push, the token's scope does not.
+    let refused = skopeo_copy(
+        image.path(),
+        &format!("{registry}/{namespace}/lib:latest"),
+        &creds,
+    );
+    assert!(
+        !refused.status.success(),
+        "pushed outside the token's scope"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("unauthorized"), "{stderr}");
+    // Quay has the one repository and not the other (asked with the subject token, whose
+    // policy reads both), and never issued a registry token for the other: its /v2/auth
+    // never received that scope.
+    let marker = unique("xlib");
+    let repository =
+        |name: &str| envoy.url(&format!("/api/v1/repository/{namespace}/{name}?m={marker}"));
+    let (status, body) = bearer_get(repository("app"), &subject).await;
+    assert_eq!(status, 200, "{body}\n{}", quay.log_tail());
+    let (status, body) = bearer_get(repository("lib"), &subject).await;
+    assert_eq!(status, 404, "{namespace}/lib exists: {body}");
+    assert!(body.get("reason").is_none(), "denied by quay-authz: {body}");
+    let log = quay_logged(quay, &format!("{namespace}/lib?m={marker}")).await;
+    let lib_auth: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("/v2/auth") && line.contains(&format!("{namespace}%2Flib")))
+        .collect();
+    assert!(lib_auth.is_empty(), "Quay received the scope: {lib_auth:?}");
 }

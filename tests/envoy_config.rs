@@ -302,7 +302,8 @@ fn closed_port() -> u16 {
 }
 
 /// The identity bridge's discovery document and JWKS are public documents Quay fetches through
-/// the edge: their two exact paths (GET) reach quay-authz's HTTP port without a Check — even
+/// the edge: their two exact paths (GET), and the token exchange's (POST), reach quay-authz's
+/// HTTP port without a Check — even
 /// with the authz gRPC service down — while every other path, near misses included, is still
 /// checked (fails closed here) and nothing reaches quay-authz's HTTP port.
 #[tokio::test]
@@ -340,6 +341,18 @@ async fn bridge_discovery_and_jwks_skip_the_check_and_nothing_else_does() {
         let served = bridge.last_request().expect("the bridge saw the request");
         assert_eq!(served.path, path);
     }
+    // Token exchange: POST on its exact path, rewritten to the endpoint's own path.
+    let response = client
+        .post(envoy.url("/quay-authz/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=x")
+        .send()
+        .await
+        .expect("POST through Envoy");
+    assert_eq!(response.status(), 200, "{}", envoy.log());
+    let served = bridge.last_request().expect("the bridge saw the exchange");
+    assert_eq!(served.path, "/oauth2/token");
+    assert_eq!(served.method, "POST");
     let served = bridge.requests().len();
 
     for (method, path) in [
@@ -347,6 +360,10 @@ async fn bridge_discovery_and_jwks_skip_the_check_and_nothing_else_does() {
             reqwest::Method::POST,
             "/quay-authz/.well-known/openid-configuration",
         ),
+        (reqwest::Method::GET, "/quay-authz/oauth2/token"),
+        (reqwest::Method::POST, "/quay-authz/oauth2/token/x"),
+        (reqwest::Method::POST, "/quay-authz/oauth2/tokens"),
+        (reqwest::Method::POST, "/oauth2/token"),
         (reqwest::Method::GET, "/quay-authz/.well-known/"),
         (reqwest::Method::GET, "/quay-authz/metrics"),
         (reqwest::Method::GET, "/quay-authz/.well-known/jwks.json/x"),

@@ -5,13 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cli::quay_authz;
 use common::issuer::*;
+use common::log_capture::{captured_events, captured_text};
+use common::serve::ServeProcess;
 use common::service::*;
 use quay_authz::check::audit::AllowSampler;
 use quay_authz::config::env;
@@ -266,46 +266,9 @@ fn git_head() -> Option<String> {
 
 // === Audit log ===
 
-/// Every event this test process writes, as JSON lines (the binary's `--log-format json`
-/// layout: fields flattened into the event).
-fn captured_events() -> &'static Arc<Mutex<Vec<u8>>> {
-    static CAPTURE: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let sink = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || CaptureWriter(sink.clone()))
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        buffer
-    })
-}
-
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for CaptureWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Audit events (target `audit`) whose request id starts with `prefix`.
 fn audit_events(prefix: &str) -> Vec<Value> {
-    let text =
-        String::from_utf8_lossy(&captured_events().lock().unwrap_or_else(|p| p.into_inner()))
-            .into_owned();
-    audit_events_in(&text, prefix)
+    audit_events_in(&captured_text(), prefix)
 }
 
 fn audit_events_in(text: &str, prefix: &str) -> Vec<Value> {
@@ -379,9 +342,7 @@ async fn audit_events_carry_the_decision_facts_and_never_the_token() {
     }
     assert!(deny["detail"].as_str().is_some_and(|d| !d.is_empty()));
     assert!(deny["latency_us"].is_u64(), "{deny}");
-    let everything =
-        String::from_utf8_lossy(&captured_events().lock().unwrap_or_else(|p| p.into_inner()))
-            .into_owned();
+    let everything = captured_text();
     // No part of the token: not its header, payload or signature.
     for part in token.split('.') {
         assert!(!everything.contains(part), "a token part reached the log");
@@ -730,8 +691,7 @@ fn config_for_schema() -> String {
 
 /// The real binary, serving; its stderr (JSON logs) collected line by line.
 struct Server {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    process: ServeProcess,
     grpc: String,
     http: String,
     _dir: tempfile::TempDir,
@@ -747,26 +707,9 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quay-authz"))
-            .args(["--log-format", format, "serve", "--config"])
-            .arg(&path)
-            .env("QUAY_AUTHZ_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start quay-authz");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-            }
-        });
+        let process = ServeProcess::spawn(&path, format);
         let mut server = Server {
-            child,
-            log,
+            process,
             grpc: String::new(),
             http: String::new(),
             _dir: dir,
@@ -800,7 +743,7 @@ impl Server {
                 server.grpc = field("grpc_addr");
                 server.http = field("http_addr");
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Ok(Some(status)) = server.process.child.try_wait() {
                 panic!("quay-authz exited ({status}): {:#?}", server.lines());
             }
             assert!(
@@ -814,18 +757,15 @@ impl Server {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.process.lines()
     }
 
     fn events(&self) -> Vec<Value> {
-        self.lines()
-            .iter()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
+        self.process.events()
     }
 
     fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        let pid = libc::pid_t::try_from(self.process.child.id()).expect("pid");
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill");
     }
@@ -834,7 +774,7 @@ impl Server {
     fn wait_exit(&mut self) -> i32 {
         let started = Instant::now();
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.child.try_wait() {
                 return status.code().unwrap_or(-1);
             }
             assert!(
@@ -844,13 +784,6 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

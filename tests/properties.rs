@@ -86,6 +86,7 @@ fn identity(repository: &str) -> Identity {
         claims: claims.as_object().cloned().unwrap_or_default(),
         expires_at: u64::MAX,
         bridge_subject: None,
+        exchanged: None,
     }
 }
 

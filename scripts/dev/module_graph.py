@@ -9,8 +9,8 @@ A module is a top-level item of the library (`src/<name>.rs` or `src/<name>/`), 
 submodules in OWN_NODES (`config::raw`); an edge A -> B means some file of A names `crate::B`
 (in a `use`, a path, or a `pub use`). Besides cycles it checks the layout's promises (ONLY,
 FORBIDDEN): `model` and `config::raw` import nothing of ours, `policy` sees only those two,
-`authn` knows no rules, `route` no identity or policy, `check` never calls `server`, and
-nothing but `dev` itself reaches `dev`. Tests
+`authn` knows no rules, `route` no identity or policy, `check` never calls `server`,
+nothing but `dev` itself reaches `dev`, and only `server` and `cli` reach `exchange`. Tests
 (`#[cfg(test)] mod tests { … }` blocks) are left out: a test may reach anywhere. Comments and
 string literals are stripped first, so prose that mentions `crate::x` is no edge.
 
@@ -233,6 +233,11 @@ def broken_promises(edges):
     for name in sorted(edges):
         if name not in ("dev", "cli") and "dev" in edges[name]:
             out.append(f"{name} imports dev: the serving path must not reach development tooling")
+    # Token exchange is an endpoint: `server` serves it (and `cli` may drive it); no layer
+    # of the Check reaches it.
+    for name in sorted(edges):
+        if name not in ("exchange", "server", "cli", "dev") and "exchange" in edges[name]:
+            out.append(f"{name} imports exchange: only server (and cli) may")
     return out
 
 

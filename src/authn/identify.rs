@@ -373,6 +373,28 @@ pub fn check_claims(
         ));
     }
 
+    identity_from_claims(claims, matched, iss, exp)
+}
+
+/// The identity a token's claims describe, with the issuer's settings in force: the tenant
+/// bound by `iss`, `required_claims`, the username chain, client, groups. The time and
+/// audience checks are the caller's: [`check_claims`] for a token presented now; an exchanged
+/// token re-runs this on the source token's claims it embeds (their `exp` and `aud` were
+/// checked at the exchange and may have passed since), so today's rules judge the holder.
+pub fn identity_from_claims(
+    claims: Map<String, Value>,
+    matched: IssuerMatch<'_>,
+    iss: &str,
+    expires_at: u64,
+) -> Result<Identity, IdentifyError> {
+    let issuer = matched.issuer;
+    // RFC 7519 §4.1.3: a string or an array of strings (`check_claims` refused other shapes).
+    let audiences: Vec<String> = claims
+        .get("aud")
+        .map_or(&[][..], values)
+        .iter()
+        .filter_map(|item| item.as_str().map(str::to_string))
+        .collect();
     // Entra: the tenant in `iss` must be the token's `tid`, or a token minted by one tenant
     // could be presented as another's.
     if let Some(tenant) = matched.tenant {
@@ -447,8 +469,9 @@ pub fn check_claims(
         audiences,
         groups,
         claims,
-        expires_at: exp,
+        expires_at,
         bridge_subject: None,
+        exchanged: None,
     })
 }
 

@@ -543,6 +543,7 @@ mod tests {
             claims: Default::default(),
             expires_at: 1_000,
             bridge_subject: None,
+            exchanged: None,
         })
     }
 

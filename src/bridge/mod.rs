@@ -16,8 +16,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashmap::DashMap;
 
-use crate::config::IssuerConfig;
 use crate::config::bridge::BridgeSettings;
+use crate::config::{IssuerConfig, SigningAlgorithm};
+use crate::jwks::VerificationKey;
 use crate::metrics::Metrics;
 use crate::model::decision::Reason;
 use crate::model::identity::Identity;
@@ -59,6 +60,9 @@ pub struct Bridge {
     /// the cache hit itself.
     hits: prometheus::IntCounter,
     misses: prometheus::IntCounter,
+    /// The public halves of the signing keys as verification keys, for exchanged tokens
+    /// coming back on a Check; rebuilt when the key set's generation changes.
+    verifying: arc_swap::ArcSwapOption<(u64, Vec<Arc<VerificationKey>>)>,
 }
 
 impl Bridge {
@@ -69,6 +73,7 @@ impl Bridge {
             hits: metrics.bridge_mint_cache.with_label_values(&["hit"]),
             misses: metrics.bridge_mint_cache.with_label_values(&["miss"]),
             metrics,
+            verifying: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -153,48 +158,10 @@ impl Bridge {
         now: u64,
     ) -> Result<Minted, MintError> {
         let signing = keys.signing();
-        // Quay treats a bearer as a JWT only when `typ` is JWT or at+jwt, requires a `kid` it
-        // finds in the discovered JWKS, and accepts RS256 or RS384.
-        let header = serde_json::json!({"alg": "RS256", "kid": signing.kid, "typ": "JWT"});
         let expires_at = now + self.settings.token_lifetime_seconds;
-        let mut jti = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut jti).map_err(|_| unavailable("no randomness for a jti"))?;
-        let jti = URL_SAFE_NO_PAD.encode(jti);
-        let mut claims = serde_json::json!({
-            // `iss` must be in OIDC_ISSUERS / equal the discovered issuer; `aud` in
-            // OIDC_AUDIENCES ∪ {CLIENT_ID}; `azp`, when OIDC_ALLOWED_CLIENTS is set, in it.
-            "iss": self.settings.issuer,
-            "aud": self.settings.audience,
-            "azp": self.settings.audience,
-            // Quay finds its user by (login service, sub) and names a new one after
-            // `preferred_username` (cut at `@`, which the grammar check excludes).
-            "sub": principal.subject,
-            "preferred_username": principal.username,
-            // `iat` and `exp` are required; `nbf` is ignored by Quay but set for other readers.
-            "iat": now,
-            "nbf": now,
-            "exp": expires_at,
-            "jti": jti,
-            // Never `impersonated`: Quay refuses such a token.
-        });
-        if let (Some(email), Some(object)) = (&principal.email, claims.as_object_mut()) {
-            // Quay takes the email only when `email_verified` is true: claim it only when the
-            // caller's own IdP did.
-            let verified =
-                identity.claims.get("email_verified") == Some(&serde_json::Value::Bool(true));
-            object.insert("email".into(), email.clone().into());
-            object.insert("email_verified".into(), verified.into());
-        }
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = signing
-            .sign(signing_input.as_bytes())
-            .map_err(|_| unavailable("signing failed"))?;
-        let token: Arc<str> =
-            format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)).into();
+        let jti = new_jti()?;
+        let claims = self.claims(identity, principal, &jti, now, expires_at);
+        let token = sign(signing, claims)?;
         self.metrics
             .bridge_mints
             .with_label_values(&[&issuer.name])
@@ -221,6 +188,80 @@ impl Bridge {
             refresh_at: now + self.settings.token_lifetime_seconds * 8 / 10,
             expires_at,
         })
+    }
+
+    /// Signs a token for the token-exchange endpoint (README, "Token exchange"): a bridge
+    /// token like those minted for Quay inline (same header, keys and claims, so Quay accepts
+    /// it as it accepts them), valid `lifetime_seconds`, plus `scope` (the granted scopes,
+    /// RFC 8693 §2.2.1 / RFC 9068 §2.2.3 style) and the private claim `quay_authz`: the
+    /// source issuer and the source token's claims, so each Check re-runs today's policy for
+    /// the holder (who had the source token: nothing new is disclosed). Never cached: every
+    /// exchange is a new token with its own `jti`.
+    pub fn mint_exchanged(
+        &self,
+        identity: &Identity,
+        issuer: &IssuerConfig,
+        scope: &str,
+        lifetime_seconds: u64,
+        now: u64,
+    ) -> Result<ExchangedMint, MintError> {
+        let principal = Bridge::principal(identity, issuer)?;
+        let keys = self.settings.keys.current();
+        let expires_at = now + lifetime_seconds;
+        let jti = new_jti()?;
+        let mut claims = self.claims(identity, &principal, &jti, now, expires_at);
+        if let Some(object) = claims.as_object_mut() {
+            object.insert("scope".into(), scope.into());
+            object.insert(
+                EXCHANGE_CLAIM.into(),
+                serde_json::json!({"issuer": issuer.name, "claims": identity.claims}),
+            );
+        }
+        let token = sign(keys.signing(), claims)?;
+        Ok(ExchangedMint {
+            token,
+            jti,
+            principal,
+            issued_at: now,
+            expires_at,
+        })
+    }
+
+    /// The claims of a bridge token (QUAY-INTEGRATION.md §2).
+    fn claims(
+        &self,
+        identity: &Identity,
+        principal: &Principal,
+        jti: &str,
+        now: u64,
+        expires_at: u64,
+    ) -> serde_json::Value {
+        let mut claims = serde_json::json!({
+            // `iss` must be in OIDC_ISSUERS / equal the discovered issuer; `aud` in
+            // OIDC_AUDIENCES ∪ {CLIENT_ID}; `azp`, when OIDC_ALLOWED_CLIENTS is set, in it.
+            "iss": self.settings.issuer,
+            "aud": self.settings.audience,
+            "azp": self.settings.audience,
+            // Quay finds its user by (login service, sub) and names a new one after
+            // `preferred_username` (cut at `@`, which the grammar check excludes).
+            "sub": principal.subject,
+            "preferred_username": principal.username,
+            // `iat` and `exp` are required; `nbf` is ignored by Quay but set for other readers.
+            "iat": now,
+            "nbf": now,
+            "exp": expires_at,
+            "jti": jti,
+            // Never `impersonated`: Quay refuses such a token.
+        });
+        if let (Some(email), Some(object)) = (&principal.email, claims.as_object_mut()) {
+            // Quay takes the email only when `email_verified` is true: claim it only when the
+            // caller's own IdP did.
+            let verified =
+                identity.claims.get("email_verified") == Some(&serde_json::Value::Bool(true));
+            object.insert("email".into(), email.clone().into());
+            object.insert("email_verified".into(), verified.into());
+        }
+        claims
     }
 
     /// Keeps `minted` for reuse. Bounded: when full, expired entries go; if none has, the new
@@ -278,6 +319,32 @@ impl Bridge {
         self.settings.keys.current().jwks()
     }
 
+    /// The key that verifies an exchanged token signed here, by `kid` (RS256 only: what
+    /// [`sign`] uses). Every configured key verifies, so a token signed before a rotation
+    /// keeps working until it expires. The keys are the published JWKS, read by the same
+    /// parser as an IdP's (`jwks::parse_jwks`).
+    pub fn verification_key(&self, kid: Option<&str>) -> Option<Arc<VerificationKey>> {
+        let kid = kid?;
+        let keys = self.settings.keys.current();
+        let cached = self.verifying.load_full();
+        let verifying = match cached {
+            Some(cached) if cached.0 == keys.generation => cached,
+            _ => {
+                let parsed =
+                    crate::jwks::parse_jwks(keys.jwks().to_string().as_bytes(), usize::MAX)
+                        .unwrap_or_default();
+                let built = Arc::new((keys.generation, parsed));
+                self.verifying.store(Some(built.clone()));
+                built
+            }
+        };
+        verifying
+            .1
+            .iter()
+            .find(|key| key.key_id.as_deref() == Some(kid) && key.fits(SigningAlgorithm::RS256))
+            .cloned()
+    }
+
     /// Re-reads the key files (see `keys::SigningKeys::refresh`).
     pub fn refresh_keys(&self) -> Result<bool, keys::KeyError> {
         self.settings.keys.refresh()
@@ -302,6 +369,52 @@ fn render(
             reason: Reason::BridgeIdentityInvalid,
             detail: format!("issuer {}: {error}", issuer.name),
         })
+}
+
+/// The private claim of an exchanged token that names its source (see
+/// [`Bridge::mint_exchanged`]); an inline bridge token never has it.
+pub const EXCHANGE_CLAIM: &str = "quay_authz";
+
+/// A token signed by [`Bridge::mint_exchanged`], with what the lifecycle records of it.
+pub struct ExchangedMint {
+    pub token: Arc<str>,
+    pub jti: String,
+    pub principal: Principal,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for ExchangedMint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("ExchangedMint")
+            .field("jti", &self.jti)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fresh `jti`: 128 random bits, base64url.
+fn new_jti() -> Result<String, MintError> {
+    let mut jti = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut jti).map_err(|_| unavailable("no randomness for a jti"))?;
+    Ok(URL_SAFE_NO_PAD.encode(jti))
+}
+
+/// The compact JWS of `claims`, signed with `signing`.
+fn sign(signing: &keys::SigningKey, claims: serde_json::Value) -> Result<Arc<str>, MintError> {
+    // Quay treats a bearer as a JWT only when `typ` is JWT or at+jwt, requires a `kid` it
+    // finds in the discovered JWKS, and accepts RS256 or RS384.
+    let header = serde_json::json!({"alg": "RS256", "kid": signing.kid, "typ": "JWT"});
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let signature = signing
+        .sign(signing_input.as_bytes())
+        .map_err(|_| unavailable("signing failed"))?;
+    Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)).into())
 }
 
 fn unavailable(detail: &str) -> MintError {

@@ -10,6 +10,7 @@ use crate::check::pipeline::{PhaseObserver, Pipeline};
 use crate::check::respond::build_response;
 use crate::model::decision::{Decision, ScopeRewrite};
 use crate::model::identity::Identity;
+use crate::model::permission::format_scope_list;
 use crate::policy::PolicyOutcome;
 use crate::route::RouteOutcome;
 
@@ -181,6 +182,7 @@ impl PhaseObserver for Narrator {
     }
 
     fn identity(&mut self, result: Result<&Identity, &IdentifyError>) {
+        let result_identity = result.ok();
         let result = match result {
             Err(error) => format!("refused: {error}"),
             Ok(identity) => format!(
@@ -194,6 +196,24 @@ impl PhaseObserver for Narrator {
             ),
         };
         self.step("identity", result);
+        if let Some(Identity {
+            exchanged: Some(exchanged),
+            bridge_subject,
+            ..
+        }) = result_identity
+        {
+            self.step(
+                "exchanged",
+                format!(
+                    "a token of this service's token exchange (jti {}, principal {}), scope \
+                     [{}]: allowed only within it and today's policy; checked against the \
+                     revocation list",
+                    exchanged.jti,
+                    bridge_subject.as_deref().unwrap_or("-"),
+                    format_scope_list(&exchanged.scopes)
+                ),
+            );
+        }
     }
 
     fn policy(&mut self, outcome: &PolicyOutcome) {

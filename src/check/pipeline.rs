@@ -10,6 +10,7 @@ use std::time::Instant;
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use prometheus::{Histogram, IntCounter};
 
+use crate::authn::exchanged;
 use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
 use crate::authn::token_cache::{Cached, Candidate, TokenCache, TokenDigest};
@@ -22,10 +23,11 @@ use crate::jwks::{KeySource, KeyStore, VerificationKey};
 use crate::metrics::Metrics;
 use crate::model::clock::unix_now;
 use crate::model::decision::{Decision, Reason, ScopeRewrite, UpstreamCredential};
-use crate::model::identity::Identity;
-use crate::model::permission::Permission;
+use crate::model::identity::{ExchangedToken, Identity};
+use crate::model::permission::{Grant, Permission, intersect_grants};
 use crate::policy::{self, PolicyOutcome};
 use crate::route::{RouteOutcome, RouteTable, registry_token};
+use crate::store::TokenStore;
 
 /// What the phases of one decision report as they run, in order. `explain` is an observer (it
 /// turns the reports into its steps), so what it shows is the real run and never a second
@@ -68,6 +70,9 @@ pub struct Pipeline {
     decision_metrics: DecisionMetrics,
     /// The identity bridge (`bridge:`), which signs what `exchange` issuers hand to Quay.
     bridge: Option<Bridge>,
+    /// Token exchange's revocation list, consulted on every Check of an exchanged token
+    /// (`Service.token_store`, kept across reloads; a private memory store by default).
+    token_store: Arc<TokenStore>,
 }
 
 impl Pipeline {
@@ -94,7 +99,34 @@ impl Pipeline {
                 .as_ref()
                 .map(|settings| Bridge::new(settings, metrics.clone())),
             config,
+            token_store: Arc::new(TokenStore::Memory(Default::default())),
         }
+    }
+
+    /// The token store the running service owns (`Service::new` and `Service::apply` pass
+    /// it, so revocations outlive a reload); offline `explain` and the bench keep the private
+    /// memory store `new` made.
+    pub fn with_token_store(mut self, token_store: Arc<TokenStore>) -> Self {
+        self.token_store = token_store;
+        self
+    }
+
+    pub fn token_store(&self) -> &Arc<TokenStore> {
+        &self.token_store
+    }
+
+    /// Verifies a token presented to the token-exchange endpoint (`exchange`) exactly as a
+    /// Check verifies a bearer token (size limit, parse, issuer, keys, signature, claims,
+    /// the bridge principal): one implementation for both.
+    pub async fn identify_token(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Identity>, IdentifyError> {
+        self.identify(token, now, &mut Unobserved)
+            .await
+            .map(|(identity, _)| identity)
+            .map_err(|(error, _)| error)
     }
 
     /// Ready when every `required` issuer has keys in every key source.
@@ -228,6 +260,13 @@ impl Pipeline {
             }
         };
 
+        // An exchanged token: the revocation list, on every Check (never cached).
+        if let Some(exchanged) = &identity.exchanged
+            && let Err(denied) = self.check_revocation(&identity, exchanged, now).await
+        {
+            return denied;
+        }
+
         // Phase 4 — authorize: the policy's grants must cover every required permission.
         let Some(required) = required else {
             return Decision::Deny {
@@ -253,7 +292,9 @@ impl Pipeline {
                 // Only a token some rule grants something is remembered: valid tokens that
                 // grant nothing (any GitHub repository, any tenant of a multi-tenant app) must
                 // not take the slots of those that do.
-                if !outcome.grants.is_empty() {
+                if let Some(candidate) = candidate
+                    && !outcome.grants.is_empty()
+                {
                     let bytes = outcome_bytes(&outcome);
                     self.token_cache
                         .admit(candidate, outcome.clone(), bytes, now);
@@ -262,10 +303,28 @@ impl Pipeline {
             }
         };
         observer.policy(&outcome);
-        match outcome.authorize(&required) {
+        // An exchanged token gives only what both its `scope` and today's policy grant.
+        let in_token_scope = |permission: &Permission| {
+            identity.exchanged.as_ref().is_none_or(|exchanged| {
+                exchanged
+                    .scopes
+                    .iter()
+                    .any(|grant| grant.satisfies(permission))
+            })
+        };
+        let authorized = outcome.authorize(&required).and_then(|rules| {
+            match required
+                .iter()
+                .find(|permission| !in_token_scope(permission))
+            {
+                Some(missing) => Err(missing),
+                None => Ok(rules),
+            }
+        });
+        match authorized {
             Ok(rules) => {
                 let rules: Vec<String> = rules.into_iter().map(str::to_string).collect();
-                let mut upstream = match self.upstream_credential(&identity, &rules, now) {
+                let mut upstream = match self.upstream_credential(&identity, token, &rules, now) {
                     Ok(upstream) => upstream,
                     // Fail closed: Quay never receives a request whose credential could not
                     // be made.
@@ -294,41 +353,56 @@ impl Pipeline {
                         .map(|scope| registry_token::parse_scope(scope, host))
                         .collect();
                     registry_token::downscope(&requests, |permission| {
-                        outcome
-                            .grants
-                            .iter()
-                            .any(|(grant, _)| grant.satisfies(permission))
+                        in_token_scope(permission)
+                            && outcome
+                                .grants
+                                .iter()
+                                .any(|(grant, _)| grant.satisfies(permission))
                     })
                 });
+                let policy_grants: Vec<Grant> = outcome
+                    .grants
+                    .iter()
+                    .map(|(grant, _)| grant.clone())
+                    .collect();
+                let grants = match &identity.exchanged {
+                    Some(exchanged) => intersect_grants(Some(&exchanged.scopes), &policy_grants),
+                    None => policy_grants,
+                };
                 Decision::Allow {
                     upstream,
                     scopes,
                     required,
-                    grants: outcome
-                        .grants
-                        .iter()
-                        .map(|(grant, _)| grant.clone())
-                        .collect(),
+                    grants,
                     rules,
                     identity,
                 }
             }
             Err(missing) => Decision::Deny {
                 reason: Reason::InsufficientScope,
-                detail: format!("requires {missing}"),
+                detail: if identity.exchanged.is_some() && !in_token_scope(missing) {
+                    format!("requires {missing}, outside the exchanged token's scope")
+                } else {
+                    format!("requires {missing}")
+                },
                 required: Some(missing.clone()),
                 issuer: Some(identity.issuer.clone()),
             },
         }
     }
 
-    /// What Quay receives for an allowed request of `identity` (its issuer's `upstream`).
+    /// What Quay receives for an allowed request of `identity` (its issuer's `upstream`; an
+    /// exchanged token is itself a bridge token, so Quay receives it as it is).
     fn upstream_credential(
         &self,
         identity: &Identity,
+        token: &str,
         rules: &[String],
         now: u64,
     ) -> Result<UpstreamCredential, MintError> {
+        if identity.exchanged.is_some() {
+            return Ok(UpstreamCredential::Bearer(token.into()));
+        }
         let Some(issuer) = self.config.issuer(&identity.issuer) else {
             return Ok(UpstreamCredential::Forward);
         };
@@ -394,8 +468,12 @@ impl Pipeline {
         }
         let (identity, key, valid_until) = self.verify(token, now, observer).await?;
         let identity = Arc::new(identity);
+        if identity.exchanged.is_some() {
+            // Never cached: its revocation and the bridge keys are checked on every Check.
+            return Ok((identity, Admission::Verified(None)));
+        }
         let candidate = Candidate::new(digest, identity.clone(), &key, valid_until);
-        Ok((identity, Admission::Verified(candidate)))
+        Ok((identity, Admission::Verified(Some(candidate))))
     }
 
     /// Full verification; also returns the key that verified the token and until when the
@@ -410,6 +488,20 @@ impl Pipeline {
         let parsed = identify::parse_token(token, self.config.max_token_bytes);
         observer.token(parsed.as_ref());
         let parsed = parsed.map_err(|e| (e, None))?;
+        if let Some(bridge) = &self.bridge
+            && parsed.iss == bridge.settings().issuer
+        {
+            return exchanged::verify(&self.config, bridge, parsed, now, |matched| {
+                observer.issuer(matched)
+            })
+            .map_err(|error| {
+                // Named after the bridge until the source issuer is known: always a deny.
+                let issuer = error
+                    .issuer
+                    .unwrap_or_else(|| EXCHANGED_TOKEN_ISSUER.to_string());
+                (error.error, Some(issuer))
+            });
+        }
         let matched = identify::match_issuer(&self.config, &parsed.iss);
         observer.issuer(matched.as_ref());
         let Some(matched) = matched else {
@@ -486,6 +578,35 @@ impl Pipeline {
             .expires_at
             .saturating_add(matched.issuer.leeway_seconds);
         Ok((identity, key, valid_until))
+    }
+
+    /// The revocation list for an exchanged token: consulted on every Check, never cached;
+    /// a store that cannot answer fails closed.
+    async fn check_revocation(
+        &self,
+        identity: &Identity,
+        exchanged: &ExchangedToken,
+        now: u64,
+    ) -> Result<(), Decision> {
+        let principal = identity.bridge_subject.as_deref().unwrap_or_default();
+        let deny = |reason: Reason, detail: String| Decision::Deny {
+            reason,
+            detail,
+            required: None,
+            issuer: Some(identity.issuer.clone()),
+        };
+        match self
+            .token_store
+            .is_revoked(&exchanged.jti, principal, exchanged.issued_at, now)
+            .await
+        {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(deny(
+                Reason::TokenRevoked,
+                format!("exchanged token {} was revoked", exchanged.jti),
+            )),
+            Err(error) => Err(deny(error.reason(), error.to_string())),
+        }
     }
 
     fn record(&self, facts: &RequestFacts<'_>, decision: &Decision, elapsed: std::time::Duration) {
@@ -624,8 +745,9 @@ impl DecisionMetrics {
 enum Admission {
     /// A cache hit: what policy granted the identity when it was admitted.
     Cached(Arc<PolicyOutcome>),
-    /// Verified now: policy runs, and the cache takes the token if it grants something.
-    Verified(Candidate),
+    /// Verified now: policy runs, and the cache takes the token if it grants something (and
+    /// may hold it at all: an exchanged token comes without a `Candidate`).
+    Verified(Option<Candidate>),
 }
 
 /// Estimated heap bytes of a policy outcome kept in the verified-token cache (its share of
@@ -664,6 +786,10 @@ impl std::fmt::Display for DisplayList<'_> {
         Ok(())
     }
 }
+
+/// The issuer named in denies of a token of our own issuer before its source issuer is known
+/// (metrics label, audit field).
+pub const EXCHANGED_TOKEN_ISSUER: &str = "exchanged-token";
 
 fn deny(reason: Reason, detail: &str, required: Option<Permission>) -> Decision {
     Decision::Deny {

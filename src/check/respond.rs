@@ -409,6 +409,7 @@ mod tests {
             claims: Default::default(),
             expires_at: 0,
             bridge_subject: None,
+            exchanged: None,
         };
         let decision = Decision::Allow {
             identity: std::sync::Arc::new(identity),
@@ -459,6 +460,7 @@ mod tests {
             claims: Default::default(),
             expires_at: 0,
             bridge_subject: None,
+            exchanged: None,
         })
     }
 

@@ -15,7 +15,6 @@ use quay_authz::config::Config;
 use quay_authz::jwks::KeyStore;
 use quay_authz::metrics::Metrics;
 use quay_authz::server::admin::proto::ExplainRequest;
-use quay_authz::server::admin::proto::admin_client::AdminClient;
 
 #[derive(Args)]
 pub struct ExplainArgs {
@@ -145,14 +144,7 @@ async fn explain_remote(
     token: Option<String>,
     body: Option<String>,
 ) -> anyhow::Result<Explanation> {
-    let address = if server.contains("://") {
-        server.to_string()
-    } else {
-        format!("http://{server}")
-    };
-    let mut client = AdminClient::connect(address.clone())
-        .await
-        .with_context(|| format!("connecting to the admin API at {address}"))?;
+    let mut client = super::admin_client(server).await?;
     let response = client
         .explain(ExplainRequest {
             method,

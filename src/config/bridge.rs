@@ -47,6 +47,8 @@ pub struct ExchangeSettings {
 pub enum StoreLocation {
     /// In this process: right for one replica.
     Memory,
+    /// A Redis server shared by every replica (`redis://`, `rediss://` for TLS).
+    Redis(RedisLocation),
 }
 
 impl StoreLocation {
@@ -54,6 +56,7 @@ impl StoreLocation {
     pub fn describe(&self) -> String {
         match self {
             Self::Memory => "memory".into(),
+            Self::Redis(location) => location.describe().to_string(),
         }
     }
 }
@@ -61,6 +64,72 @@ impl StoreLocation {
 impl std::fmt::Debug for StoreLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.describe())
+    }
+}
+
+/// A `redis://` or `rediss://` URL that the client crate's own parser accepted at load, so
+/// opening the store later cannot fail on it. The URL may carry a password (from the file or
+/// `QUAY_AUTHZ_BRIDGE_STORE`): only `describe()` is ever shown, in logs, `/readyz` and errors.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisLocation {
+    url: String,
+    shown: String,
+}
+
+impl RedisLocation {
+    /// Parses `text` with the `redis` crate; the error says what is wrong without repeating
+    /// the text (it may hold a password).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const EXPECTED: &str = "expected `memory` or `redis://[:PASSWORD@]HOST[:PORT][/DB]` \
+                                (`rediss://` for TLS)";
+        let scheme = match text.split_once("://") {
+            Some(("redis", _)) => "redis",
+            Some(("rediss", _)) => "rediss",
+            _ => return Err(EXPECTED.into()),
+        };
+        let client = redis::Client::open(text).map_err(|error| {
+            // The crate's message names the part that is wrong, never the value.
+            format!("{EXPECTED}: not a usable Redis URL ({:?})", error.kind())
+        })?;
+        let info = client.get_connection_info();
+        let (host, port) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => (host, *port),
+            redis::ConnectionAddr::TcpTls { host, port, .. } => (host, *port),
+            _ => return Err(EXPECTED.into()),
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        let credentials = if info.redis_settings().password().is_some() {
+            " (password set)"
+        } else {
+            ""
+        };
+        Ok(Self {
+            url: text.to_string(),
+            shown: format!(
+                "{scheme}://{host}:{port}/{}{credentials}",
+                info.redis_settings().db()
+            ),
+        })
+    }
+
+    /// The URL to connect to: for the store alone, never to be logged.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `redis://host:6379/0`, with ` (password set)` when there is one: what may be shown.
+    pub fn describe(&self) -> &str {
+        &self.shown
+    }
+}
+
+impl std::fmt::Debug for RedisLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
     }
 }
 
@@ -194,8 +263,13 @@ fn build_store(text: &str, issues: &mut Issues<'_>) -> Option<StoreLocation> {
         return Some(StoreLocation::Memory);
     }
     // The value is not echoed: a mistyped URL may still carry a password.
-    issues.push("bridge.store", "expected `memory`");
-    None
+    match RedisLocation::parse(text) {
+        Ok(location) => Some(StoreLocation::Redis(location)),
+        Err(message) => {
+            issues.push("bridge.store", message);
+            None
+        }
+    }
 }
 
 /// The templates of an `exchange` issuer (defaults per preset), or issues when they cannot
@@ -267,6 +341,33 @@ pub(super) fn build_bridge_identity(
     })
 }
 
+/// `bridge.issuer` is quay-authz's own: its tokens are exchanged tokens, verified with the
+/// bridge's keys. A configured identity provider with the same `iss` would never be consulted,
+/// so the configuration says so instead of shadowing it.
+pub(super) fn check_own_issuer(
+    bridge: Option<&BridgeSettings>,
+    issuers: &[IssuerConfig],
+    issues: &mut Issues<'_>,
+) {
+    let Some(bridge) = bridge else { return };
+    for (index, issuer) in issuers.iter().enumerate() {
+        if issuer
+            .issuer_strings
+            .iter()
+            .any(|string| string.iss == bridge.issuer)
+        {
+            issues.push(
+                format!("issuers[{index}]"),
+                format!(
+                    "issuer {:?} has the iss of bridge.issuer, quay-authz's own tokens: give the \
+                     bridge an issuer URL of its own",
+                    issuer.name
+                ),
+            );
+        }
+    }
+}
+
 /// All `exchange` issuers sign into one Quay login provider, where a user is its `sub`: two
 /// issuers must never render the same one. Each subject's literal prefix must not be a prefix
 /// of another's (values cannot spell a separator, `bridge::template`), so their subjects differ.
@@ -297,6 +398,7 @@ pub(super) fn check_subject_prefixes(issuers: &[IssuerConfig], issues: &mut Issu
 
 #[cfg(test)]
 mod tests {
+    use super::StoreLocation;
     use crate::config::Config;
 
     fn key_file(dir: &std::path::Path) -> String {
@@ -355,6 +457,54 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_store_is_accepted_and_never_shows_its_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = key_file(dir.path());
+        let with_store = |store: &str| {
+            format!(
+                "bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}], store: \"{store}\"}}\n"
+            )
+        };
+        let config = parse(
+            &with_store("redis://:s3cret-pw@redis.example.com:6380/2"),
+            GITHUB,
+        )
+        .unwrap();
+        let store = &config.bridge.as_ref().unwrap().store;
+        let StoreLocation::Redis(location) = store else {
+            panic!("{store:?}");
+        };
+        assert_eq!(
+            location.url(),
+            "redis://:s3cret-pw@redis.example.com:6380/2"
+        );
+        assert_eq!(
+            store.describe(),
+            "redis://redis.example.com:6380/2 (password set)"
+        );
+        assert!(!format!("{store:?} {config:?}").contains("s3cret-pw"));
+        let tls = parse(&with_store("rediss://redis.example.com"), GITHUB).unwrap();
+        assert_eq!(
+            tls.bridge.as_ref().unwrap().store.describe(),
+            "rediss://redis.example.com:6379/0"
+        );
+
+        // Refused with the field named and the value never repeated.
+        for text in [
+            "redis://:s3cret-pw@",
+            "redis://:s3cret-pw@host:notaport/0",
+            "redis://:s3cret-pw@host:6379/notadb",
+            "http://:s3cret-pw@host:6379",
+            "unix:///run/s3cret-pw.sock",
+            "memroy",
+        ] {
+            let error = parse(&with_store(text), GITHUB).expect_err(text);
+            assert!(error.contains("bridge.store"), "{text}: {error}");
+            assert!(!error.contains("s3cret-pw"), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn bridge_mistakes_are_refused_with_their_field() {
         let dir = tempfile::tempdir().unwrap();
         let key = key_file(dir.path());
@@ -375,6 +525,16 @@ mod tests {
             let error = parse(&bridge, &issuers).expect_err(field);
             assert!(error.contains(field), "{field}: {error}");
         }
+        // An identity provider with the bridge's own iss would be shadowed by it.
+        let error = parse(
+            &format!("bridge: {{issuer: \"https://authz.example.com\", audience: a, signing_keys: [{key}]}}\n"),
+            "  - {name: a, issuer: \"https://authz.example.com\", audiences: [x]}\n",
+        )
+        .expect_err("own iss");
+        assert!(
+            error.contains("issuers[0]") && error.contains("bridge.issuer"),
+            "{error}"
+        );
         // Distinct literal prefixes make two oidc issuers fine.
         let bridge =
             format!("bridge: {{issuer: \"https://x\", audience: a, signing_keys: [{key}]}}\n");

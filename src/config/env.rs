@@ -293,8 +293,9 @@ pub fn apply(document: &mut serde_yaml::Value, vars: &[(String, String)]) -> Out
     outcome
 }
 
-/// Settings whose value may hold a secret (`http://user:password@proxy:3128`).
-const SECRET_SETTINGS: [&str; 1] = ["jwks.proxy"];
+/// Settings whose value may hold a secret (`http://user:password@proxy:3128`,
+/// `redis://:password@redis:6379/0`).
+const SECRET_SETTINGS: [&str; 2] = ["jwks.proxy", "bridge.store"];
 
 /// The value as `check-config` and the start-up log may show it.
 fn shown_value(setting: &Setting, text: &str) -> String {
@@ -614,6 +615,17 @@ mod tests {
         let outcome = apply(&mut document, &vars);
         assert_eq!(document["jwks"]["proxy"].as_str(), Some(url));
         assert_eq!(outcome.applied[0].field, "jwks.proxy");
+        assert!(!outcome.applied[0].value.contains("hunter2"));
+    }
+
+    #[test]
+    fn a_redis_store_url_with_a_password_is_applied_but_not_shown() {
+        let mut document: serde_yaml::Value = serde_yaml::from_str("bridge: {}").expect("yaml");
+        let url = "redis://:hunter2@redis:6379/0";
+        let vars = vec![("QUAY_AUTHZ_BRIDGE_STORE".to_string(), url.to_string())];
+        let outcome = apply(&mut document, &vars);
+        assert_eq!(document["bridge"]["store"].as_str(), Some(url));
+        assert_eq!(outcome.applied[0].field, "bridge.store");
         assert!(!outcome.applied[0].value.contains("hunter2"));
     }
 }

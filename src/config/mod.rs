@@ -515,6 +515,7 @@ fn build(document: raw::Document, text: &str, origin: &str) -> Result<Config, Co
         }
     }
     check_issuer_uniqueness(&issuers, &mut issues);
+    bridge::check_own_issuer(bridge.as_ref(), &issuers, &mut issues);
     bridge::check_subject_prefixes(&issuers, &mut issues);
 
     let issuer_names: Vec<&str> = issuers.iter().map(|issuer| issuer.name.as_str()).collect();

@@ -465,6 +465,82 @@ pub fn is_repository_path(text: &str) -> bool {
     text.split('/').all(is_repository_segment)
 }
 
+/// Parses a scope list: the `scope` of a token-exchange request and of an exchanged token
+/// (RFC 8693 §2.1 and RFC 9068 §2.2.3: one string of space-separated items). Our grant
+/// notation has spaces (`repo:write on acme/*`), so the word `on` joins its two neighbours
+/// into one item: `repo:read on acme/app super:user repository:acme/lib:pull,push` is three
+/// items. Each item is a grant in either notation ([`Grant::parse`]).
+pub fn parse_scope_list(text: &str) -> Result<Vec<Grant>, GrantSyntaxError> {
+    let mut items: Vec<String> = Vec::new();
+    let mut words = text.split_ascii_whitespace();
+    while let Some(word) = words.next() {
+        if word == "on" {
+            let (Some(previous), Some(next)) = (items.last_mut(), words.next()) else {
+                return Err(GrantSyntaxError(
+                    "`on` must stand between a scope and a resource (`repo:read on acme/app`)"
+                        .into(),
+                ));
+            };
+            if next == "on" || previous.contains(" on ") {
+                return Err(GrantSyntaxError(format!(
+                    "{previous:?} is followed by a second `on`"
+                )));
+            }
+            previous.push_str(" on ");
+            previous.push_str(next);
+        } else {
+            items.push(word.to_string());
+        }
+    }
+    let mut grants: Vec<Grant> = Vec::new();
+    for item in &items {
+        for grant in Grant::parse(item)? {
+            if !grants.contains(&grant) {
+                grants.push(grant);
+            }
+        }
+    }
+    Ok(grants)
+}
+
+/// A scope list in the Quay notation, space-separated ([`parse_scope_list`] reads it back).
+pub fn format_scope_list(grants: &[Grant]) -> String {
+    grants
+        .iter()
+        .map(Grant::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a token exchange issues: for each requested grant, itself when some policy grant
+/// covers it, else each policy grant it covers (a request broader than the policy is
+/// narrowed to what the policy gives inside it). No request (`scope` absent): every policy
+/// grant. Duplicates are dropped; an empty result means nothing requested is granted.
+pub fn intersect_grants(requested: Option<&[Grant]>, policy: &[Grant]) -> Vec<Grant> {
+    let mut issued: Vec<Grant> = Vec::new();
+    let mut issue = |grant: &Grant| {
+        if !issued.contains(grant) {
+            issued.push(grant.clone());
+        }
+    };
+    match requested {
+        None => policy.iter().for_each(&mut issue),
+        Some(requested) => {
+            for wanted in requested {
+                if policy.iter().any(|held| held.covers(wanted)) {
+                    issue(wanted);
+                } else {
+                    policy
+                        .iter()
+                        .filter(|held| wanted.covers(held))
+                        .for_each(&mut issue);
+                }
+            }
+        }
+    }
+    issued
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -613,5 +689,71 @@ mod tests {
             Some("repository:acme/app:pull,push")
         );
         assert_eq!(Permission::global(QuayScope::UserRead).docker_scope(), None);
+    }
+
+    fn list(text: &str) -> Vec<Grant> {
+        parse_scope_list(text).unwrap_or_else(|error| panic!("{text}: {error}"))
+    }
+
+    #[test]
+    fn scope_lists_join_on_with_its_neighbours_and_read_back_what_they_format() {
+        let grants = list("repo:read on acme/app super:user repository:acme/lib:pull,push");
+        assert_eq!(
+            format_scope_list(&grants),
+            "repo:read on acme/app super:user repo:read on acme/lib repo:write on acme/lib"
+        );
+        assert_eq!(list(&format_scope_list(&grants)), grants);
+        // Extra spaces, duplicates: the same list.
+        assert_eq!(
+            list("  repo:read  on   acme/app repo:read on acme/app "),
+            list("repo:read on acme/app")
+        );
+        assert!(list("").is_empty());
+        for bad in [
+            "on acme/app",
+            "repo:read on",
+            "repo:read on on",
+            "repo:read on acme/app on acme/lib",
+            "repo:read acme/app",
+            "repo:fly on acme/app",
+        ] {
+            assert!(parse_scope_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exchange_issues_what_is_asked_within_the_policy_and_narrows_the_rest() {
+        let policy = list("repo:write on acme/* repo:read on tools/cli user:read");
+        let issued = |requested: Option<&str>| {
+            let requested = requested.map(list);
+            format_scope_list(&intersect_grants(requested.as_deref(), &policy))
+        };
+        // Covered: issued as asked (narrower than the policy).
+        assert_eq!(
+            issued(Some("repo:read on acme/app")),
+            "repo:read on acme/app"
+        );
+        // Broader than the policy: narrowed to the policy grants inside it.
+        assert_eq!(
+            issued(Some("repo:admin on */*")),
+            "repo:write on acme/* repo:read on tools/cli"
+        );
+        assert_eq!(
+            issued(Some("repo:write on tools/cli")),
+            "repo:read on tools/cli"
+        );
+        // Nothing of it granted.
+        assert_eq!(
+            issued(Some("repo:read on other/app org:admin on other")),
+            ""
+        );
+        // `super:user` covers everything: narrowed to the whole policy.
+        assert_eq!(issued(Some("super:user")), format_scope_list(&policy));
+        // Absent: every policy grant; duplicates dropped.
+        assert_eq!(issued(None), format_scope_list(&policy));
+        assert_eq!(
+            issued(Some("repo:read on acme/app repository:acme/app:pull")),
+            "repo:read on acme/app"
+        );
     }
 }

@@ -690,6 +690,7 @@ mod tests {
             claims: claims.as_object().cloned().unwrap_or_default(),
             expires_at: u64::MAX,
             bridge_subject: None,
+            exchanged: None,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod admin;
 mod bridge;
+mod exchange;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use crate::config::Config;
 use crate::config::bridge::StoreLocation;
 use crate::jwks::KeyStore;
 use crate::metrics::Metrics;
-use crate::store::TokenStore;
+use crate::store::{StoreHealth, TokenStore};
 
 /// Shared state of a running instance. The pipeline sits behind an ArcSwap so a reload can
 /// replace it without blocking Checks.
@@ -56,7 +57,8 @@ impl Service {
             tracing::warn!("{warning}");
         }
         let token_store = Arc::new(TokenStore::open(&store_location(&config)));
-        let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics.clone());
+        let pipeline = Pipeline::new(Arc::new(config), &key_store, metrics.clone())
+            .with_token_store(token_store.clone());
         Arc::new(Self {
             pipeline: ArcSwap::from_pointee(pipeline),
             key_store,
@@ -84,7 +86,8 @@ impl Service {
                 kept.join(", ")
             );
         }
-        let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone());
+        let pipeline = Pipeline::new(Arc::new(config), &self.key_store, self.metrics.clone())
+            .with_token_store(self.token_store.clone());
         self.pipeline.store(Arc::new(pipeline));
         self.key_store.prune(&self.pipeline.load().config);
         self.metrics
@@ -311,7 +314,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             .route("/metrics", get(metrics_handler))
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz_handler))
-            .fallback(get(bridge::documents))
+            .fallback(exchange::fallback)
             .with_state(service.clone());
         let mut stop_signal = stop_signal.clone();
         tokio::spawn(async move {
@@ -342,6 +345,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
     };
 
     let bridge_keys_task = tokio::spawn(bridge::watch_keys(service.clone(), stop_signal.clone()));
+    let token_store_task = tokio::spawn(watch_token_store(service.clone(), stop_signal.clone()));
 
     tracing::info!(%grpc_addr, %http_addr, %admin_addr, grpc = grpc_security, "quay-authz serving");
     Ok(RunningServer {
@@ -356,6 +360,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServeError> {
             admin_task,
             health_task,
             bridge_keys_task,
+            token_store_task,
         ],
     })
 }
@@ -393,6 +398,18 @@ where
 async fn metrics_handler(
     State(service): State<Arc<Service>>,
 ) -> ([(&'static str, &'static str); 1], String) {
+    // The live-token gauge is read from the store at scrape time too: revocations and
+    // expiries change it without an exchange.
+    if let Ok(live) = service
+        .token_store
+        .live_count(crate::model::clock::unix_now())
+        .await
+    {
+        service
+            .metrics
+            .exchanged_tokens_live
+            .set(i64::try_from(live).unwrap_or(i64::MAX));
+    }
     let pipeline = service.pipeline.load();
     let key_sets = pipeline.key_sources().filter_map(|(issuer, source)| {
         let key_set = source.current()?;
@@ -410,8 +427,12 @@ async fn metrics_handler(
 
 async fn readyz_handler(State(service): State<Arc<Service>>) -> (StatusCode, String) {
     let pipeline = service.pipeline.load();
+    // The token store is reported but never makes the instance unready: IdP tokens and inline
+    // bridge tokens do not need it, and only exchanged tokens fail closed without it
+    // (`revocation_unavailable`). Its state is the last ping's, so /readyz never waits on Redis.
+    let store = store_line(&service.token_store);
     if pipeline.ready() {
-        return (StatusCode::OK, "ready\n".into());
+        return (StatusCode::OK, format!("ready\n{store}"));
     }
     let mut waiting = String::from("not ready: waiting for keys of required issuers\n");
     for (issuer, source) in pipeline.key_sources() {
@@ -427,7 +448,44 @@ async fn readyz_handler(State(service): State<Arc<Service>>) -> (StatusCode, Str
             ));
         }
     }
+    waiting.push_str(&store);
     (StatusCode::SERVICE_UNAVAILABLE, waiting)
+}
+
+/// `token store: memory (answering)`, or `token store: redis at redis://HOST:PORT/DB (…)`
+/// (never its password) with whether it answers.
+fn store_line(store: &TokenStore) -> String {
+    let location = match store.kind() {
+        "memory" => "memory".to_string(),
+        kind => format!("{kind} at {}", store.location()),
+    };
+    match store.health() {
+        StoreHealth::Up => format!("token store: {location} (answering)\n"),
+        StoreHealth::Unknown => format!("token store: {location} (not checked yet)\n"),
+        StoreHealth::Down(detail) => format!(
+            "token store: {location} (not answering: {detail}; exchanged tokens are refused \
+             with revocation_unavailable, other tokens are unaffected)\n"
+        ),
+    }
+}
+
+/// How often the token store is pinged for `/readyz`, the `quay_authz_token_store_up` gauge
+/// and the log line when Redis goes away or comes back (logged once each, by the store).
+const STORE_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Pings a Redis token store until the stop signal; a memory store always answers.
+async fn watch_token_store(service: Arc<Service>, mut stop_signal: watch::Receiver<bool>) {
+    loop {
+        let up = service.token_store.ping().await.is_ok();
+        service.metrics.token_store_up.set(i64::from(up));
+        if service.token_store.kind() == "memory" || *stop_signal.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_PING_INTERVAL) => {}
+            _ = stop_signal.changed() => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The `memory` token store: one replica's live-token index, revocation list and mint
-//! counters. Expired entries are dropped as they are met and on every write, so the maps
-//! hold only what is still live.
+//! counters. Expired entries are dropped by a sweep at most once a second (on a write or a
+//! listing), so the maps hold only what is still live, and reads check expiry themselves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
@@ -16,6 +18,8 @@ pub struct MemoryStore {
     revoked_principals: DashMap<String, (u64, u64)>,
     /// Principal → (window start, mints in it).
     mints: DashMap<String, (u64, u64)>,
+    /// The second of the last sweep: a sweep walks every map, so not on every write.
+    swept_at: AtomicU64,
 }
 
 impl MemoryStore {
@@ -29,15 +33,26 @@ impl MemoryStore {
         let mut tokens: Vec<IssuedToken> = self
             .live
             .iter()
+            .filter(|entry| entry.expires_at > now)
             .map(|entry| entry.value().clone())
             .collect();
         tokens.sort_by(|a, b| (a.issued_at, &a.jti).cmp(&(b.issued_at, &b.jti)));
         tokens
     }
 
+    /// Live tokens at `now` (a read: prunes nothing).
+    pub fn live_count(&self, now: u64) -> u64 {
+        self.live
+            .iter()
+            .filter(|entry| entry.expires_at > now)
+            .count() as u64
+    }
+
     pub fn revoke(&self, jti: &str, now: u64) -> Option<IssuedToken> {
         self.prune(now);
-        let (_, token) = self.live.remove(jti)?;
+        let (_, token) = self
+            .live
+            .remove_if(jti, |_, token| token.expires_at > now)?;
         self.revoked.insert(token.jti.clone(), token.expires_at);
         Some(token)
     }
@@ -56,7 +71,9 @@ impl MemoryStore {
         let jtis: Vec<String> = self
             .live
             .iter()
-            .filter(|entry| entry.principal == principal && entry.issued_at <= now)
+            .filter(|entry| {
+                entry.principal == principal && entry.issued_at <= now && entry.expires_at > now
+            })
             .map(|entry| entry.key().clone())
             .collect();
         let mut revoked: Vec<IssuedToken> = jtis
@@ -93,8 +110,12 @@ impl MemoryStore {
         entry.1
     }
 
-    /// Drops what has expired: tokens, their revocation marks, principal marks, old windows.
+    /// Drops what has expired: tokens, their revocation marks, principal marks, old windows —
+    /// at most once per second.
     fn prune(&self, now: u64) {
+        if self.swept_at.swap(now, Ordering::Relaxed) == now {
+            return;
+        }
         self.live.retain(|_, token| token.expires_at > now);
         self.revoked.retain(|_, expires_at| *expires_at > now);
         self.revoked_principals.retain(|_, mark| mark.1 > now);
@@ -166,6 +187,7 @@ mod tests {
         store.revoke_principal("p2", 150, 60);
         store.count_mint("p1", 150);
         assert!(store.entries() > 0);
+        assert!(store.list(250).iter().all(|token| token.jti == "b"));
         // After every token and mark has expired, one write prunes all of it.
         store.record(&token("c", "p3", 400, 500), 400);
         assert_eq!(store.entries(), 1);

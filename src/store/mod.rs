@@ -10,6 +10,7 @@
 //! An enum rather than a trait object: two variants, async methods without boxing.
 
 pub mod memory;
+pub mod redis;
 
 use crate::config::bridge::StoreLocation;
 use crate::model::decision::Reason;
@@ -56,9 +57,25 @@ impl StoreError {
 /// The mint counter's window: one minute, aligned to the clock so replicas agree on it.
 pub const MINT_WINDOW_SECONDS: u64 = 60;
 
+/// Whether the store answered its last operation (`/readyz`, `quay_authz_token_store_up`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    /// Nothing asked yet.
+    Unknown,
+    Up,
+    /// The last operation failed: why (no URL or password).
+    Down(String),
+}
+
 /// The store of one running instance.
 pub enum TokenStore {
     Memory(memory::MemoryStore),
+    /// Boxed: its client, scripts and connection slot dwarf the other variants.
+    Redis(Box<self::redis::RedisStore>),
+    /// A Redis location the client crate refused after all (the configuration is validated
+    /// with the same parser, so only a configuration built another way gets here): every
+    /// operation fails closed, with this detail.
+    Broken(StoreError),
 }
 
 impl TokenStore {
@@ -68,6 +85,10 @@ impl TokenStore {
     pub fn open(location: &StoreLocation) -> Self {
         match location {
             StoreLocation::Memory => Self::Memory(memory::MemoryStore::default()),
+            StoreLocation::Redis(location) => match self::redis::RedisStore::new(location) {
+                Ok(store) => Self::Redis(Box::new(store)),
+                Err(error) => Self::Broken(error),
+            },
         }
     }
 
@@ -75,13 +96,44 @@ impl TokenStore {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Memory(_) => "memory",
+            Self::Redis(_) | Self::Broken(_) => "redis",
         }
     }
 
-    /// Whether the store answers now.
+    /// `memory`, or `redis://host:6379/0` (never a password): what `/readyz` and logs show.
+    pub fn location(&self) -> String {
+        match self {
+            Self::Memory(_) => "memory".into(),
+            Self::Redis(store) => store.location().to_string(),
+            Self::Broken(_) => "redis".into(),
+        }
+    }
+
+    /// Whether the store answers now (`PING` for Redis).
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Memory(_) => Ok(()),
+            Self::Redis(store) => store.ping().await,
+            Self::Broken(error) => Err(error.clone()),
+        }
+    }
+
+    /// The outcome of the last operation, without asking the store (cheap: for `/readyz`,
+    /// which must not wait on Redis).
+    pub fn health(&self) -> StoreHealth {
+        match self {
+            Self::Memory(_) => StoreHealth::Up,
+            Self::Redis(store) => store.health(),
+            Self::Broken(error) => StoreHealth::Down(error.detail.clone()),
+        }
+    }
+
+    /// Live (unexpired, unrevoked) tokens, for the live-tokens gauge.
+    pub async fn live_count(&self, now: u64) -> Result<u64, StoreError> {
+        match self {
+            Self::Memory(store) => Ok(store.live_count(now)),
+            Self::Redis(store) => store.live_count(now).await,
+            Self::Broken(error) => Err(error.clone()),
         }
     }
 
@@ -92,6 +144,8 @@ impl TokenStore {
                 store.record(token, now);
                 Ok(())
             }
+            Self::Redis(store) => store.record(token, now).await,
+            Self::Broken(error) => Err(error.clone()),
         }
     }
 
@@ -99,6 +153,8 @@ impl TokenStore {
     pub async fn list(&self, now: u64) -> Result<Vec<IssuedToken>, StoreError> {
         match self {
             Self::Memory(store) => Ok(store.list(now)),
+            Self::Redis(store) => store.list(now).await,
+            Self::Broken(error) => Err(error.clone()),
         }
     }
 
@@ -107,6 +163,8 @@ impl TokenStore {
     pub async fn revoke(&self, jti: &str, now: u64) -> Result<Option<IssuedToken>, StoreError> {
         match self {
             Self::Memory(store) => Ok(store.revoke(jti, now)),
+            Self::Redis(store) => store.revoke(jti, now).await,
+            Self::Broken(error) => Err(error.clone()),
         }
     }
 
@@ -121,6 +179,12 @@ impl TokenStore {
     ) -> Result<Vec<IssuedToken>, StoreError> {
         match self {
             Self::Memory(store) => Ok(store.revoke_principal(principal, now, max_lifetime_seconds)),
+            Self::Redis(store) => {
+                store
+                    .revoke_principal(principal, now, max_lifetime_seconds)
+                    .await
+            }
+            Self::Broken(error) => Err(error.clone()),
         }
     }
 
@@ -135,6 +199,8 @@ impl TokenStore {
     ) -> Result<bool, StoreError> {
         match self {
             Self::Memory(store) => Ok(store.is_revoked(jti, principal, issued_at, now)),
+            Self::Redis(store) => store.is_revoked(jti, principal, issued_at, now).await,
+            Self::Broken(error) => Err(error.clone()),
         }
     }
 
@@ -143,6 +209,8 @@ impl TokenStore {
     pub async fn count_mint(&self, principal: &str, now: u64) -> Result<u64, StoreError> {
         match self {
             Self::Memory(store) => Ok(store.count_mint(principal, now)),
+            Self::Redis(store) => store.count_mint(principal, now).await,
+            Self::Broken(error) => Err(error.clone()),
         }
     }
 }

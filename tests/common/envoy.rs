@@ -134,12 +134,14 @@ impl Envoy {
     }
 
     /// Like `start`, listening on `listen_port` (a port a client was told about before Envoy
-    /// started, such as Quay's `SERVER_HOSTNAME`).
+    /// started, such as Quay's `SERVER_HOSTNAME`), with every occurrence of each `extra` needle
+    /// replaced (as in [`Envoy::start_config`]).
     pub async fn start_listening(
         bin: &Path,
         listen_port: u16,
         authz_grpc_port: u16,
         upstream_port: u16,
+        extra: &[(&str, String)],
     ) -> Envoy {
         Self::start_config_on(
             bin,
@@ -147,7 +149,7 @@ impl Envoy {
             Some(listen_port),
             authz_grpc_port,
             upstream_port,
-            &[],
+            extra,
         )
         .await
     }

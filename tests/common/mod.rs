@@ -6,8 +6,11 @@
 pub mod cli;
 pub mod envoy;
 pub mod issuer;
+pub mod log_capture;
 pub mod pki;
 pub mod quay;
+pub mod redis;
+pub mod serve;
 pub mod service;
 pub mod tools;
 pub mod upstream;
