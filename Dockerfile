@@ -24,6 +24,7 @@ RUN mkdir -p src/bin benches \
     && echo 'fn main() {}' > src/bin/quay-authz-bench.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > benches/check.rs \
+    && echo 'fn main() {}' > benches/token_cache.rs \
     && cargo build --release --locked \
     && rm -rf src benches
 

@@ -65,16 +65,13 @@ limits: {{token_cache_entries: {token_cache_entries}}}
     Config::parse(&text, "bench").expect("config")
 }
 
-fn facts(token: &str) -> RequestFacts {
-    let mut facts = RequestFacts {
+fn facts(token: &str) -> RequestFacts<'static> {
+    RequestFacts {
         method: "GET".into(),
         path: "/v2/acme/app/manifests/latest".into(),
+        authorization: Some(format!("Bearer {token}").into()),
         ..Default::default()
-    };
-    facts
-        .headers
-        .insert("authorization".into(), format!("Bearer {token}"));
-    facts
+    }
 }
 
 fn bench(c: &mut Criterion) {

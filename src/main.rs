@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use quay_authz::check::audit::{LOG_QUEUE_LINES, NonBlocking, NonBlockingGuard};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 #[derive(Parser)]
 #[command(
@@ -79,15 +81,26 @@ enum Command {
     },
 }
 
-fn init_logging(format: LogFormat) {
+/// Sets up the log; the guard writes out what is still queued when `main` returns.
+fn init_logging(format: LogFormat) -> Option<NonBlockingGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("QUAY_AUTHZ_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Audit events are written by a thread of their own, off the request path
+    // (`check::audit::NonBlocking`: allows may be dropped and counted when it falls behind,
+    // denies never). Without a thread, as before: written by the Check itself.
+    let (writer, guard) = match NonBlocking::new(std::io::stderr(), LOG_QUEUE_LINES) {
+        Ok((writer, guard)) => (BoxMakeWriter::new(writer), Some(guard)),
+        Err(error) => {
+            eprintln!("warning: no log writer thread ({error}); writing logs in line");
+            (BoxMakeWriter::new(std::io::stderr), None)
+        }
+    };
     // Colour codes only for a person at a terminal: in a log file or a collector they are
     // noise, and writing them costs every audited Check a little.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         // Values from clients (claims, paths) are escaped: a newline must not forge a line.
         LogFormat::Text => builder
@@ -95,12 +108,13 @@ fn init_logging(format: LogFormat) {
             .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_guard = init_logging(cli.log_format);
     match run(cli.command).await {
         Ok(code) => code,
         Err(error) => {

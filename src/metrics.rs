@@ -24,6 +24,18 @@ pub struct KeySetAge<'a> {
     pub age: Duration,
 }
 
+/// Audit events the log writer dropped, for the whole process: the writer is set up with the
+/// logging, before any service and its registry exist, so every `Metrics` registers this one
+/// counter (`check::audit::NonBlocking` increments it).
+pub static AUDIT_EVENTS_DROPPED: std::sync::LazyLock<prometheus::IntCounter> =
+    std::sync::LazyLock::new(|| {
+        prometheus::IntCounter::new(
+            "quay_authz_audit_events_dropped_total",
+            "Audit events of allowed requests dropped because the log writer fell behind",
+        )
+        .expect("static metric definition")
+    });
+
 /// Every metric of one service instance, on its own registry (so tests can run several).
 #[derive(Clone)]
 pub struct Metrics {
@@ -34,8 +46,15 @@ pub struct Metrics {
     pub jwks_keys: IntGaugeVec,
     pub token_cache: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// `token_cache` with `result="hit"` and `"miss"`, resolved once (no label lookup per Check).
+    pub token_cache_hits: prometheus::IntCounter,
+    pub token_cache_misses: prometheus::IntCounter,
     pub token_cache_entries: prometheus::IntGauge,
+    /// Estimated bytes held by the verified-token cache (bounded by `limits.token_cache_bytes`).
+    pub token_cache_bytes: prometheus::IntGauge,
     pub token_cache_evictions: prometheus::IntCounter,
+    /// Audit events the non-blocking writer could not queue (README "Audit log").
+    pub audit_events_dropped: prometheus::IntCounter,
     /// Bridge tokens signed, by source issuer (README "Identity bridge").
     pub bridge_mints: IntCounterVec,
     /// Mint-cache lookups by result (hit, miss).
@@ -106,6 +125,12 @@ impl Metrics {
             "Tokens in the verified-token cache",
         )
         .expect("static metric definition");
+        let token_cache_bytes = prometheus::IntGauge::new(
+            "quay_authz_token_cache_bytes",
+            "Estimated bytes held by the verified-token cache",
+        )
+        .expect("static metric definition");
+        let audit_events_dropped = AUDIT_EVENTS_DROPPED.clone();
         let token_cache_evictions = prometheus::IntCounter::new(
             "quay_authz_token_cache_evictions_total",
             "Entries evicted from the verified-token cache to make room",
@@ -180,7 +205,9 @@ impl Metrics {
             Box::new(token_cache.clone()),
             Box::new(config_reloads.clone()),
             Box::new(token_cache_entries.clone()),
+            Box::new(token_cache_bytes.clone()),
             Box::new(token_cache_evictions.clone()),
+            Box::new(audit_events_dropped.clone()),
             Box::new(bridge_mints.clone()),
             Box::new(bridge_mint_cache.clone()),
             Box::new(token_revocations.clone()),
@@ -199,10 +226,14 @@ impl Metrics {
             check_duration,
             jwks_fetches,
             jwks_keys,
+            token_cache_hits: token_cache.with_label_values(&["hit"]),
+            token_cache_misses: token_cache.with_label_values(&["miss"]),
             token_cache,
             config_reloads,
             token_cache_entries,
+            token_cache_bytes,
             token_cache_evictions,
+            audit_events_dropped,
             bridge_mints,
             bridge_mint_cache,
             token_revocations,
@@ -256,7 +287,7 @@ impl Metrics {
     /// field belongs in the list below.
     pub fn metric_names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 14] = [
+        let collectors: [&dyn Collector; 16] = [
             &self.decisions,
             &self.check_duration,
             &self.jwks_fetches,
@@ -264,7 +295,9 @@ impl Metrics {
             &self.token_cache,
             &self.config_reloads,
             &self.token_cache_entries,
+            &self.token_cache_bytes,
             &self.token_cache_evictions,
+            &self.audit_events_dropped,
             &self.bridge_mints,
             &self.bridge_mint_cache,
             &self.token_revocations,

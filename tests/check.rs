@@ -644,6 +644,47 @@ async fn tokens_that_grant_nothing_do_not_evict_granted_tokens_from_the_cache() 
     );
 }
 
+/// `limits.token_cache_bytes` bounds the cache's memory whatever the entry count allows: with
+/// room for a few entries only, a stream of distinct granted tokens keeps the estimated bytes
+/// (exported as `quay_authz_token_cache_bytes`) under the bound, evicting as it goes, and every
+/// token is still answered correctly.
+#[tokio::test]
+async fn the_token_cache_stays_within_its_byte_budget() {
+    let issuer = start_issuer().await;
+    let budget = 16 * 1024;
+    let service = TestService::start(
+        &config_for(
+            &issuer,
+            &format!("limits: {{token_cache_entries: 100000, token_cache_bytes: {budget}}}"),
+        ),
+        true,
+    )
+    .await;
+    for index in 0..60 {
+        let mut claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read"]);
+        claims["jti"] = json!(format!("granted-{index}"));
+        let token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+        assert_eq!(
+            decision(&service.check_bearer("GET", REPO, &token).await).0,
+            "allow"
+        );
+    }
+    let entries = service.metric("quay_authz_token_cache_entries").await;
+    let bytes = service.metric("quay_authz_token_cache_bytes").await;
+    assert!(bytes <= budget as f64, "{bytes} estimated bytes > {budget}");
+    assert!(
+        (1.0..60.0).contains(&entries),
+        "{entries} entries, {bytes} bytes"
+    );
+    assert!(
+        service
+            .metric("quay_authz_token_cache_evictions_total")
+            .await
+            >= 60.0 - entries,
+        "room was made by evicting"
+    );
+}
+
 /// `limits.max_token_bytes` is the first thing applied to a token: one over it is refused
 /// before anything reads it, the cache's SHA-256 included.
 #[tokio::test]

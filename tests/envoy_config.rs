@@ -93,6 +93,8 @@ async fn bench_configs_pass_envoy_validation() {
         ("none.yaml", None),
         ("jwt_authn.yaml", Some("envoy.filters.http.jwt_authn")),
         ("ext_authz.yaml", Some("envoy.filters.http.ext_authz")),
+        // The fourth variant: the same ext_authz filter, to the no-op server.
+        ("noop.yaml", Some("envoy.filters.http.ext_authz")),
         ("upstream.yaml", None),
     ] {
         let path = out.join(file);
@@ -112,6 +114,19 @@ async fn bench_configs_pass_envoy_validation() {
         );
         assert_envoy_accepts(&bin, &path);
     }
+
+    // (c) and (d) differ only in where their Checks go: quay-authz (render's port 10003) or the
+    // no-op server (10005). Anything else would make the ratio of the two measure something else.
+    let read = |file: &str| {
+        std::fs::read_to_string(out.join(file)).unwrap_or_else(|err| panic!("read {file}: {err}"))
+    };
+    let (ext_authz, noop) = (read("ext_authz.yaml"), read("noop.yaml"));
+    assert!(ext_authz.contains("port_value: 10003") && !ext_authz.contains("port_value: 10005"));
+    assert_eq!(
+        noop,
+        ext_authz.replace("port_value: 10003", "port_value: 10005"),
+        "noop.yaml is ext_authz.yaml with the no-op server's port"
+    );
 }
 
 /// `envoy --mode validate -c path` succeeds and says OK.

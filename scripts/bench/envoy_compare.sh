@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Throughput and latency through a real Envoy, three ways in one run, each loaded with wrk using a
+# Throughput and latency through a real Envoy, four ways in one run, each loaded with wrk using a
 # valid token on a registry pull (GET /v2/acme/app/manifests/latest):
 #
 #   (a) none       Envoy proxies straight to the upstream, no auth filter
 #   (b) jwt_authn  Envoy's own JWT filter: local JWKS (the dev issuer's keys, inline), JWT cache
 #   (c) ext_authz  deploy/envoy/envoy.yaml as deployed: ext_authz over gRPC to quay-authz (release)
+#   (d) noop       the same ext_authz filter, to `quay-authz-bench noop` (answers every Check OK at
+#                  once): what any ext_authz server could reach through this Envoy, the transport's
+#                  limit, and the baseline the issue 14 goals compare (c) with
 #
-#   wrk ─► Envoy (a|b|c) ─► upstream (a second Envoy answering 200 itself, deploy/envoy/bench/upstream.yaml)
-#              └─(c) gRPC Check─► quay-authz ─JWKS─► quay-authz dev-issuer
+#   wrk ─► Envoy (a|b|c|d) ─► upstream (a second Envoy answering 200 itself, deploy/envoy/bench/upstream.yaml)
+#              ├─(c) gRPC Check─► quay-authz ─JWKS─► quay-authz dev-issuer
+#              └─(d) gRPC Check─► quay-authz-bench noop
 #
 # Usage:
 #   scripts/bench/envoy_compare.sh [--record] [--rounds N] [--duration S] [--warmup S]
@@ -15,14 +19,14 @@
 #   scripts/bench/envoy_compare.sh render --out DIR --issuer ISS --jwks FILE
 #
 #   --record       also write the run into BENCHMARKS.md ("Through Envoy …", last 3 runs kept)
-#   --rounds N     rounds of a, b, c, interleaved so drifting machine load hits all three (3)
+#   --rounds N     rounds of a, b, c, d, interleaved so drifting machine load hits all four (3)
 #   --duration S   seconds of each timed wrk run (15); --warmup S: untimed run per variant first (3)
 #   --connections N, --threads N: wrk's -c (16) and -t (1)
 #   --pin          pin with taskset: the Envoy under test alone on CPU 0; wrk, the upstream,
-#                  quay-authz and the issuer on CPU 1 (ENVOY_CPUS and AUX_CPUS, taskset -c lists,
+#                  quay-authz, the no-op server and the issuer on CPU 1 (ENVOY_CPUS and AUX_CPUS, taskset -c lists,
 #                  override). For a quiet machine: with other load on it, pinned processes cannot
 #                  move to the less busy core, and every figure drops (see BENCHMARKS.md).
-#   render         only write the three Envoy configs and the upstream's config into DIR, with
+#   render         only write the four Envoy configs and the upstream's config into DIR, with
 #                  placeholder ports (tests/envoy_config.rs validates them with a real Envoy)
 #
 # Every variant is checked before it is timed: the valid token must get 200, and in (b) and (c) a
@@ -38,12 +42,13 @@ deploy_config=deploy/envoy/envoy.yaml
 bench_dir=deploy/envoy/bench
 target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 quay_authz="$target_dir/release/quay-authz"
+quay_authz_bench="$target_dir/release/quay-authz-bench"
 envoy_bin="${ENVOY_BIN:-$repo_root/.venv/bin/envoy}"
-variants=(none jwt_authn ext_authz)
+variants=(none jwt_authn ext_authz noop)
 # A registry pull the quickstart configuration grants to allowed.token (repository:acme/app:pull).
 bench_path=/v2/acme/app/manifests/latest
 start_timeout=30
-section_heading='## Through Envoy (no auth vs jwt_authn vs ext_authz → quay-authz)'
+section_heading='## Through Envoy (no auth vs jwt_authn vs ext_authz → quay-authz vs ext_authz → no-op)'
 runs_begin='<!-- envoy_compare.sh: runs, newest first (the script keeps the last 3) -->'
 runs_end='<!-- envoy_compare.sh: end of runs -->'
 runs_kept=3
@@ -62,9 +67,10 @@ fail() {
 # render_variant VARIANT OUT LISTEN_PORT ADMIN_PORT UPSTREAM_PORT AUTHZ_PORT [ISSUER JWKS_FILE]
 #
 # deploy/envoy/envoy.yaml with its four ports and its listener address replaced, as the tests do,
-# and its ext_authz filter kept (ext_authz), dropped (none) or replaced by the jwt_authn filter of
-# deploy/envoy/bench/jwt_authn.filter.yaml (jwt_authn). Everything else (connection manager
-# settings, JSON access log, routes, clusters) is the deploy config's, the same in all three.
+# and its ext_authz filter kept (ext_authz, and noop, whose AUTHZ_PORT is the no-op server's),
+# dropped (none) or replaced by the jwt_authn filter of deploy/envoy/bench/jwt_authn.filter.yaml
+# (jwt_authn). Everything else (connection manager settings, JSON access log, routes, clusters) is
+# the deploy config's, the same in all four.
 # Fails if the deploy config no longer has each replaced piece exactly once.
 render_variant() {
   local variant=$1 out=$2 listen=$3 admin=$4 upstream=$5 authz=$6 issuer=${7:-} jwks_file=${8:-}
@@ -101,7 +107,7 @@ render_variant() {
     }
     /^ *- name: envoy\.filters\.http\.ext_authz *$/ {
       filters++
-      if (variant == "ext_authz") { print; next }
+      if (variant == "ext_authz" || variant == "noop") { print; next }
       skip_indent = indent_of($0); skip_item = 1
       pad = substr($0, 1, skip_indent)
       while ((getline line < snippet) > 0) {
@@ -113,7 +119,7 @@ render_variant() {
       next
     }
     # The /v2/ route turns off ext_authz body buffering: only meaningful where ext_authz runs.
-    /^ *typed_per_filter_config: *$/ && variant != "ext_authz" {
+    /^ *typed_per_filter_config: *$/ && variant != "ext_authz" && variant != "noop" {
       per_route++; skip_indent = indent_of($0); skip_item = 0; next
     }
     # Through placeholders, so that a new port equal to another deploy port is not replaced again.
@@ -163,7 +169,9 @@ render_command() {
   mkdir -p "$out"
   local variant
   for variant in "${variants[@]}"; do
-    render_variant "$variant" "$out/$variant.yaml" 10000 10001 10002 10003 "$issuer" "$jwks"
+    # The no-op server listens on a port of its own (10005), as in a run.
+    render_variant "$variant" "$out/$variant.yaml" 10000 10001 10002 \
+      "$([ "$variant" = noop ] && echo 10005 || echo 10003)" "$issuer" "$jwks"
   done
   render_upstream "$out/upstream.yaml" 10002 10004
 }
@@ -237,6 +245,7 @@ http() { curl --silent --noproxy '*' --max-time 5 "$@"; }
 envoy_live() { [ "$(http "http://127.0.0.1:$1/ready")" = LIVE ]; }
 readyz() { http --fail --output /dev/null "http://127.0.0.1:$1/readyz"; }
 issuer_files() { [ -s "$work/issuer/config.yaml" ] && [ -s "$work/issuer/allowed.token" ]; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # free_ports N: N distinct loopback ports that were free a moment ago.
 free_ports() {
@@ -315,10 +324,19 @@ median() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 
+# goal_note VALUE OP BOUND TEXT: "meets the TEXT goal" or "misses the TEXT goal" (OP: >= or <=).
+goal_note() {
+  if awk -v v="$1" -v op="$2" -v b="$3" 'BEGIN { exit !(op == ">=" ? v >= b : v <= b) }'; then
+    printf 'meets the %s goal' "$4"
+  else
+    printf 'misses the %s goal' "$4"
+  fi
+}
+
 # The Envoy counters reported with a run, as `VARIANT COUNTER` (http.ingress_http. omitted).
 counters=(
   "ext_authz ext_authz.ok" "ext_authz ext_authz.denied" "ext_authz ext_authz.error"
-  "ext_authz ext_authz.failure_mode_allowed"
+  "ext_authz ext_authz.failure_mode_allowed" "noop ext_authz.ok" "noop ext_authz.error"
   "jwt_authn jwt_authn.jwt_cache_hit" "jwt_authn jwt_authn.jwt_cache_miss"
 )
 
@@ -366,9 +384,10 @@ bench_command() {
     pin=false
   fi
 
-  say "cargo build --release --bin quay-authz"
-  cargo build --release --quiet --bin quay-authz
+  say "cargo build --release --bin quay-authz --bin quay-authz-bench"
+  cargo build --release --quiet --bin quay-authz --bin quay-authz-bench
   [ -x "$quay_authz" ] || fail "no binary at $quay_authz after cargo build"
+  [ -x "$quay_authz_bench" ] || fail "no binary at $quay_authz_bench after cargo build"
 
   local load_before
   load_before=$(uptime)
@@ -377,11 +396,12 @@ bench_command() {
   trap 'exit 130' INT TERM
 
   local ports
-  read -r -a ports <<<"$(free_ports 13)"
+  read -r -a ports <<<"$(free_ports 15)"
   local issuer_port=${ports[0]} grpc_port=${ports[1]} http_port=${ports[2]} admin_port=${ports[3]}
-  local upstream_port=${ports[4]} upstream_admin=${ports[5]}
-  declare -gA listen_port=([none]=${ports[6]} [jwt_authn]=${ports[7]} [ext_authz]=${ports[8]})
-  declare -gA envoy_admin=([none]=${ports[9]} [jwt_authn]=${ports[10]} [ext_authz]=${ports[11]})
+  local upstream_port=${ports[4]} upstream_admin=${ports[5]} noop_port=${ports[14]}
+  declare -gA listen_port=([none]=${ports[6]} [jwt_authn]=${ports[7]} [ext_authz]=${ports[8]} [noop]=${ports[12]})
+  declare -gA envoy_admin=([none]=${ports[9]} [jwt_authn]=${ports[10]} [ext_authz]=${ports[11]} [noop]=${ports[13]})
+  declare -gA authz_port=([none]=$grpc_port [jwt_authn]=$grpc_port [ext_authz]=$grpc_port [noop]=$noop_port)
 
   # The dev issuer writes config.yaml (trusting it) and the tokens; quay-authz gets this run's
   # ports instead of the quickstart's.
@@ -400,6 +420,8 @@ bench_command() {
 
   start_bg quay-authz "$aux_cpus" "$quay_authz" serve --config "$work/quay-authz.yaml"
   wait_for quay-authz "ready (keys fetched)" readyz "$http_port"
+  start_bg noop "$aux_cpus" "$quay_authz_bench" noop --listen "127.0.0.1:$noop_port"
+  wait_for noop "listening on :$noop_port" port_open "$noop_port"
 
   render_upstream "$work/upstream.yaml" "$upstream_port" "$upstream_admin"
   start_envoy upstream "$work/upstream.yaml" "$upstream_admin" "$aux_cpus"
@@ -407,7 +429,7 @@ bench_command() {
   local variant url
   for variant in "${variants[@]}"; do
     render_variant "$variant" "$work/$variant.yaml" "${listen_port[$variant]}" \
-      "${envoy_admin[$variant]}" "$upstream_port" "$grpc_port" "$issuer" "$work/jwks.json"
+      "${envoy_admin[$variant]}" "$upstream_port" "${authz_port[$variant]}" "$issuer" "$work/jwks.json"
     start_envoy "envoy-$variant" "$work/$variant.yaml" "${envoy_admin[$variant]}" "$envoy_cpus"
   done
 
@@ -417,6 +439,11 @@ bench_command() {
     url="http://127.0.0.1:${listen_port[$variant]}$bench_path"
     expect_status "$variant" 200 "$url" "$allowed" "valid token"
   done
+  # (d) allows everything by design: its Checks must reach the no-op server, not fail open.
+  local noop_ok
+  noop_ok=$(http "http://127.0.0.1:${envoy_admin[noop]}/stats?filter=^http\.ingress_http\.ext_authz\.ok\$" | awk -F': ' '{ print $2; exit }')
+  [ "${noop_ok:-0}" -ge 1 ] || fail "noop: Envoy's ext_authz.ok did not count the check (is the no-op server reached?)"
+  say "noop: ext_authz.ok → $noop_ok"
   url="http://127.0.0.1:${listen_port[jwt_authn]}$bench_path"
   expect_status jwt_authn 401 "$url" "" "no token"
   url="http://127.0.0.1:${listen_port[ext_authz]}$bench_path"
@@ -444,9 +471,9 @@ bench_command() {
 
   # `name +N` per counter, for the timed runs.
   local deltas
-  deltas=$(paste -d ' ' <(printf '%s\n' "${counters[@]}" | awk '{ print $2 }') \
+  deltas=$(paste -d ' ' <(printf '%s\n' "${counters[@]}" | awk '{ print ($1 == "noop" ? "noop " $2 : $2) }') \
     <(printf '%s\n' "$before") <(read_counters) |
-    awk '{ printf "%s`%s` +%d", (NR > 1 ? ", " : ""), $1, $3 - $2 }')
+    awk '{ label = (NF == 4 ? $2 "` of (d)" : $1 "`"); printf "%s`%s +%d", (NR > 1 ? ", " : ""), label, $NF - $(NF - 1) }')
 
   local report
   report=$(report_markdown "$load_before" "$load_after" "$deltas" "$args" "${results[@]}")
@@ -496,7 +523,7 @@ report_markdown() {
 Command: \`${QUAY_AUTHZ_LOG:+QUAY_AUTHZ_LOG=$QUAY_AUTHZ_LOG }scripts/bench/envoy_compare.sh${args:+ $args}\` at commit $commit.
 Envoy $envoy_version (\`--concurrency 1\`), $wrk_version: \`-t$threads -c$connections -d${duration}s --latency\`,
 one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds round(s) of
-(none, jwt_authn, ext_authz), interleaved. $(nproc) CPUs; pinning: $pinning.
+(none, jwt_authn, ext_authz, noop), interleaved. $(nproc) CPUs; pinning: $pinning.
 Load before: \`${load_before# }\`; after: \`${load_after# }\`.
 $(overload_note "${load_before#*load average: }")
 
@@ -509,29 +536,34 @@ EOF
       none) label="(a) no auth" ;;
       jwt_authn) label="(b) \`jwt_authn\`, local JWKS + JWT cache" ;;
       ext_authz) label="(c) \`ext_authz\` → quay-authz" ;;
+      noop) label="(d) \`ext_authz\` → no-op server (\`quay-authz-bench noop\`)" ;;
     esac
     printf '| %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %s | %s |\n' "$label" "${rps[$variant]}" \
       "${p50[$variant]}" "${p90[$variant]}" "${p99[$variant]}" "${non2xx[$variant]}" "${errors[$variant]}"
   done
-  local goal="below the ≥ 0.8 goal"
-  if awk -v r="$(ratio "${rps[ext_authz]}" "${rps[jwt_authn]}")" 'BEGIN { exit !(r >= 0.8) }'; then
-    goal="meets the ≥ 0.8 goal"
-  fi
+  local to_noop to_jwt p99_to_noop
+  to_noop=$(ratio "${rps[ext_authz]}" "${rps[noop]}")
+  to_jwt=$(ratio "${rps[ext_authz]}" "${rps[jwt_authn]}")
+  p99_to_noop=$(ratio "${p99[ext_authz]}" "${p99[noop]}")
   cat <<EOF
 
-Ratios of the median rps: **ext_authz / jwt_authn = $(ratio "${rps[ext_authz]}" "${rps[jwt_authn]}")** ($goal);
-ext_authz / no auth = $(ratio "${rps[ext_authz]}" "${rps[none]}"); jwt_authn / no auth = $(ratio "${rps[jwt_authn]}" "${rps[none]}").
+Ratios of the median rps: **quay-authz / no-op ext_authz = $to_noop** ($(goal_note "$to_noop" ">=" 0.95 "≥ 0.95"));
+**quay-authz / jwt_authn = $to_jwt** ($(goal_note "$to_jwt" ">=" 0.8 "≥ 0.8"));
+no-op ext_authz / jwt_authn = $(ratio "${rps[noop]}" "${rps[jwt_authn]}"); ext_authz / no auth = $(ratio "${rps[ext_authz]}" "${rps[none]}");
+jwt_authn / no auth = $(ratio "${rps[jwt_authn]}" "${rps[none]}"). p99 of quay-authz / p99 of the no-op: **$p99_to_noop×**
+($(goal_note "$p99_to_noop" "<=" 1.2 "≤ 1.2×")).
 
-| round | no auth rps | jwt_authn rps | ext_authz rps | ext_authz / jwt_authn | ext_authz / no auth | jwt_authn / no auth |
-| --- | --- | --- | --- | --- | --- | --- |
+| round | no auth rps | jwt_authn rps | ext_authz rps | no-op rps | ext_authz / no-op | ext_authz / jwt_authn | jwt_authn / no auth |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 EOF
-  local round a b c
+  local round a b c d
   for ((round = 1; round <= rounds; round++)); do
     a=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "none" { print $3 }')
     b=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "jwt_authn" { print $3 }')
     c=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "ext_authz" { print $3 }')
-    printf '| %d | %s | %s | %s | %s | %s | %s |\n' "$round" "$a" "$b" "$c" \
-      "$(ratio "$c" "$b")" "$(ratio "$c" "$a")" "$(ratio "$b" "$a")"
+    d=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "noop" { print $3 }')
+    printf '| %d | %s | %s | %s | %s | %s | %s | %s |\n' "$round" "$a" "$b" "$c" "$d" \
+      "$(ratio "$c" "$d")" "$(ratio "$c" "$b")" "$(ratio "$b" "$a")"
   done
   printf '\nEnvoy counters over the timed runs: %s.\n' "$counters"
 }

@@ -1,6 +1,6 @@
 //! Extract: the facts of one request from Envoy's CheckRequest, and its credential.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -24,29 +24,31 @@ pub enum Credential<'r> {
     None,
 }
 
-/// The request as the pipeline sees it.
+/// The request as the pipeline sees it, borrowed from Envoy's CheckRequest: a Check copies
+/// none of its headers or body (`described` requests, from `explain`, own theirs).
 #[derive(Debug, Clone, Default)]
-pub struct RequestFacts {
-    pub method: String,
+pub struct RequestFacts<'r> {
+    pub method: Cow<'r, str>,
     /// Envoy's `:path`, query included.
-    pub path: String,
-    /// The request headers the pipeline reads (only `authorization`), by lowercase name as Envoy
-    /// sends them: the rest are not copied on each Check.
-    pub headers: HashMap<String, String>,
-    /// Present when Envoy is configured `with_request_body`.
-    pub body: Option<String>,
+    pub path: Cow<'r, str>,
+    /// The `Authorization` header (Envoy sends header names lower-cased), the only request
+    /// header the pipeline reads.
+    pub authorization: Option<Cow<'r, str>>,
+    /// Present when Envoy is configured `with_request_body` (and the body is UTF-8); only
+    /// `POST /api/v1/repository` reads it.
+    pub body: Option<Cow<'r, str>>,
     /// Envoy's `x-request-id`, for the audit log.
-    pub request_id: String,
+    pub request_id: Cow<'r, str>,
     /// Incoming header names that a WSGI server would read as one of our identity headers
     /// (lower-cased, `_` as `-`, starting with the prefix): `x_quay_authz_user` reaches Quay as
     /// `HTTP_X_QUAY_AUTHZ_USER` when the proxy lets underscores through, so each actual
-    /// spelling is removed. Only these names are copied, not the headers.
-    pub identity_header_spellings: Vec<String>,
+    /// spelling is removed. Only these names are kept, not the headers; almost always none.
+    pub identity_header_spellings: Vec<&'r str>,
 }
 
-impl RequestFacts {
+impl<'r> RequestFacts<'r> {
     /// `identity_prefix` is the configured identity header prefix (`x-quay-authz-`).
-    pub fn from_check_request(request: &CheckRequest, identity_prefix: &str) -> Self {
+    pub fn from_check_request(request: &'r CheckRequest, identity_prefix: &str) -> Self {
         let Some(http) = request
             .attributes
             .as_ref()
@@ -56,33 +58,31 @@ impl RequestFacts {
             return Self::default();
         };
         let body = if !http.body.is_empty() {
-            Some(http.body.clone())
+            Some(Cow::Borrowed(http.body.as_str()))
         } else if !http.raw_body.is_empty() {
-            String::from_utf8(http.raw_body.clone()).ok()
+            std::str::from_utf8(&http.raw_body).ok().map(Cow::Borrowed)
         } else {
             None
         };
         Self {
-            method: http.method.clone(),
-            path: http.path.clone(),
-            headers: http
+            method: Cow::Borrowed(&http.method),
+            path: Cow::Borrowed(&http.path),
+            authorization: http
                 .headers
-                .get_key_value("authorization")
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .into_iter()
-                .collect(),
+                .get("authorization")
+                .map(|value| Cow::Borrowed(value.as_str())),
             body,
             identity_header_spellings: http
                 .headers
                 .keys()
                 .filter(|name| folds_to_prefix(name, identity_prefix))
-                .cloned()
+                .map(String::as_str)
                 .collect(),
-            request_id: http
-                .headers
-                .get("x-request-id")
-                .cloned()
-                .unwrap_or_else(|| http.id.clone()),
+            request_id: Cow::Borrowed(
+                http.headers
+                    .get("x-request-id")
+                    .map_or(http.id.as_str(), String::as_str),
+            ),
         }
     }
 
@@ -93,18 +93,15 @@ impl RequestFacts {
         token: Option<String>,
         body: Option<String>,
     ) -> Self {
-        let mut facts = Self {
-            method,
-            path,
-            body: body.filter(|body| !body.is_empty()),
+        Self {
+            method: Cow::Owned(method),
+            path: Cow::Owned(path),
+            body: body.filter(|body| !body.is_empty()).map(Cow::Owned),
+            authorization: token
+                .filter(|token| !token.is_empty())
+                .map(|token| Cow::Owned(format!("Bearer {token}"))),
             ..Default::default()
-        };
-        if let Some(token) = token.filter(|token| !token.is_empty()) {
-            facts
-                .headers
-                .insert("authorization".into(), format!("Bearer {token}"));
         }
-        facts
     }
 
     /// The path without the query, for logs (queries may carry secrets).
@@ -113,7 +110,7 @@ impl RequestFacts {
     }
 
     pub fn credential(&self) -> Credential<'_> {
-        let Some(value) = self.headers.get("authorization") else {
+        let Some(value) = self.authorization.as_deref() else {
             return Credential::None;
         };
         let value = value.trim();
@@ -192,15 +189,12 @@ fn folds_to_prefix(name: &str, prefix: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn facts(authorization: Option<&str>) -> RequestFacts {
-        let mut facts = RequestFacts {
+    fn facts(authorization: Option<&str>) -> RequestFacts<'_> {
+        RequestFacts {
             path: "/v2/acme/app/manifests/latest?x=1".into(),
+            authorization: authorization.map(Cow::Borrowed),
             ..Default::default()
-        };
-        if let Some(value) = authorization {
-            facts.headers.insert("authorization".into(), value.into());
         }
-        facts
     }
 
     #[test]
@@ -289,6 +283,18 @@ mod tests {
         let facts = RequestFacts::from_check_request(&request, "x-quay-authz-");
         assert_eq!(facts.credential(), Credential::Bearer("abc"));
         assert_eq!(facts.request_id, "req-1");
-        assert_eq!(facts.headers.len(), 1);
+        assert_eq!(facts.authorization.as_deref(), Some("Bearer abc"));
+        assert!(facts.identity_header_spellings.is_empty());
+        // Borrowed, not copied: the facts point into the request.
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .expect("http");
+        assert!(
+            matches!(facts.path, Cow::Borrowed(path) if std::ptr::eq(path, http.path.as_str()))
+        );
+        assert!(matches!(facts.authorization, Some(Cow::Borrowed(_))));
     }
 }

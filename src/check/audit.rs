@@ -210,6 +210,171 @@ fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(escaped)
 }
 
+// === Non-blocking log writer ===
+
+/// Log lines a [`NonBlocking`] writer queues before it drops allow events (about 300 bytes
+/// each: a few MiB at most).
+pub const LOG_QUEUE_LINES: usize = 16_384;
+
+enum LogMessage {
+    Line(Vec<u8>),
+    /// Write everything queued before this, flush, then answer.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// The log's writer, off the request path: a Check formats its event into a buffer and queues
+/// it, and one thread writes the queue to the real writer (stderr), so no Check waits for a
+/// write to a pipe or a terminal, nor for another Check's write.
+///
+/// Usage: `let (writer, guard) = NonBlocking::new(std::io::stderr(), LOG_QUEUE_LINES);`, then
+/// `tracing_subscriber::fmt().with_writer(writer)`; keep `guard` until the process ends (its
+/// drop writes out what is queued).
+///
+/// When the queue is full (the writer fell behind a burst), what happens depends on the event:
+/// - an audit event that carries a `decision` but no `detail` (an allow or a passthrough) is
+///   dropped and counted in `quay_authz_audit_events_dropped_total`: sampling allows is
+///   already the documented way to trade their completeness for throughput;
+/// - every other event waits for room: deny events (they carry `detail`), the bridge's
+///   `bridge_mint` events, warnings and errors are never dropped, so under a sustained flood
+///   the Checks that write them slow to the writer's pace, as every Check did before.
+///
+/// Which events may be dropped is decided per callsite from its metadata (the field names),
+/// not from the values, so the choice costs nothing per event.
+#[derive(Clone)]
+pub struct NonBlocking {
+    sender: std::sync::mpsc::SyncSender<LogMessage>,
+    dropped: prometheus::IntCounter,
+}
+
+/// Writes out what is queued when dropped (at the end of `main`), waiting at most a second.
+pub struct NonBlockingGuard {
+    sender: std::sync::mpsc::SyncSender<LogMessage>,
+}
+
+impl NonBlocking {
+    /// A writer queueing up to `capacity` lines for `out`, written by a thread of its own.
+    pub fn new(
+        out: impl std::io::Write + Send + 'static,
+        capacity: usize,
+    ) -> std::io::Result<(Self, NonBlockingGuard)> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(capacity);
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_queue(receiver, out))?;
+        Ok((
+            Self {
+                sender: sender.clone(),
+                dropped: crate::metrics::AUDIT_EVENTS_DROPPED.clone(),
+            },
+            NonBlockingGuard { sender },
+        ))
+    }
+
+    /// The same writer counting drops in `dropped` (tests: the process-wide counter is shared).
+    pub fn counting_in(mut self, dropped: prometheus::IntCounter) -> Self {
+        self.dropped = dropped;
+        self
+    }
+}
+
+impl Drop for NonBlockingGuard {
+    fn drop(&mut self) {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        if self.sender.send(LogMessage::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+/// The writer thread: lines in order, flushed whenever the queue runs empty.
+fn write_queue(receiver: std::sync::mpsc::Receiver<LogMessage>, out: impl std::io::Write) {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(message) = receiver.recv() {
+        let mut next = Some(message);
+        while let Some(message) = next.take() {
+            match message {
+                // A log that cannot be written has nowhere to report it; keep serving.
+                LogMessage::Line(line) => {
+                    let _ = out.write_all(&line);
+                }
+                LogMessage::Flush(done) => {
+                    let _ = out.flush();
+                    let _ = done.send(());
+                }
+            }
+            next = receiver.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Whether events of this callsite may be dropped when the queue is full (see [`NonBlocking`]).
+fn droppable(metadata: &tracing::Metadata<'_>) -> bool {
+    let fields = metadata.fields();
+    metadata.target() == "audit"
+        && fields.field("decision").is_some()
+        && fields.field("detail").is_none()
+}
+
+/// One event's bytes, queued when the formatter is done with it (the fmt layer writes a whole
+/// event through one writer, then drops it).
+pub struct QueuedLine {
+    buffer: Vec<u8>,
+    droppable: bool,
+    writer: NonBlocking,
+}
+
+impl std::io::Write for QueuedLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for QueuedLine {
+    fn drop(&mut self) {
+        if self.buffer.is_empty() {
+            return;
+        }
+        let line = LogMessage::Line(std::mem::take(&mut self.buffer));
+        if !self.droppable {
+            // Waits for room: never lost while the writer thread lives.
+            let _ = self.writer.sender.send(line);
+            return;
+        }
+        match self.writer.sender.try_send(line) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => self.writer.dropped.inc(),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for NonBlocking {
+    type Writer = QueuedLine;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        QueuedLine {
+            buffer: Vec::new(),
+            droppable: false,
+            writer: self.clone(),
+        }
+    }
+
+    fn make_writer_for(&'a self, metadata: &tracing::Metadata<'_>) -> Self::Writer {
+        QueuedLine {
+            buffer: Vec::with_capacity(512),
+            droppable: droppable(metadata),
+            writer: self.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +400,7 @@ mod tests {
     }
 
     /// The test's log sink (the integration tests have their own: no code is shared with them).
+    #[derive(Clone, Default)]
     struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
     impl std::io::Write for Capture {
@@ -265,6 +431,129 @@ mod tests {
         assert!(text.contains("checked\\r\\nINFO forged"), "{text}");
         assert!(text.contains(r#"decision="deny" "#), "{text}");
         assert!(text.contains(r#"path="/v2/""#), "{text}");
+    }
+
+    /// A sink whose writes wait until `open` is called: a log writer that fell behind.
+    #[derive(Clone, Default)]
+    struct Gate {
+        open: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+        written: Capture,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            let (open, changed) = &*self.open;
+            *open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            changed.notify_all();
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.written.0.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_owned()
+        }
+    }
+
+    impl std::io::Write for Gate {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let (open, changed) = &*self.open;
+            let mut is_open = open.lock().unwrap_or_else(|p| p.into_inner());
+            while !*is_open {
+                is_open = changed.wait(is_open).unwrap_or_else(|p| p.into_inner());
+            }
+            self.written.write(bytes)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Behind a writer that has stopped, allow events are dropped and counted, never waited
+    /// for; deny events wait for room and every one of them is written.
+    #[test]
+    fn a_full_log_queue_drops_and_counts_allows_but_never_a_deny() {
+        let gate = Gate::default();
+        let dropped = prometheus::IntCounter::new("dropped", "test").expect("counter");
+        let (writer, guard) = NonBlocking::new(gate.clone(), 4).expect("writer thread");
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_writer(writer.counting_in(dropped.clone()))
+            .finish();
+        let opener = {
+            let gate = gate.clone();
+            // When the gate opens does not matter to what is asserted: before or after the
+            // denies queue up, every one of them must be written.
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                gate.open();
+            })
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            for index in 0..20 {
+                tracing::info!(target: "audit", decision = "allow", request_id = index, "allowed");
+            }
+            for index in 0..10 {
+                tracing::info!(target: "audit", decision = "deny", detail = "no", request_id = index, "denied");
+            }
+        });
+        drop(guard);
+        opener.join().expect("opener");
+        let text = gate.text();
+        let allows = text.matches("decision=\"allow\"").count();
+        let denies = text.matches("decision=\"deny\"").count();
+        assert_eq!(denies, 10, "{text}");
+        assert_eq!(
+            allows as u64 + dropped.get(),
+            20,
+            "every allow written or counted"
+        );
+        assert!(
+            dropped.get() > 0,
+            "a queue of 4 behind a stopped writer drops allows"
+        );
+    }
+
+    #[test]
+    fn only_allow_and_passthrough_audit_events_may_be_dropped() {
+        fn callsite_droppable(emit: impl FnOnce()) -> bool {
+            use std::sync::{Arc, Mutex};
+            struct Probe(Arc<Mutex<Option<bool>>>);
+            impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Probe {
+                type Writer = std::io::Sink;
+                fn make_writer(&'a self) -> Self::Writer {
+                    std::io::sink()
+                }
+                fn make_writer_for(&'a self, metadata: &tracing::Metadata<'_>) -> Self::Writer {
+                    *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(droppable(metadata));
+                    std::io::sink()
+                }
+            }
+            let seen = Arc::new(Mutex::new(None));
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(Probe(seen.clone()))
+                .finish();
+            tracing::subscriber::with_default(subscriber, emit);
+            let seen = *seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.expect("the event was written")
+        }
+        assert!(callsite_droppable(
+            || tracing::info!(target: "audit", decision = "allow", subject = "a")
+        ));
+        assert!(callsite_droppable(
+            || tracing::debug!(target: "audit", decision = "passthrough", reason = "r")
+        ));
+        assert!(!callsite_droppable(
+            || tracing::info!(target: "audit", decision = "deny", detail = "d")
+        ));
+        assert!(!callsite_droppable(
+            || tracing::info!(target: "audit", event = "bridge_mint", subject = "s")
+        ));
+        assert!(!callsite_droppable(|| tracing::warn!(
+            decision = "allow",
+            "not audit"
+        )));
     }
 
     #[test]

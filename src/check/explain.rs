@@ -45,7 +45,7 @@ impl Explanation {
 /// Runs the real decision with an observer that narrates each phase as it runs: the steps
 /// are what the pipeline did, never a re-run beside it. A phase the decision never reached
 /// (a token on a path that needs none) has no step.
-pub async fn explain(pipeline: &Pipeline, facts: &RequestFacts, now: u64) -> Explanation {
+pub async fn explain(pipeline: &Pipeline, facts: &RequestFacts<'_>, now: u64) -> Explanation {
     let mut narrator = Narrator {
         steps: vec![Step {
             phase: "request".into(),

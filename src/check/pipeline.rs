@@ -4,15 +4,16 @@
 //! Usage: `Pipeline::new(config, &key_store)` once per configuration; per request
 //! `pipeline.check(&check_request).await` (or `decide` for the bare decision).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use prometheus::{Histogram, IntCounter};
 
 use crate::authn::exchanged;
 use crate::authn::extract::{Credential, RequestFacts};
 use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
-use crate::authn::token_cache::{Candidate, TokenCache, TokenDigest};
+use crate::authn::token_cache::{Cached, Candidate, TokenCache, TokenDigest};
 use crate::bridge::{Bridge, MintError};
 use crate::check::audit::AllowSampler;
 use crate::check::respond::{ResponseSettings, build_response, remove_also};
@@ -60,9 +61,13 @@ pub struct Pipeline {
     /// Per issuer (same order as `config.issuers`), per key source.
     key_sources: Vec<Vec<Arc<KeySource>>>,
     responses: ResponseSettings,
-    metrics: Metrics,
-    token_cache: TokenCache,
+    /// Each admitted identity with what policy granted it, so a hit skips policy too. The
+    /// cache is this configuration's: a reload builds a new Pipeline, and with it an empty
+    /// cache, so a cached outcome is never one of an older policy.
+    token_cache: TokenCache<Arc<PolicyOutcome>>,
     audit_sampler: AllowSampler,
+    /// The decision counters and duration histograms `record` updates, resolved once.
+    decision_metrics: DecisionMetrics,
     /// The identity bridge (`bridge:`), which signs what `exchange` issuers hand to Quay.
     bridge: Option<Bridge>,
     /// Token exchange's revocation list, consulted on every Check of an exchanged token
@@ -82,14 +87,18 @@ impl Pipeline {
             routes: RouteTable::new(),
             key_sources,
             responses,
-            token_cache: TokenCache::new(config.token_cache_entries, metrics.clone()),
+            token_cache: TokenCache::new(
+                config.token_cache_entries,
+                config.token_cache_bytes,
+                metrics.clone(),
+            ),
             audit_sampler: AllowSampler::new(config.audit.allow_sample_rate),
+            decision_metrics: DecisionMetrics::new(&config, metrics.clone()),
             bridge: config
                 .bridge
                 .as_ref()
                 .map(|settings| Bridge::new(settings, metrics.clone())),
             config,
-            metrics,
             token_store: Arc::new(TokenStore::Memory(Default::default())),
         }
     }
@@ -171,14 +180,14 @@ impl Pipeline {
     }
 
     /// The decision for one request at `now` (Unix seconds).
-    pub async fn decide(&self, facts: &RequestFacts, now: u64) -> Decision {
+    pub async fn decide(&self, facts: &RequestFacts<'_>, now: u64) -> Decision {
         self.decide_observed(facts, now, &mut Unobserved).await
     }
 
     /// The decision, with every phase reporting to `observer` as it runs (`explain`).
     pub async fn decide_observed<O: PhaseObserver>(
         &self,
-        facts: &RequestFacts,
+        facts: &RequestFacts<'_>,
         now: u64,
         observer: &mut O,
     ) -> Decision {
@@ -234,7 +243,7 @@ impl Pipeline {
         };
 
         // Phase 3 — identify: parse, match the issuer, find the key, verify, check claims.
-        let (identity, candidate) = match self.identify(token, now, observer).await {
+        let (identity, admission) = match self.identify(token, now, observer).await {
             Ok(identified) => identified,
             Err((error, issuer)) => {
                 if issuer.is_none() && error.reason != Reason::TokenTooLarge {
@@ -271,19 +280,29 @@ impl Pipeline {
                 issuer: Some(identity.issuer.to_string()),
             };
         };
-        let outcome = policy::evaluate(&self.config.rules, &identity);
+        let outcome = match admission {
+            // Grants depend on the identity and the configuration alone, not on the route:
+            // those computed when the token was admitted stand while this Pipeline does.
+            Admission::Cached(outcome) => outcome,
+            Admission::Verified(candidate) => {
+                let outcome = Arc::new(policy::evaluate(&self.config.rules, &identity));
+                for dropped in &outcome.dropped {
+                    tracing::warn!(issuer = %identity.issuer, "{dropped}");
+                }
+                // Only a token some rule grants something is remembered: valid tokens that
+                // grant nothing (any GitHub repository, any tenant of a multi-tenant app) must
+                // not take the slots of those that do.
+                if let Some(candidate) = candidate
+                    && !outcome.grants.is_empty()
+                {
+                    let bytes = outcome_bytes(&outcome);
+                    self.token_cache
+                        .admit(candidate, outcome.clone(), bytes, now);
+                }
+                outcome
+            }
+        };
         observer.policy(&outcome);
-        for dropped in &outcome.dropped {
-            tracing::warn!(issuer = %identity.issuer, "{dropped}");
-        }
-        // Only a token some rule grants something is remembered: valid tokens that grant
-        // nothing (any GitHub repository, any tenant of a multi-tenant app) must not take the
-        // slots of those that do. Grants depend on the identity alone, not on the route.
-        if let Some(candidate) = candidate
-            && !outcome.grants.is_empty()
-        {
-            self.token_cache.admit(candidate, now);
-        }
         // An exchanged token gives only what both its `scope` and today's policy grant.
         let in_token_scope = |permission: &Permission| {
             identity.exchanged.as_ref().is_none_or(|exchanged| {
@@ -341,8 +360,11 @@ impl Pipeline {
                                 .any(|(grant, _)| grant.satisfies(permission))
                     })
                 });
-                let policy_grants: Vec<Grant> =
-                    outcome.grants.into_iter().map(|(grant, _)| grant).collect();
+                let policy_grants: Vec<Grant> = outcome
+                    .grants
+                    .iter()
+                    .map(|(grant, _)| grant.clone())
+                    .collect();
                 let grants = match &identity.exchanged {
                     Some(exchanged) => intersect_grants(Some(&exchanged.scopes), &policy_grants),
                     None => policy_grants,
@@ -410,8 +432,8 @@ impl Pipeline {
         }
     }
 
-    /// The identity, from the verified-token cache or verified now; a token verified now
-    /// comes with its cache `Candidate`, admitted once policy has granted it something.
+    /// The identity, from the verified-token cache (with what policy granted it then) or
+    /// verified now (with its cache `Candidate`, admitted once policy has granted it something).
     /// Errors carry the issuer name once the token is known to be one of ours: from then on a
     /// failure is always a deny.
     async fn identify<O: PhaseObserver>(
@@ -419,7 +441,7 @@ impl Pipeline {
         token: &str,
         now: u64,
         observer: &mut O,
-    ) -> Result<(Arc<Identity>, Option<Candidate>), (IdentifyError, Option<String>)> {
+    ) -> Result<(Arc<Identity>, Admission), (IdentifyError, Option<String>)> {
         let result = self.identify_unreported(token, now, observer).await;
         observer.identity(
             result
@@ -435,23 +457,23 @@ impl Pipeline {
         token: &str,
         now: u64,
         observer: &mut O,
-    ) -> Result<(Arc<Identity>, Option<Candidate>), (IdentifyError, Option<String>)> {
+    ) -> Result<(Arc<Identity>, Admission), (IdentifyError, Option<String>)> {
         // The size limit comes first: an oversized token is refused unread, not even hashed
         // for the cache lookup.
         identify::check_size(token, self.config.max_token_bytes).map_err(|e| (e, None))?;
         let digest = TokenDigest::of(token);
-        if let Some(identity) = self.token_cache.get(&digest, now) {
+        if let Some(Cached { identity, granted }) = self.token_cache.get(&digest, now) {
             observer.cached();
-            return Ok((identity, None));
+            return Ok((identity, Admission::Cached(granted)));
         }
         let (identity, key, valid_until) = self.verify(token, now, observer).await?;
         let identity = Arc::new(identity);
         if identity.exchanged.is_some() {
             // Never cached: its revocation and the bridge keys are checked on every Check.
-            return Ok((identity, None));
+            return Ok((identity, Admission::Verified(None)));
         }
         let candidate = Candidate::new(digest, identity.clone(), &key, valid_until);
-        Ok((identity, Some(candidate)))
+        Ok((identity, Admission::Verified(Some(candidate))))
     }
 
     /// Full verification; also returns the key that verified the token and until when the
@@ -587,7 +609,7 @@ impl Pipeline {
         }
     }
 
-    fn record(&self, facts: &RequestFacts, decision: &Decision, elapsed: std::time::Duration) {
+    fn record(&self, facts: &RequestFacts<'_>, decision: &Decision, elapsed: std::time::Duration) {
         let issuer = match decision {
             Decision::Allow { identity, .. } => &identity.issuer,
             Decision::Deny {
@@ -596,13 +618,9 @@ impl Pipeline {
             } => issuer.as_str(),
             _ => "",
         };
-        self.metrics
-            .decisions
-            .with_label_values(&[decision.kind(), decision.reason().code(), issuer])
-            .inc();
-        self.metrics
-            .check_duration
-            .with_label_values(&[decision.kind()])
+        self.decision_metrics.count(decision, issuer);
+        self.decision_metrics
+            .duration(decision)
             .observe(elapsed.as_secs_f64());
         let latency_us = elapsed.as_micros() as u64;
         match decision {
@@ -655,6 +673,103 @@ impl Pipeline {
             ),
         }
     }
+}
+
+/// The metric children `record` updates on every Check, looked up by label once and kept: one
+/// decision counter per decision kind × reason × configured issuer (and no issuer), one
+/// duration histogram per kind. Each is created on its first use, so `/metrics` shows only the
+/// label sets that occurred, as before; an issuer name this configuration does not have (none
+/// reaches `record` today) falls back to the label lookup.
+struct DecisionMetrics {
+    /// The configured issuers' names; a decision without an issuer takes the slot after them.
+    issuers: Vec<String>,
+    /// `[kind][reason][issuer]`, flattened.
+    decisions: Box<[OnceLock<IntCounter>]>,
+    durations: [OnceLock<Histogram>; 3],
+    metrics: Metrics,
+}
+
+impl DecisionMetrics {
+    const KINDS: [&'static str; 3] = ["allow", "passthrough", "deny"];
+
+    fn new(config: &Config, metrics: Metrics) -> Self {
+        let issuers: Vec<String> = config.issuers.iter().map(|i| i.name.clone()).collect();
+        let slots = Self::KINDS.len() * Reason::ALL.len() * (issuers.len() + 1);
+        Self {
+            decisions: (0..slots).map(|_| OnceLock::new()).collect(),
+            durations: Default::default(),
+            issuers,
+            metrics,
+        }
+    }
+
+    fn kind_index(decision: &Decision) -> usize {
+        match decision {
+            Decision::Allow { .. } => 0,
+            Decision::Passthrough { .. } => 1,
+            Decision::Deny { .. } => 2,
+        }
+    }
+
+    fn count(&self, decision: &Decision, issuer: &str) {
+        let reason = decision.reason();
+        let issuer_index = if issuer.is_empty() {
+            Some(self.issuers.len())
+        } else {
+            self.issuers.iter().position(|name| name == issuer)
+        };
+        let reason_index = Reason::ALL.iter().position(|r| *r == reason);
+        let labels = [decision.kind(), reason.code(), issuer];
+        let (Some(issuer_index), Some(reason_index)) = (issuer_index, reason_index) else {
+            self.metrics.decisions.with_label_values(&labels).inc();
+            return;
+        };
+        let slot = (Self::kind_index(decision) * Reason::ALL.len() + reason_index)
+            * (self.issuers.len() + 1)
+            + issuer_index;
+        self.decisions[slot]
+            .get_or_init(|| self.metrics.decisions.with_label_values(&labels))
+            .inc();
+    }
+
+    fn duration(&self, decision: &Decision) -> &Histogram {
+        self.durations[Self::kind_index(decision)].get_or_init(|| {
+            self.metrics
+                .check_duration
+                .with_label_values(&[decision.kind()])
+        })
+    }
+}
+
+/// Where an identity came from, and what that leaves for policy to do.
+enum Admission {
+    /// A cache hit: what policy granted the identity when it was admitted.
+    Cached(Arc<PolicyOutcome>),
+    /// Verified now: policy runs, and the cache takes the token if it grants something (and
+    /// may hold it at all: an exchanged token comes without a `Candidate`).
+    Verified(Option<Candidate>),
+}
+
+/// Estimated heap bytes of a policy outcome kept in the verified-token cache (its share of
+/// `limits.token_cache_bytes`). Runs once per admitted token, never on a hit.
+fn outcome_bytes(outcome: &PolicyOutcome) -> usize {
+    const ALLOCATION: usize = 16;
+    let strings = |values: &mut dyn Iterator<Item = usize>| -> usize {
+        values
+            .map(|len| if len == 0 { 0 } else { ALLOCATION + len })
+            .sum()
+    };
+    std::mem::size_of::<PolicyOutcome>()
+        + 2 * std::mem::size_of::<usize>() // the Arc's counts
+        + ALLOCATION
+        + outcome.grants.capacity() * std::mem::size_of::<(crate::model::permission::Grant, String)>()
+        // A grant's own strings are about as long as its text (`repository:acme/app:pull`).
+        + strings(&mut outcome.grants.iter().map(|(grant, _)| grant.to_string().len()))
+        + strings(&mut outcome.grants.iter().map(|(_, rule)| rule.len()))
+        + outcome.matched_rules.capacity() * std::mem::size_of::<String>()
+        + strings(&mut outcome.matched_rules.iter().map(String::len))
+        + outcome.dropped.capacity() * std::mem::size_of::<String>()
+        + strings(&mut outcome.dropped.iter().map(String::len))
 }
 
 /// Permissions joined by `, ` for a log field, formatted only if the event is written.

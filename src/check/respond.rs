@@ -170,7 +170,7 @@ pub fn build_response(
 /// nothing, so it is left alone); names already listed are not repeated. A name the response
 /// sets itself is skipped: Envoy applies removals after additions, so removing it would drop
 /// the value we set (which already overwrites the client's).
-pub fn remove_also(response: &mut CheckResponse, names: &[String]) {
+pub fn remove_also(response: &mut CheckResponse, names: &[&str]) {
     if let Some(HttpResponse::OkResponse(ok)) = response.http_response.as_mut() {
         for name in names {
             let set_here = ok.headers.iter().any(|option| {
@@ -179,8 +179,8 @@ pub fn remove_also(response: &mut CheckResponse, names: &[String]) {
                     .as_ref()
                     .is_some_and(|header| header.key.eq_ignore_ascii_case(name))
             });
-            if !set_here && !ok.headers_to_remove.contains(name) {
-                ok.headers_to_remove.push(name.clone());
+            if !set_here && !ok.headers_to_remove.iter().any(|removed| removed == name) {
+                ok.headers_to_remove.push(name.to_string());
             }
         }
     }

@@ -51,13 +51,14 @@ fn summarize(config: &Config) -> String {
     ));
     let jwks = &config.jwks;
     text.push_str(&format!(
-        "limits: max_token_bytes {}, token_cache_entries {}\n\
+        "limits: max_token_bytes {}, token_cache_entries {}, token_cache_bytes {}\n\
          jwks: ttl {}s (clamped to {}s..{}s), min_refetch_interval {}s, max_refresh_interval {}s, \
          fetch_timeout {}s, \
          max_response_bytes {}, max_keys {}, stale_limit {}s\n\
          audit: allow_sample_rate {}\nshutdown_grace_seconds: {}\n",
         config.max_token_bytes,
         config.token_cache_entries,
+        config.token_cache_bytes,
         jwks.default_ttl.as_secs(),
         jwks.min_ttl.as_secs(),
         jwks.max_ttl.as_secs(),

@@ -144,6 +144,10 @@ pub struct Limits {
     pub max_token_bytes: usize,
     /// Verified tokens remembered (0 disables the cache).
     pub token_cache_entries: usize,
+    /// Estimated bytes the verified-token cache may hold, whatever the number of entries (0
+    /// disables the cache). The default, 64 MiB, fits the shipped Kubernetes memory limit
+    /// (256 MiB) with room to spare.
+    pub token_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -151,6 +155,7 @@ impl Default for Limits {
         Self {
             max_token_bytes: 16 * 1024,
             token_cache_entries: 100_000,
+            token_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -195,24 +195,28 @@ impl RouteTable {
 
     /// The route Quay's router picks for `method` on `path` (as the router sees it), with the
     /// values its converters took.
-    fn match_api(&self, method: &str, path: &str) -> Option<(&'static ApiRoute, ApiParams)> {
+    fn match_api<'p>(
+        &self,
+        method: &str,
+        path: &'p str,
+    ) -> Option<(&'static ApiRoute, ApiParams<'p>)> {
         self.match_api_excluding(method, path, &[])
             .map(|(_, route, params)| (route, params))
     }
 
-    fn match_api_excluding(
+    fn match_api_excluding<'p>(
         &self,
         method: &str,
-        path: &str,
+        path: &'p str,
         excluded: &[usize],
-    ) -> Option<(usize, &'static ApiRoute, ApiParams)> {
+    ) -> Option<(usize, &'static ApiRoute, ApiParams<'p>)> {
         let found = self.matcher.find_excluding(method, path, excluded)?;
         // HEAD is served by Flask's GET view.
         let method = if method == "HEAD" { "GET" } else { method };
         let route = *self.routes.get(&(found.rule, method))?;
         let params = ApiParams {
-            repository: found.value("repository").map(str::to_string),
-            namespace: found.value("orgname").map(str::to_string),
+            repository: found.value("repository"),
+            namespace: found.value("orgname"),
         };
         Some((found.rule, route, params))
     }
@@ -220,10 +224,10 @@ impl RouteTable {
 
 /// Parameters a matched API route took from the path.
 #[derive(Debug, Default)]
-struct ApiParams {
+struct ApiParams<'p> {
     /// `<apirepopath:repository>`: `namespace/name`, the name possibly nested.
-    repository: Option<String>,
-    namespace: Option<String>,
+    repository: Option<&'p str>,
+    namespace: Option<&'p str>,
 }
 
 fn need_permissions(
@@ -234,14 +238,14 @@ fn need_permissions(
     Some(match need {
         ApiNeed::Authenticated => Vec::new(),
         ApiNeed::Repository(scope) => {
-            let (namespace, name) = params.repository.as_deref()?.split_once('/')?;
+            let (namespace, name) = params.repository?.split_once('/')?;
             if !is_namespace_name(namespace) || !is_repository_path(name) {
                 return None;
             }
             vec![Permission::repository(scope, namespace, name)]
         }
         ApiNeed::Namespace(scope) => {
-            let namespace = params.namespace.as_deref()?;
+            let namespace = params.namespace?;
             if !is_namespace_name(namespace) {
                 return None;
             }

@@ -99,17 +99,19 @@ impl Rule {
 
 /// What a path resolves to: the rule and the converter values by variable name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
+pub struct Found<'m, 'p> {
     pub rule: usize,
-    pub values: Vec<(String, String)>,
+    /// Converter name and value, borrowed from the rule and from the path: a match copies
+    /// nothing.
+    pub values: Vec<(&'m str, &'p str)>,
 }
 
-impl Found {
-    pub fn value(&self, name: &str) -> Option<&str> {
+impl<'p> Found<'_, 'p> {
+    pub fn value(&self, name: &str) -> Option<&'p str> {
         self.values
             .iter()
-            .find(|(variable, _)| variable == name)
-            .map(|(_, value)| value.as_str())
+            .find(|(variable, _)| *variable == name)
+            .map(|(_, value)| *value)
     }
 }
 
@@ -315,10 +317,11 @@ pub struct RuleMatcher {
 }
 
 /// A depth-first search's outcome below one state.
+/// The converter values are in the search's `values` stack when it returns a rule.
 enum Search {
-    Found(usize, Vec<(String, String)>),
+    Found(usize),
     /// Werkzeug's `SlashRequired`: the rule exists with a trailing slash; Quay redirects there.
-    SlashRequired(usize, Vec<(String, String)>),
+    SlashRequired(usize),
     None,
 }
 
@@ -388,39 +391,58 @@ impl RuleMatcher {
     /// rule (Quay answers with a redirect to it, which comes back through the proxy).
     /// With `excluded`, as if those rules were not registered: a Quay feature that is off
     /// drops its rules, and Werkzeug then finds the next one.
-    pub fn find_excluding(&self, method: &str, path: &str, excluded: &[usize]) -> Option<Found> {
-        let parts: Vec<&str> = path.split('/').collect();
+    pub fn find_excluding<'m, 'p>(
+        &'m self,
+        method: &str,
+        path: &'p str,
+        excluded: &[usize],
+    ) -> Option<Found<'m, 'p>> {
+        let parts: Vec<&'p str> = path.split('/').collect();
         let search = Searcher {
             matcher: self,
             method,
             excluded,
+            path,
         };
-        match search.run(0, &parts, Vec::new()) {
-            Search::Found(rule, values) | Search::SlashRequired(rule, values) => {
-                Some(Found { rule, values })
-            }
+        let mut values = Vec::new();
+        match search.run(0, &parts, &mut values) {
+            Search::Found(rule) | Search::SlashRequired(rule) => Some(Found { rule, values }),
             Search::None => None,
         }
     }
 }
 
 /// One depth-first search: the method asked for and the rules to act as if absent.
-struct Searcher<'m> {
+struct Searcher<'s, 'm, 'p> {
     matcher: &'m RuleMatcher,
-    method: &'m str,
-    excluded: &'m [usize],
+    method: &'s str,
+    excluded: &'s [usize],
+    /// The whole path: a final part matches the rest of it, a slice of it.
+    path: &'p str,
 }
 
-impl Searcher<'_> {
+impl<'m, 'p> Searcher<'_, 'm, 'p> {
     fn allows(&self, rule: usize) -> bool {
         !self.excluded.contains(&rule) && self.matcher.rules[rule].allows(self.method)
     }
 
-    fn run(&self, state: usize, parts: &[&str], values: Vec<(String, String)>) -> Search {
+    /// The rest of the path from `part` on (`parts.join("/")` without the copy): `part` and
+    /// what follows are slices of `self.path` in order, one `/` apart.
+    fn rest_of_path(&self, part: &'p str, remaining: &[&'p str]) -> &'p str {
+        let start = (part.as_ptr() as usize).wrapping_sub(self.path.as_ptr() as usize);
+        match self.path.get(start..) {
+            Some(rest) if !remaining.is_empty() && rest.starts_with(part) => rest,
+            _ => part,
+        }
+    }
+
+    /// Searches below `state`; converter values found on the way are pushed on `values`, and
+    /// taken off again when a branch fails.
+    fn run(&self, state: usize, parts: &[&'p str], values: &mut Vec<(&'m str, &'p str)>) -> Search {
         let here = &self.matcher.states[state];
-        let Some((part, remaining)) = parts.split_first() else {
+        let Some((&part, remaining)) = parts.split_first() else {
             if let Some(&rule) = here.rules.iter().find(|&&rule| self.allows(rule)) {
-                return Search::Found(rule, values);
+                return Search::Found(rule);
             }
             if let Some(&rule) = here.statics.get("").and_then(|&slash| {
                 self.matcher.states[slash]
@@ -429,39 +451,43 @@ impl Searcher<'_> {
                     .find(|&&rule| self.allows(rule))
             }) {
                 // Every Flask rule is strict about slashes.
-                return Search::SlashRequired(rule, values);
+                return Search::SlashRequired(rule);
             }
             return Search::None;
         };
-        if let Some(&next) = here.statics.get(*part) {
-            match self.run(next, remaining, values.clone()) {
+        if let Some(&next) = here.statics.get(part) {
+            match self.run(next, remaining, values) {
                 Search::None => {}
                 found => return found,
             }
         }
-        // A final part matches the rest of the path at once: join it once per state.
-        let mut rest_of_path: Option<String> = None;
+        let depth = values.len();
         for (test, next) in &here.dynamic {
             let Some(regex) = &test.regex else { continue };
-            let (target, mut rest): (&str, &[&str]) = if test.is_final {
-                (rest_of_path.get_or_insert_with(|| parts.join("/")), &[])
+            // A final part matches the rest of the path at once.
+            let (target, mut rest): (&'p str, &[&'p str]) = if test.is_final {
+                (self.rest_of_path(part, remaining), &[])
             } else {
                 (part, remaining)
             };
+            // Most transitions tried do not match: the DFA answers that without the cost of
+            // finding capture groups, which only a match needs.
+            if !regex.is_match(target) {
+                continue;
+            }
             let Some(captures) = regex.captures(target) else {
                 continue;
             };
-            let mut found_values = values.clone();
             for (variable, group) in &test.variables {
                 if let Some(capture) = captures.get(*group) {
-                    found_values.push((variable.clone(), capture.as_str().to_string()));
+                    values.push((variable.as_str(), capture.as_str()));
                 }
             }
             if test.suffixed && captures.get(captures.len() - 1).map(|m| m.as_str()) == Some("/") {
                 rest = &[""];
             }
-            match self.run(*next, rest, found_values) {
-                Search::None => {}
+            match self.run(*next, rest, values) {
+                Search::None => values.truncate(depth),
                 found => return found,
             }
         }

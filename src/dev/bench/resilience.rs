@@ -112,6 +112,8 @@ pub struct MemoryFigures {
     pub peak_rss_kib: u64,
     pub cache_entries: u64,
     pub cache_evictions: u64,
+    /// `quay_authz_token_cache_bytes`: the cache's own estimate of what it holds.
+    pub cache_bytes: u64,
     pub report: LoadReport,
 }
 
@@ -252,6 +254,7 @@ async fn memory(
         peak_rss_kib: server.status_kib("VmHWM")?,
         cache_entries: metric_sum(&metrics, "quay_authz_token_cache_entries", "") as u64,
         cache_evictions: metric_sum(&metrics, "quay_authz_token_cache_evictions_total", "") as u64,
+        cache_bytes: metric_sum(&metrics, "quay_authz_token_cache_bytes", "") as u64,
         report,
     })
 }
@@ -508,12 +511,13 @@ impl ResilienceFigures {
         let rotation_denials = rotation.report.denials() + rotation.report.errors;
         let flood_fetches = flood.issuer_jwks_fetches;
         let valid_allowed = flood.report.decisions.get("allow").copied().unwrap_or(0);
-        let per_token = if memory.tokens > 0 {
+        // Per entry the cache holds (with a byte bound, fewer than the tokens sent).
+        let per_token = if memory.cache_entries > 0 {
             (memory
                 .loaded_rss_kib
                 .saturating_sub(memory.baseline_rss_kib)
                 * 1024) as f64
-                / memory.tokens as f64
+                / memory.cache_entries as f64
         } else {
             0.0
         };
@@ -542,8 +546,9 @@ impl ResilienceFigures {
             check(flood_fetches <= flood.allowed_fetches),
         ));
         text.push_str(&format!(
-            "| RSS with {} cached tokens | {:.1} MiB (baseline {:.1} MiB, +{:.0} bytes per token; peak {:.1} MiB) | ≤ 64 MiB {} |\n",
+            "| RSS after {} distinct tokens ({} cached) | {:.1} MiB (baseline {:.1} MiB, +{:.0} bytes per cached token; peak {:.1} MiB) | ≤ 64 MiB {} |\n",
             memory.tokens,
+            memory.cache_entries,
             mib(memory.loaded_rss_kib),
             mib(memory.baseline_rss_kib),
             per_token,
@@ -580,11 +585,14 @@ impl ResilienceFigures {
             "- **Memory**: VmRSS of the `quay-authz serve` process from `/proc/PID/status`, \
              baseline after 1 s of load with the first token, then {} distinct valid ES256 \
              tokens (the first included) sent once each; afterwards \
-             `quay_authz_token_cache_entries` was {} and `quay_authz_token_cache_evictions_total` {}. {:.0} rps (uncached ES256 \
+             `quay_authz_token_cache_entries` was {} and `quay_authz_token_cache_evictions_total` {}; \
+             the cache's estimate, `quay_authz_token_cache_bytes`, was {:.1} MiB ({} bytes per entry). {:.0} rps (uncached ES256 \
              verification), p99 {:.0} µs.\n",
             memory.tokens,
             memory.cache_entries,
             memory.cache_evictions,
+            memory.cache_bytes as f64 / (1024.0 * 1024.0),
+            memory.cache_bytes.checked_div(memory.cache_entries).unwrap_or(0),
             memory.report.rps,
             memory.report.latency.p99_us,
         ));
