@@ -65,6 +65,9 @@ pub struct Pipeline {
     /// cache is this configuration's: a reload builds a new Pipeline, and with it an empty
     /// cache, so a cached outcome is never one of an older policy.
     token_cache: TokenCache<Arc<PolicyOutcome>>,
+    /// The distinct outcomes cached tokens hold, one copy each: the members of one group get
+    /// the same grants, so 100 000 cached tokens usually share a handful of outcomes.
+    shared_outcomes: SharedOutcomes,
     audit_sampler: AllowSampler,
     /// The decision counters and duration histograms `record` updates, resolved once.
     decision_metrics: DecisionMetrics,
@@ -92,6 +95,7 @@ impl Pipeline {
                 config.token_cache_bytes,
                 metrics.clone(),
             ),
+            shared_outcomes: SharedOutcomes::default(),
             audit_sampler: AllowSampler::new(config.audit.allow_sample_rate),
             decision_metrics: DecisionMetrics::new(&config, metrics.clone()),
             bridge: config
@@ -295,9 +299,8 @@ impl Pipeline {
                 if let Some(candidate) = candidate
                     && !outcome.grants.is_empty()
                 {
-                    let bytes = outcome_bytes(&outcome);
-                    self.token_cache
-                        .admit(candidate, outcome.clone(), bytes, now);
+                    let (shared, bytes) = self.shared_outcomes.share(outcome.clone());
+                    self.token_cache.admit(candidate, shared, bytes, now);
                 }
                 outcome
             }
@@ -750,6 +753,40 @@ enum Admission {
     Verified(Option<Candidate>),
 }
 
+/// One copy of each distinct policy outcome the verified-token cache holds. Bounded by its
+/// own bytes (`SHARED_OUTCOME_BYTES`): once full, an entry keeps its own outcome and counts it
+/// in its share of `limits.token_cache_bytes`. Consulted on admission only (after a signature
+/// verification), never on a hit. Belongs to one Pipeline, like the cache it serves.
+#[derive(Default)]
+struct SharedOutcomes {
+    held: std::sync::Mutex<(std::collections::HashSet<Arc<PolicyOutcome>>, usize)>,
+}
+
+/// What the shared outcomes may take in all: 4 MiB, beside the cache's own bound.
+const SHARED_OUTCOME_BYTES: usize = 4 << 20;
+
+impl SharedOutcomes {
+    /// The shared copy of `outcome` and the bytes an entry holding it must count: nothing when
+    /// shared, its own size when the shared set is full.
+    fn share(&self, outcome: Arc<PolicyOutcome>) -> (Arc<PolicyOutcome>, usize) {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (set, bytes) = &mut *held;
+        if let Some(shared) = set.get(&outcome) {
+            return (shared.clone(), 0);
+        }
+        let size = outcome_bytes(&outcome);
+        if *bytes + size > SHARED_OUTCOME_BYTES {
+            return (outcome, size);
+        }
+        *bytes += size;
+        set.insert(outcome.clone());
+        (outcome, 0)
+    }
+}
+
 /// Estimated heap bytes of a policy outcome kept in the verified-token cache (its share of
 /// `limits.token_cache_bytes`). Runs once per admitted token, never on a hit.
 fn outcome_bytes(outcome: &PolicyOutcome) -> usize {
@@ -797,5 +834,54 @@ fn deny(reason: Reason, detail: &str, required: Option<Permission>) -> Decision 
         detail: detail.to_string(),
         required,
         issuer: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::permission::Grant;
+
+    fn outcome(text: &str, rule: &str) -> Arc<PolicyOutcome> {
+        Arc::new(PolicyOutcome {
+            grants: Grant::parse(text)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|grant| (grant, rule.to_string()))
+                .collect(),
+            matched_rules: vec![rule.to_string()],
+            dropped: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn equal_outcomes_are_held_once_and_cost_their_entries_nothing() {
+        let shared = SharedOutcomes::default();
+        let (first, first_bytes) = shared.share(outcome("repository:acme/app:pull", "team"));
+        let (second, second_bytes) = shared.share(outcome("repository:acme/app:pull", "team"));
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!((first_bytes, second_bytes), (0, 0));
+        // Another grant, or the same grant from another rule, is another outcome.
+        let (other, _) = shared.share(outcome("repository:acme/app:pull", "ci"));
+        assert!(!Arc::ptr_eq(&first, &other));
+    }
+
+    #[test]
+    fn once_the_shared_set_is_full_an_entry_pays_for_its_own_outcome() {
+        let shared = SharedOutcomes::default();
+        let mut index = 0;
+        // Distinct outcomes until the set refuses one: that one is counted by its entry.
+        let refused = loop {
+            let (_, bytes) =
+                shared.share(outcome(&format!("repo:read on acme/app{index}"), "team"));
+            if bytes > 0 {
+                break bytes;
+            }
+            index += 1;
+            assert!(index < 1_000_000, "the shared set never filled");
+        };
+        assert!(refused >= std::mem::size_of::<PolicyOutcome>());
+        let held = shared.held.lock().map(|held| held.1).unwrap_or_default();
+        assert!(held <= SHARED_OUTCOME_BYTES);
     }
 }

@@ -120,7 +120,7 @@ impl CompiledRule {
 }
 
 /// Grants the policy gave one identity, each with the rule that gave it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PolicyOutcome {
     pub grants: Vec<(Grant, String)>,
     pub matched_rules: Vec<String>,
