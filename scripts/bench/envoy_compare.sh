@@ -687,6 +687,6 @@ record_run() {
 
 case "${1:-}" in
   render) shift && render_command "$@" ;;
-  -h | --help | help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help | help) sed -n '2,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) bench_command "$@" ;;
 esac
