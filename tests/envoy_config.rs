@@ -95,6 +95,8 @@ async fn bench_configs_pass_envoy_validation() {
         ("ext_authz.yaml", Some("envoy.filters.http.ext_authz")),
         // The fourth variant: the same ext_authz filter, to the no-op server.
         ("noop.yaml", Some("envoy.filters.http.ext_authz")),
+        // The fifth: the same filter again, to a quay-authz with its token cache off.
+        ("uncached.yaml", Some("envoy.filters.http.ext_authz")),
         ("upstream.yaml", None),
     ] {
         let path = out.join(file);
@@ -115,18 +117,22 @@ async fn bench_configs_pass_envoy_validation() {
         assert_envoy_accepts(&bin, &path);
     }
 
-    // (c) and (d) differ only in where their Checks go: quay-authz (render's port 10003) or the
-    // no-op server (10005). Anything else would make the ratio of the two measure something else.
+    // (c), (d) and (e) differ only in where their Checks go: quay-authz (render's port 10003), the
+    // no-op server (10005) or the cache-off quay-authz (10006). Anything else would make their
+    // ratios measure something else.
     let read = |file: &str| {
         std::fs::read_to_string(out.join(file)).unwrap_or_else(|err| panic!("read {file}: {err}"))
     };
-    let (ext_authz, noop) = (read("ext_authz.yaml"), read("noop.yaml"));
-    assert!(ext_authz.contains("port_value: 10003") && !ext_authz.contains("port_value: 10005"));
-    assert_eq!(
-        noop,
-        ext_authz.replace("port_value: 10003", "port_value: 10005"),
-        "noop.yaml is ext_authz.yaml with the no-op server's port"
-    );
+    let ext_authz = read("ext_authz.yaml");
+    assert!(ext_authz.contains("port_value: 10003"));
+    for (file, port) in [("noop.yaml", 10005), ("uncached.yaml", 10006)] {
+        assert!(!ext_authz.contains(&format!("port_value: {port}")));
+        assert_eq!(
+            read(file),
+            ext_authz.replace("port_value: 10003", &format!("port_value: {port}")),
+            "{file} is ext_authz.yaml with its own authorization server's port"
+        );
+    }
 }
 
 /// `envoy --mode validate -c path` succeeds and says OK.

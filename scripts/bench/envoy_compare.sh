@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Throughput and latency through a real Envoy, four ways in one run, each loaded with wrk using a
-# valid token on a registry pull (GET /v2/acme/app/manifests/latest):
+# Throughput and latency through a real Envoy, six ways in one run, each loaded with wrk on a
+# registry pull (GET /v2/acme/app/manifests/latest), (a)-(d) with one valid token:
 #
 #   (a) none       Envoy proxies straight to the upstream, no auth filter
 #   (b) jwt_authn  Envoy's own JWT filter: local JWKS (the dev issuer's keys, inline), JWT cache
@@ -8,10 +8,15 @@
 #   (d) noop       the same ext_authz filter, to `quay-authz-bench noop` (answers every Check OK at
 #                  once): what any ext_authz server could reach through this Envoy, the transport's
 #                  limit, and the baseline the issue 14 goals compare (c) with
+#   and with 256 distinct valid tokens sent in rotation (rotating.lua; minted by the dev issuer):
+#   (e) uncached   the ext_authz filter of (c), to a second quay-authz with the verified-token cache
+#                  off (limits.token_cache_entries: 0): every Check verifies its token's signature
+#   (f) noop_rotating  Envoy (d) and its no-op server, loaded like (e): the baseline of (e)
 #
-#   wrk ─► Envoy (a|b|c|d) ─► upstream (a second Envoy answering 200 itself, deploy/envoy/bench/upstream.yaml)
+#   wrk ─► Envoy (a|b|c|d|e) ─► upstream (a second Envoy answering 200 itself, deploy/envoy/bench/upstream.yaml)
 #              ├─(c) gRPC Check─► quay-authz ─JWKS─► quay-authz dev-issuer
-#              └─(d) gRPC Check─► quay-authz-bench noop
+#              ├─(d, f) gRPC Check─► quay-authz-bench noop
+#              └─(e) gRPC Check─► quay-authz, cache off ─JWKS─► the same dev issuer
 #
 # Usage:
 #   scripts/bench/envoy_compare.sh [--record] [--rounds N] [--duration S] [--warmup S]
@@ -19,19 +24,21 @@
 #   scripts/bench/envoy_compare.sh render --out DIR --issuer ISS --jwks FILE
 #
 #   --record       also write the run into BENCHMARKS.md ("Through Envoy …", last 3 runs kept)
-#   --rounds N     rounds of a, b, c, d, interleaved so drifting machine load hits all four (3)
+#   --rounds N     rounds of a to f, interleaved so drifting machine load hits all six (3)
 #   --duration S   seconds of each timed wrk run (15); --warmup S: untimed run per variant first (3)
 #   --connections N, --threads N: wrk's -c (16) and -t (1)
 #   --pin          pin with taskset: the Envoy under test alone on CPU 0; wrk, the upstream,
-#                  quay-authz, the no-op server and the issuer on CPU 1 (ENVOY_CPUS and AUX_CPUS, taskset -c lists,
+#                  both quay-authz, the no-op server and the issuer on CPU 1 (ENVOY_CPUS and AUX_CPUS, taskset -c lists,
 #                  override). For a quiet machine: with other load on it, pinned processes cannot
 #                  move to the less busy core, and every figure drops (see BENCHMARKS.md).
-#   render         only write the four Envoy configs and the upstream's config into DIR, with
+#   render         only write the five Envoy configs and the upstream's config into DIR, with
 #                  placeholder ports (tests/envoy_config.rs validates them with a real Envoy)
 #
-# Every variant is checked before it is timed: the valid token must get 200, and in (b) and (c) a
-# request without a token must be refused, so a misconfiguration fails the run instead of
-# measuring the wrong thing. wrk's non-2xx and socket error counts are reported.
+# Every variant is checked before it is timed: the valid token (and in (e), (f) the first and last
+# rotating token) must get 200, and in (b), (c) and (e) a request without a token must be refused,
+# so a misconfiguration fails the run instead of measuring the wrong thing; after the timed runs,
+# (e)'s quay-authz must report an empty cache (no hit). wrk's non-2xx and socket error counts are
+# reported.
 # Needs: curl, wrk and Envoy (scripts/setup.sh), python3 (free ports), cargo.
 set -euo pipefail
 
@@ -44,7 +51,15 @@ target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
 quay_authz="$target_dir/release/quay-authz"
 quay_authz_bench="$target_dir/release/quay-authz-bench"
 envoy_bin="${ENVOY_BIN:-$repo_root/.venv/bin/envoy}"
-variants=(none jwt_authn ext_authz noop)
+# The Envoys (one per variant but (f), which loads noop's), and the timed loads: which Envoy each
+# drives and with which wrk script (token.lua: one token; rotating.lua: $rotating_tokens tokens).
+variants=(none jwt_authn ext_authz noop uncached)
+loads=(none jwt_authn ext_authz noop uncached noop_rotating)
+declare -A load_envoy=([none]=none [jwt_authn]=jwt_authn [ext_authz]=ext_authz [noop]=noop
+  [uncached]=uncached [noop_rotating]=noop)
+declare -A load_script=([none]=token.lua [jwt_authn]=token.lua [ext_authz]=token.lua
+  [noop]=token.lua [uncached]=rotating.lua [noop_rotating]=rotating.lua)
+rotating_tokens=256
 # A registry pull the quickstart configuration grants to allowed.token (repository:acme/app:pull).
 bench_path=/v2/acme/app/manifests/latest
 start_timeout=30
@@ -67,10 +82,11 @@ fail() {
 # render_variant VARIANT OUT LISTEN_PORT ADMIN_PORT UPSTREAM_PORT AUTHZ_PORT [ISSUER JWKS_FILE]
 #
 # deploy/envoy/envoy.yaml with its four ports and its listener address replaced, as the tests do,
-# and its ext_authz filter kept (ext_authz, and noop, whose AUTHZ_PORT is the no-op server's),
+# and its ext_authz filter kept (ext_authz, and noop and uncached, whose AUTHZ_PORT is the no-op
+# server's or the cache-off quay-authz's),
 # dropped (none) or replaced by the jwt_authn filter of deploy/envoy/bench/jwt_authn.filter.yaml
 # (jwt_authn). Everything else (connection manager settings, JSON access log, routes, clusters) is
-# the deploy config's, the same in all four.
+# the deploy config's, the same in all five.
 # Fails if the deploy config no longer has each replaced piece exactly once.
 render_variant() {
   local variant=$1 out=$2 listen=$3 admin=$4 upstream=$5 authz=$6 issuer=${7:-} jwks_file=${8:-}
@@ -107,7 +123,7 @@ render_variant() {
     }
     /^ *- name: envoy\.filters\.http\.ext_authz *$/ {
       filters++
-      if (variant == "ext_authz" || variant == "noop") { print; next }
+      if (variant == "ext_authz" || variant == "noop" || variant == "uncached") { print; next }
       skip_indent = indent_of($0); skip_item = 1
       pad = substr($0, 1, skip_indent)
       while ((getline line < snippet) > 0) {
@@ -119,7 +135,7 @@ render_variant() {
       next
     }
     # The /v2/ route turns off ext_authz body buffering: only meaningful where ext_authz runs.
-    /^ *typed_per_filter_config: *$/ && variant != "ext_authz" && variant != "noop" {
+    /^ *typed_per_filter_config: *$/ && variant != "ext_authz" && variant != "noop" && variant != "uncached" {
       per_route++; skip_indent = indent_of($0); skip_item = 0; next
     }
     # Through placeholders, so that a new port equal to another deploy port is not replaced again.
@@ -168,10 +184,12 @@ render_command() {
     fail "usage: render --out DIR --issuer ISS --jwks FILE (a non-empty JWKS document)"
   mkdir -p "$out"
   local variant
+  local -A render_authz_port=([noop]=10005 [uncached]=10006)
   for variant in "${variants[@]}"; do
-    # The no-op server listens on a port of its own (10005), as in a run.
+    # The no-op server (10005) and the cache-off quay-authz (10006) listen on ports of their
+    # own, as in a run.
     render_variant "$variant" "$out/$variant.yaml" 10000 10001 10002 \
-      "$([ "$variant" = noop ] && echo 10005 || echo 10003)" "$issuer" "$jwks"
+      "${render_authz_port[$variant]:-10003}" "$issuer" "$jwks"
   done
   render_upstream "$out/upstream.yaml" 10002 10004
 }
@@ -268,6 +286,27 @@ start_envoy() {
 
 # --- checks and load ----------------------------------------------------------------------------------
 
+# write_rotating_lua TOKENS_FILE: a wrk script sending the tokens of TOKENS_FILE (one a line) in
+# turn, one per request. The requests are formatted once, in init, so the per-request Lua is a table
+# lookup (the no-op run (f) pays the same, so the ratio of (e) to it is not skewed by it).
+write_rotating_lua() {
+  printf -- '-- %s valid tokens in rotation (envoy_compare.sh)\nlocal tokens = {\n' "$(wc -l <"$1")"
+  awk '{ gsub(/[^A-Za-z0-9._-]/, ""); printf "  \"%s\",\n", $0 }' "$1"
+  cat <<'EOF_LUA'
+}
+local requests, turn = {}, 0
+init = function(args)
+  for i, token in ipairs(tokens) do
+    requests[i] = wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. token })
+  end
+end
+request = function()
+  turn = turn % #requests + 1
+  return requests[turn]
+end
+EOF_LUA
+}
+
 # status_of URL [TOKEN_FILE]: the HTTP status of a GET, with the token (if any) as bearer.
 status_of() {
   local header=()
@@ -285,16 +324,16 @@ expect_status() {
   say "$variant: $what → $got"
 }
 
-# run_wrk VARIANT SECONDS OUT: wrk against VARIANT's listener; the token goes in through a Lua
-# script so it is not on wrk's command line.
+# run_wrk LOAD SECONDS OUT: wrk against the listener of LOAD's Envoy with LOAD's script; the
+# tokens go in through a Lua script so they are not on wrk's command line.
 run_wrk() {
-  local variant=$1 seconds=$2 out=$3
-  local cmd=(wrk "-t$threads" "-c$connections" "-d${seconds}s" --latency -s "$work/token.lua"
-    "http://127.0.0.1:${listen_port[$variant]}$bench_path")
+  local load=$1 seconds=$2 out=$3
+  local cmd=(wrk "-t$threads" "-c$connections" "-d${seconds}s" --latency -s "$work/${load_script[$load]}"
+    "http://127.0.0.1:${listen_port[${load_envoy[$load]}]}$bench_path")
   if [ "$pin" = true ]; then
     cmd=(taskset -c "$aux_cpus" "${cmd[@]}")
   fi
-  "${cmd[@]}" >"$out" 2>&1 || fail "wrk failed against $variant: $(cat "$out")"
+  "${cmd[@]}" >"$out" 2>&1 || fail "wrk failed against $load: $(cat "$out")"
 }
 
 # parse_wrk FILE: `rps p50_ms p90_ms p99_ms non2xx socket_errors`.
@@ -338,6 +377,7 @@ counters=(
   "ext_authz ext_authz.ok" "ext_authz ext_authz.denied" "ext_authz ext_authz.error"
   "ext_authz ext_authz.failure_mode_allowed" "noop ext_authz.ok" "noop ext_authz.error"
   "jwt_authn jwt_authn.jwt_cache_hit" "jwt_authn jwt_authn.jwt_cache_miss"
+  "uncached ext_authz.ok" "uncached ext_authz.denied" "uncached ext_authz.error"
 )
 
 # read_counters: the values of $counters, one a line, from the variants' admin /stats.
@@ -396,12 +436,16 @@ bench_command() {
   trap 'exit 130' INT TERM
 
   local ports
-  read -r -a ports <<<"$(free_ports 15)"
+  read -r -a ports <<<"$(free_ports 20)"
   local issuer_port=${ports[0]} grpc_port=${ports[1]} http_port=${ports[2]} admin_port=${ports[3]}
   local upstream_port=${ports[4]} upstream_admin=${ports[5]} noop_port=${ports[14]}
-  declare -gA listen_port=([none]=${ports[6]} [jwt_authn]=${ports[7]} [ext_authz]=${ports[8]} [noop]=${ports[12]})
-  declare -gA envoy_admin=([none]=${ports[9]} [jwt_authn]=${ports[10]} [ext_authz]=${ports[11]} [noop]=${ports[13]})
-  declare -gA authz_port=([none]=$grpc_port [jwt_authn]=$grpc_port [ext_authz]=$grpc_port [noop]=$noop_port)
+  local uncached_grpc=${ports[15]} uncached_http=${ports[16]} uncached_admin=${ports[17]}
+  declare -gA listen_port=([none]=${ports[6]} [jwt_authn]=${ports[7]} [ext_authz]=${ports[8]} [noop]=${ports[12]}
+    [uncached]=${ports[18]})
+  declare -gA envoy_admin=([none]=${ports[9]} [jwt_authn]=${ports[10]} [ext_authz]=${ports[11]} [noop]=${ports[13]}
+    [uncached]=${ports[19]})
+  declare -gA authz_port=([none]=$grpc_port [jwt_authn]=$grpc_port [ext_authz]=$grpc_port [noop]=$noop_port
+    [uncached]=$uncached_grpc)
 
   # The dev issuer writes config.yaml (trusting it) and the tokens; quay-authz gets this run's
   # ports instead of the quickstart's.
@@ -417,9 +461,28 @@ bench_command() {
   http --fail "http://127.0.0.1:$issuer_port/jwks" | tr -d '\n' >"$work/jwks.json"
   grep -q '"keys"' "$work/jwks.json" || fail "the dev issuer's /jwks has no keys"
   printf 'wrk.headers["Authorization"] = "Bearer %s"\n' "$(tr -d '[:space:]' <"$work/issuer/allowed.token")" >"$work/token.lua"
+  # (e) and (f): distinct valid tokens, granted the pull as allowed.token is (group
+  # acme-developers), minted by the dev issuer's /token in one curl; an hour is longer than a run.
+  local i token_urls=()
+  for ((i = 1; i <= rotating_tokens; i++)); do
+    token_urls+=("http://127.0.0.1:$issuer_port/token?sub=bench-$i&groups=acme-developers&lifetime=3600")
+  done
+  http --fail "${token_urls[@]}" | grep -v '^$' >"$work/rotating.tokens" ||
+    fail "could not mint $rotating_tokens tokens from the dev issuer's /token"
+  [ "$(sort -u "$work/rotating.tokens" | wc -l)" -eq "$rotating_tokens" ] ||
+    fail "the dev issuer did not mint $rotating_tokens distinct tokens"
+  write_rotating_lua "$work/rotating.tokens" >"$work/rotating.lua"
+  # (e)'s quay-authz: the same configuration on its own ports, with the verified-token cache off.
+  sed -e "s/^\(  grpc: \).*/\1127.0.0.1:$uncached_grpc/" -e "s/^\(  http: \).*/\1127.0.0.1:$uncached_http/" \
+    -e "s/^\(  admin: \).*/\1127.0.0.1:$uncached_admin/" "$work/issuer/config.yaml" >"$work/quay-authz-uncached.yaml"
+  grep -q '^limits:' "$work/quay-authz-uncached.yaml" &&
+    fail "the dev issuer's config.yaml now has a limits: section; set token_cache_entries: 0 in it"
+  printf 'limits:\n  token_cache_entries: 0\n' >>"$work/quay-authz-uncached.yaml"
 
   start_bg quay-authz "$aux_cpus" "$quay_authz" serve --config "$work/quay-authz.yaml"
   wait_for quay-authz "ready (keys fetched)" readyz "$http_port"
+  start_bg quay-authz-uncached "$aux_cpus" "$quay_authz" serve --config "$work/quay-authz-uncached.yaml"
+  wait_for quay-authz-uncached "ready (keys fetched)" readyz "$uncached_http"
   start_bg noop "$aux_cpus" "$quay_authz_bench" noop --listen "127.0.0.1:$noop_port"
   wait_for noop "listening on :$noop_port" port_open "$noop_port"
 
@@ -449,10 +512,21 @@ bench_command() {
   url="http://127.0.0.1:${listen_port[ext_authz]}$bench_path"
   expect_status ext_authz 401 "$url" "" "no token"
   expect_status ext_authz 403 "$url" "$denied" "token without a grant"
+  url="http://127.0.0.1:${listen_port[uncached]}$bench_path"
+  expect_status uncached 401 "$url" "" "no token"
+  expect_status uncached 403 "$url" "$denied" "token without a grant"
+  head -n 1 "$work/rotating.tokens" >"$work/first.token"
+  tail -n 1 "$work/rotating.tokens" >"$work/last.token"
+  for variant in uncached noop; do
+    url="http://127.0.0.1:${listen_port[$variant]}$bench_path"
+    expect_status "$variant" 200 "$url" "$work/first.token" "first rotating token"
+    expect_status "$variant" 200 "$url" "$work/last.token" "last rotating token"
+  done
 
-  say "warm-up: ${warmup}s per variant"
-  for variant in "${variants[@]}"; do
-    run_wrk "$variant" "$warmup" "$work/warmup-$variant.txt"
+  say "warm-up: ${warmup}s per load"
+  local load
+  for load in "${loads[@]}"; do
+    run_wrk "$load" "$warmup" "$work/warmup-$load.txt"
   done
   # The counters of the timed runs only.
   local before
@@ -460,20 +534,30 @@ bench_command() {
 
   local round results=()
   for ((round = 1; round <= rounds; round++)); do
-    for variant in "${variants[@]}"; do
-      say "round $round/$rounds: $variant, ${duration}s"
-      run_wrk "$variant" "$duration" "$work/wrk-$round-$variant.txt"
-      results+=("$round $variant $(parse_wrk "$work/wrk-$round-$variant.txt")")
+    for load in "${loads[@]}"; do
+      say "round $round/$rounds: $load, ${duration}s"
+      run_wrk "$load" "$duration" "$work/wrk-$round-$load.txt"
+      results+=("$round $load $(parse_wrk "$work/wrk-$round-$load.txt")")
     done
   done
   local load_after
   load_after=$(uptime)
+  # (e) measured what it is meant to only if its cache stayed off: no entry, no hit.
+  local uncached_metrics
+  uncached_metrics=$(http --fail "http://127.0.0.1:$uncached_http/metrics") ||
+    fail "quay-authz-uncached: /metrics did not answer"
+  printf '%s\n' "$uncached_metrics" | awk '
+    /^quay_authz_token_cache_entries / && $2 != 0 { bad = 1 }
+    /^quay_authz_token_cache_lookups_total\{.*result="hit"/ && $NF != 0 { bad = 1 }
+    END { exit bad }' || fail "quay-authz-uncached reports cache entries or hits: its cache was not off"
 
   # `name +N` per counter, for the timed runs.
   local deltas
-  deltas=$(paste -d ' ' <(printf '%s\n' "${counters[@]}" | awk '{ print ($1 == "noop" ? "noop " $2 : $2) }') \
-    <(printf '%s\n' "$before") <(read_counters) |
-    awk '{ label = (NF == 4 ? $2 "` of (d)" : $1 "`"); printf "%s`%s +%d", (NR > 1 ? ", " : ""), label, $NF - $(NF - 1) }')
+  deltas=$(paste -d ' ' <(printf '%s\n' "${counters[@]}") <(printf '%s\n' "$before") <(read_counters) |
+    awk '{
+      label = $2 "`" ($1 == "noop" ? " of (d) and (f)" : $1 == "uncached" ? " of (e)" : "")
+      printf "%s`%s +%d", (NR > 1 ? ", " : ""), label, $4 - $3
+    }')
 
   local report
   report=$(report_markdown "$load_before" "$load_after" "$deltas" "$args" "${results[@]}")
@@ -496,7 +580,7 @@ report_markdown() {
   shift 4
   local results=("$@") variant
   declare -A rps p50 p90 p99 non2xx errors
-  for variant in "${variants[@]}"; do
+  for variant in "${loads[@]}"; do
     rps[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { print $3 }' | median)
     p50[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { print $4 }' | median)
     p90[$variant]=$(printf '%s\n' "${results[@]}" | awk -v v="$variant" '$2 == v { print $5 }' | median)
@@ -522,8 +606,8 @@ report_markdown() {
 
 Command: \`${QUAY_AUTHZ_LOG:+QUAY_AUTHZ_LOG=$QUAY_AUTHZ_LOG }scripts/bench/envoy_compare.sh${args:+ $args}\` at commit $commit.
 Envoy $envoy_version (\`--concurrency 1\`), $wrk_version: \`-t$threads -c$connections -d${duration}s --latency\`,
-one valid token, \`GET $bench_path\`; ${warmup} s untimed warm-up per variant, then $rounds round(s) of
-(none, jwt_authn, ext_authz, noop), interleaved. $(nproc) CPUs; pinning: $pinning.
+one valid token ((a)-(d)) or $rotating_tokens in rotation ((e), (f)), \`GET $bench_path\`; ${warmup} s untimed
+warm-up per variant, then $rounds round(s) of (a)-(f), interleaved. $(nproc) CPUs; pinning: $pinning.
 Load before: \`${load_before# }\`; after: \`${load_after# }\`.
 $(overload_note "${load_before#*load average: }")
 
@@ -531,12 +615,14 @@ $(overload_note "${load_before#*load average: }")
 | --- | --- | --- | --- | --- | --- | --- |
 EOF
   local label
-  for variant in "${variants[@]}"; do
+  for variant in "${loads[@]}"; do
     case "$variant" in
       none) label="(a) no auth" ;;
       jwt_authn) label="(b) \`jwt_authn\`, local JWKS + JWT cache" ;;
       ext_authz) label="(c) \`ext_authz\` → quay-authz" ;;
       noop) label="(d) \`ext_authz\` → no-op server (\`quay-authz-bench noop\`)" ;;
+      uncached) label="(e) \`ext_authz\` → quay-authz, cache off, $rotating_tokens rotating tokens" ;;
+      noop_rotating) label="(f) \`ext_authz\` → no-op server, $rotating_tokens rotating tokens" ;;
     esac
     printf '| %s | %.0f | %.2f ms | %.2f ms | %.2f ms | %s | %s |\n' "$label" "${rps[$variant]}" \
       "${p50[$variant]}" "${p90[$variant]}" "${p99[$variant]}" "${non2xx[$variant]}" "${errors[$variant]}"
@@ -545,6 +631,9 @@ EOF
   to_noop=$(ratio "${rps[ext_authz]}" "${rps[noop]}")
   to_jwt=$(ratio "${rps[ext_authz]}" "${rps[jwt_authn]}")
   p99_to_noop=$(ratio "${p99[ext_authz]}" "${p99[noop]}")
+  local rotating_rps rotating_p99
+  rotating_rps=$(ratio "${rps[uncached]}" "${rps[noop_rotating]}")
+  rotating_p99=$(ratio "${p99[uncached]}" "${p99[noop_rotating]}")
   cat <<EOF
 
 Ratios of the median rps: **quay-authz / no-op ext_authz = $to_noop** ($(goal_note "$to_noop" ">=" 0.95 "≥ 0.95"));
@@ -552,18 +641,22 @@ Ratios of the median rps: **quay-authz / no-op ext_authz = $to_noop** ($(goal_no
 no-op ext_authz / jwt_authn = $(ratio "${rps[noop]}" "${rps[jwt_authn]}"); ext_authz / no auth = $(ratio "${rps[ext_authz]}" "${rps[none]}");
 jwt_authn / no auth = $(ratio "${rps[jwt_authn]}" "${rps[none]}"). p99 of quay-authz / p99 of the no-op: **$p99_to_noop×**
 ($(goal_note "$p99_to_noop" "<=" 1.2 "≤ 1.2×")).
+**quay-authz, $rotating_tokens rotating tokens, cache off / no-op = $rotating_rps** (rps, $(goal_note "$rotating_rps" ">=" 0.85 "≥ 0.85"));
+its p99 / the no-op's p99 with the same tokens: $rotating_p99×. Cached (c) / cache off (e): $(ratio "${rps[ext_authz]}" "${rps[uncached]}").
 
-| round | no auth rps | jwt_authn rps | ext_authz rps | no-op rps | ext_authz / no-op | ext_authz / jwt_authn | jwt_authn / no auth |
-| --- | --- | --- | --- | --- | --- | --- | --- |
+| round | no auth rps | jwt_authn rps | ext_authz rps | no-op rps | ext_authz / no-op | ext_authz / jwt_authn | jwt_authn / no auth | cache off, rotating rps | no-op, rotating rps | (e) / (f) |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 EOF
-  local round a b c d
+  local round a b c d e f
   for ((round = 1; round <= rounds; round++)); do
     a=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "none" { print $3 }')
     b=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "jwt_authn" { print $3 }')
     c=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "ext_authz" { print $3 }')
     d=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "noop" { print $3 }')
-    printf '| %d | %s | %s | %s | %s | %s | %s | %s |\n' "$round" "$a" "$b" "$c" "$d" \
-      "$(ratio "$c" "$d")" "$(ratio "$c" "$b")" "$(ratio "$b" "$a")"
+    e=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "uncached" { print $3 }')
+    f=$(printf '%s\n' "${results[@]}" | awk -v r="$round" '$1 == r && $2 == "noop_rotating" { print $3 }')
+    printf '| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$round" "$a" "$b" "$c" "$d" \
+      "$(ratio "$c" "$d")" "$(ratio "$c" "$b")" "$(ratio "$b" "$a")" "$e" "$f" "$(ratio "$e" "$f")"
   done
   printf '\nEnvoy counters over the timed runs: %s.\n' "$counters"
 }
@@ -594,6 +687,6 @@ record_run() {
 
 case "${1:-}" in
   render) shift && render_command "$@" ;;
-  -h | --help | help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' ;;
+  -h | --help | help) sed -n '2,/^# Needs:/p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) bench_command "$@" ;;
 esac
