@@ -110,7 +110,17 @@ wait_for "quay-authz (redis)" curl -fsS "http://127.0.0.1:${redis_ports[1]}/read
 # The request wrk sends, and a summary line it prints when done.
 export SUBJECT_TOKEN
 SUBJECT_TOKEN=$(cat "$work/issuer/allowed.token")
-cat >"$work/exchange.lua" <<'EOF'
+# Both scripts end with the same summary line, printed when wrk is done.
+cat >"$work/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+    local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+        + summary.errors.timeout
+    io.write(string.format("RESULT %.1f %d %d %d %d\n",
+        summary.requests / (summary.duration / 1e6), latency:percentile(50),
+        latency:percentile(99), summary.errors.status, errors))
+end
+EOF
+cat - "$work/report.lua" >"$work/exchange.lua" <<'EOF'
 local token = os.getenv("SUBJECT_TOKEN")
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
@@ -118,23 +128,8 @@ wrk.body = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange
     .. "&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt"
     .. "&scope=repo%3Aread+on+acme%2Fapp"
     .. "&subject_token=" .. token
-done = function(summary, latency, requests)
-    local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-        + summary.errors.timeout
-    io.write(string.format("RESULT %.1f %d %d %d %d\n",
-        summary.requests / (summary.duration / 1e6), latency:percentile(50),
-        latency:percentile(99), summary.errors.status, errors))
-end
 EOF
-cat >"$work/get.lua" <<'EOF'
-done = function(summary, latency, requests)
-    local errors = summary.errors.connect + summary.errors.read + summary.errors.write
-        + summary.errors.timeout
-    io.write(string.format("RESULT %.1f %d %d %d %d\n",
-        summary.requests / (summary.duration / 1e6), latency:percentile(50),
-        latency:percentile(99), summary.errors.status, errors))
-end
-EOF
+cp "$work/report.lua" "$work/get.lua"
 
 # One exchange by hand first: the run measures the endpoint only if it answers 200.
 check_exchange() { # check_exchange HTTP_PORT
