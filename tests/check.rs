@@ -797,3 +797,48 @@ async fn key_fetches_follow_no_redirect_to_another_scheme_host_or_port() {
         assert!(error.contains("redirect refused"), "{name}: {error}");
     }
 }
+
+/// A verified-token cache hit reuses what was decided for the token when it was admitted
+/// (issue 14 item 2): the grants and the `scopes` header text are the cached outcome's own,
+/// shared, not rebuilt per Check; and what reaches Envoy is the same as on the first Check.
+#[tokio::test]
+async fn a_cache_hit_reuses_the_pre_rendered_grants_and_headers() {
+    use quay_authz::authn::extract::RequestFacts;
+    use quay_authz::model::clock::unix_now;
+    use quay_authz::model::decision::Decision;
+
+    let issuer = start_issuer().await;
+    let service = TestService::start(&config_for(&issuer, ""), true).await;
+    let claims = entra_claims(2, TENANT, TENANT, &["Quay.acme.read", "Quay.team.write"]);
+    let token = issuer.mint(SigningKeyKind::Rsa, &claims).expect("mint");
+    let facts = RequestFacts::described("GET".into(), REPO.into(), Some(token.clone()), None);
+    let pipeline = service.running.service.pipeline.load_full();
+    let granted = |decision: Decision| match decision {
+        Decision::Allow { grants, .. } => grants,
+        other => panic!("expected allow, got {other:?}"),
+    };
+    let first = granted(pipeline.decide(&facts, unix_now()).await);
+    let second = granted(pipeline.decide(&facts, unix_now()).await);
+    assert_eq!(
+        &*first.header, "repo:read on acme/*,repo:write on team/*",
+        "the scopes header, rendered from the grants"
+    );
+    assert!(
+        std::sync::Arc::ptr_eq(&first.header, &second.header)
+            && std::sync::Arc::ptr_eq(&first.grants, &second.grants),
+        "a hit hands out the cached outcome's rendering, not a new one"
+    );
+
+    let first_response = service.check_bearer("GET", REPO, &token).await;
+    let again = service.check_bearer("GET", REPO, &token).await;
+    for response in [&first_response, &again] {
+        assert_eq!(
+            response_header(response, "x-quay-authz-scopes").as_deref(),
+            Some("repo:read on acme/*,repo:write on team/*")
+        );
+        assert_eq!(
+            response_header(response, "x-quay-authz-groups").as_deref(),
+            Some("Quay.acme.read,Quay.team.write")
+        );
+    }
+}

@@ -86,10 +86,13 @@ start_servers() { # start_servers MODE
     local prefix
     prefix=$(cpu_prefix "$1" server)
     $prefix "$bin/quay-authz-bench" noop --listen "127.0.0.1:$noop_port" 2>"$work/noop.log" &
+    noop_pid=$!
     pids+=($!)
     QUAY_AUTHZ_LOG=warn $prefix "$bin/quay-authz" serve --config "$work/cached.yaml" 2>"$work/cached.log" &
+    cached_pid=$!
     pids+=($!)
     QUAY_AUTHZ_LOG=warn $prefix "$bin/quay-authz" serve --config "$work/uncached.yaml" 2>"$work/uncached.log" &
+    uncached_pid=$!
     pids+=($!)
     wait_for "the no-op server" port_open "$noop_port"
     wait_for "quay-authz (cached)" curl -fsS "http://127.0.0.1:${cached_ports[1]}/readyz"
@@ -137,15 +140,15 @@ for mode in $modes; do
     for round in $(seq "$rounds"); do
         for target in noop cached uncached; do
             case $target in
-                noop) port=$noop_port tokens=one label="no-op server" ;;
-                cached) port=${cached_ports[0]} tokens=one label="quay-authz, cached token" ;;
-                uncached) port=${uncached_ports[0]} tokens=distinct label="quay-authz, uncached ($distinct_tokens tokens, cache off)" ;;
+                noop) port=$noop_port pid=$noop_pid tokens=one label="no-op server" ;;
+                cached) port=${cached_ports[0]} pid=$cached_pid tokens=one label="quay-authz, cached token" ;;
+                uncached) port=${uncached_ports[0]} pid=$uncached_pid tokens=distinct label="quay-authz, uncached ($distinct_tokens tokens, cache off)" ;;
             esac
             echo "mode $mode, round $round: $label" >&2
             $load_prefix "$bin/quay-authz-bench" load --target "http://127.0.0.1:$port" \
                 --tokens "$work/$tokens.tokens" --concurrency "$concurrency" \
                 --connections "$connections" --duration "$duration" --warmup "$warmup" \
-                --label "$label" --json >>"$runs"
+                --server-pid "$pid" --label "$label" --json >>"$runs"
         done
     done
     stop_servers
@@ -175,7 +178,9 @@ medians from this run. Each Check is \`GET /v2/acme/app/manifests/latest\` for
 \`quay-authz-bench noop\`: the same tonic server, answering OK at once, so its figure is what
 the transport and the load generator allow. The uncached case sets
 \`limits.token_cache_entries: 0\`, so every Check decodes the token and verifies its RS256
-signature.
+signature. "server CPU µs/Check" is the server process's own CPU time (user + system, from
+\`/proc/PID/stat\`) over the measured window divided by the Checks answered in it: what the
+server spends per Check, apart from what the load generator takes of the shared cores.
 
 $(overload_note "${uptime_before#*load average: }")
 

@@ -17,6 +17,20 @@ use crate::model::decision::Reason;
 use crate::model::identity::{ExchangedToken, Identity};
 use crate::model::permission::parse_scope_list;
 
+/// The claims [`verify`] reads of an exchanged token (besides `iss`, always read): a Check
+/// decodes them when the bridge is on (`identify::ClaimNames`).
+pub const CLAIMS_READ: [&str; 9] = [
+    "aud",
+    "sub",
+    "preferred_username",
+    "jti",
+    "iat",
+    "exp",
+    "nbf",
+    "scope",
+    EXCHANGE_CLAIM,
+];
+
 /// Why an exchanged token was refused, and the configured source issuer once it is known
 /// (before that the caller names the bridge).
 #[derive(Debug)]

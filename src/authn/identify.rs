@@ -94,8 +94,114 @@ pub fn check_size(token: &str, max_bytes: usize) -> Result<(), IdentifyError> {
     Ok(())
 }
 
-/// Splits and decodes a compact JWS. Refuses oversized input before any decoding.
+/// The claims identification reads of every token, whatever the configuration: the issuer,
+/// audience and times, what marks a token that is not an access token, the Entra tenant and
+/// the client.
+pub const CLAIMS_ALWAYS_READ: [&str; 10] = [
+    "iss", "aud", "exp", "nbf", "iat", "typ", "nonce", "tid", "azp", "appid",
+];
+
+/// Which of a payload's claims are decoded: those some part of the configuration reads. The
+/// JSON parser skips every other member without building it (issue 14 item 2: a token's
+/// payload is not turned into a map of every claim only to drop most of them).
+#[derive(Debug, Clone, Default)]
+pub struct ClaimNames {
+    /// Sorted, without duplicates; `None` decodes every claim (tools and tests).
+    names: Option<Box<[Box<str>]>>,
+}
+
+impl ClaimNames {
+    pub fn all() -> Self {
+        Self { names: None }
+    }
+
+    pub fn only<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut names: Vec<Box<str>> = names.into_iter().map(Box::from).collect();
+        names.sort_unstable();
+        names.dedup();
+        Self {
+            names: Some(names.into_boxed_slice()),
+        }
+    }
+
+    /// Every claim `config` can read of a token of one of its issuers: [`CLAIMS_ALWAYS_READ`],
+    /// each issuer's username, groups and required claims, and what its rules and bridge
+    /// templates read (`IssuerConfig::claims_read`); plus `extra` (an exchanged token's own).
+    pub fn read_by<'a>(config: &'a Config, extra: impl IntoIterator<Item = &'a str>) -> Self {
+        let per_issuer = config.issuers.iter().flat_map(|issuer| {
+            issuer
+                .username_claims
+                .iter()
+                .chain(&issuer.groups_claims)
+                .chain(issuer.required_claims.keys())
+                .map(String::as_str)
+                .chain(issuer.claims_read.iter().map(|name| &**name))
+        });
+        Self::only(
+            CLAIMS_ALWAYS_READ
+                .into_iter()
+                .chain(per_issuer)
+                .chain(extra),
+        )
+    }
+
+    fn keeps(&self, name: &str) -> bool {
+        self.names
+            .as_ref()
+            .is_none_or(|names| names.binary_search_by(|have| (**have).cmp(name)).is_ok())
+    }
+}
+
+/// A payload decoded into the claims `ClaimNames` keeps. Like `serde_json`'s map, a repeated
+/// member's last value stands.
+struct SelectedClaims<'n>(&'n ClaimNames);
+
+impl<'de> serde::de::DeserializeSeed<'de> for SelectedClaims<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SelectedClaims<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut members: A,
+    ) -> Result<Self::Value, A::Error> {
+        let mut claims = Map::new();
+        while let Some(Text(name)) = members.next_key::<Text<'de>>()? {
+            if self.0.keeps(&name) {
+                claims.insert(name.into_owned(), members.next_value::<Value>()?);
+            } else {
+                members.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// Splits and decodes a compact JWS, every claim of it. Refuses oversized input before any
+/// decoding.
 pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, IdentifyError> {
+    parse_token_reading(token, max_bytes, &ClaimNames::all())
+}
+
+/// [`parse_token`], decoding only the claims `reading` names (the Check's way).
+pub fn parse_token_reading<'t>(
+    token: &'t str,
+    max_bytes: usize,
+    reading: &ClaimNames,
+) -> Result<ParsedToken<'t>, IdentifyError> {
     check_size(token, max_bytes)?;
     let mut parts = token.splitn(4, '.');
     let (Some(header_part), Some(payload_part), Some(signature), None) =
@@ -130,10 +236,12 @@ pub fn parse_token(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, Ide
         ));
     }
     let key_id = header.kid.map(|Text(kid)| kid.into_owned());
-    let claims = match serde_json::from_slice::<Value>(&decode_part(payload_part, "payload")?) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err(not_an_object("payload")),
-    };
+    let payload = decode_part(payload_part, "payload")?;
+    let mut payload_json = serde_json::Deserializer::from_slice(&payload);
+    let claims =
+        serde::de::DeserializeSeed::deserialize(SelectedClaims(reading), &mut payload_json)
+            .and_then(|claims| payload_json.end().map(|()| claims))
+            .map_err(|_| not_an_object("payload"))?;
     let iss = match claims.get("iss") {
         Some(Value::String(iss)) => iss.clone(),
         Some(_) => {
@@ -345,12 +453,10 @@ pub fn check_claims(
     }
 
     // RFC 7519 §4.1.3: aud is a string or an array of strings.
-    let audiences: Vec<String> = match claims.get("aud") {
-        Some(Value::String(aud)) => vec![aud.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|item| item.as_str().map(str::to_string))
-            .collect(),
+    // Borrowed, not copied: `identity_from_claims` keeps the audiences.
+    let audiences: &[Value] = match claims.get("aud") {
+        Some(aud @ Value::String(_)) => std::slice::from_ref(aud),
+        Some(Value::Array(items)) => items,
         Some(_) => {
             return Err(IdentifyError::new(
                 Reason::TokenMalformed,
@@ -359,7 +465,7 @@ pub fn check_claims(
         }
         None => return Err(IdentifyError::new(Reason::MissingClaim, "token has no aud")),
     };
-    if !audiences.iter().any(|aud| {
+    if !audiences.iter().filter_map(Value::as_str).any(|aud| {
         issuer
             .audiences
             .iter()
@@ -811,6 +917,52 @@ issuers:
         assert_eq!(parsed.key_id.as_deref(), Some("k1"));
         assert_eq!(parsed.signature, "c2ln");
         assert!(ok.starts_with(parsed.signing_input));
+    }
+
+    #[test]
+    fn only_the_claims_the_configuration_reads_are_decoded() {
+        let config = config();
+        let reading = ClaimNames::read_by(&config, []);
+        let header = json!({"alg": "RS256", "kid": "k1"});
+        let payload = json!({
+            "iss": "x", "aud": ["a", "b"], "exp": 2, "tid": "t", "groups": ["g"],
+            "unread": {"deep": [1, 2, {"x": "y"}]}, "also_unread": "z".repeat(500),
+        });
+        let text = token(header.clone(), payload.clone());
+        let parsed = parse_token_reading(&text, 16384, &reading).expect("parses");
+        let names: Vec<&str> = parsed.claims.keys().map(String::as_str).collect();
+        assert_eq!(names, ["aud", "exp", "groups", "iss", "tid"]);
+        assert_eq!(parsed.claims["aud"], json!(["a", "b"]));
+        // Every claim, for tools: the same token decoded whole.
+        let whole = parse_token(&text, 16384).expect("parses");
+        assert_eq!(Value::Object(whole.claims), payload);
+
+        // A repeated member: the last value stands, as serde_json's own map has it.
+        let repeated = format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(r#"{"iss":"x","sub":"first","iss":"y","sub":"second"}"#)
+        );
+        let parsed = parse_token_reading(&repeated, 16384, &ClaimNames::only(["iss", "sub"]))
+            .expect("parses");
+        assert_eq!(parsed.iss, "y");
+        assert_eq!(parsed.claims["sub"], json!("second"));
+
+        // What is skipped must still be JSON, and the payload one object with nothing after it.
+        for payload in [
+            r#"{"iss":"x","unread":[1,}"#,
+            r#"{"iss":"x"} {}"#,
+            r#"["iss"]"#,
+            r#"{"iss":"x","unread":tru}"#,
+        ] {
+            let text = format!(
+                "{}.{}.c2ln",
+                URL_SAFE_NO_PAD.encode(header.to_string()),
+                URL_SAFE_NO_PAD.encode(payload)
+            );
+            let error = parse_token_reading(&text, 16384, &reading).expect_err(payload);
+            assert_eq!(error.reason, Reason::TokenMalformed, "{payload}");
+        }
     }
 
     #[test]

@@ -474,6 +474,12 @@ impl<G: Clone> TokenCache<G> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Whether tokens are cached at all (`limits.token_cache_entries` and `_bytes` not 0):
+    /// when not, a Check does not even hash its token.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// The identity of a token verified before, and what policy granted it then, if the token
     /// is still valid at `now`.
     pub fn get(&self, digest: &TokenDigest, now: u64) -> Option<Cached<G>> {

@@ -72,6 +72,10 @@ enum Command {
         /// A name for this run in the report (`summarize` groups by it).
         #[arg(long, default_value = "")]
         label: String,
+        /// The server's process id, when it runs on this machine (Linux): report its CPU
+        /// time per Check over the measured window.
+        #[arg(long)]
+        server_pid: Option<u32>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -161,6 +165,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             warmup,
             max_requests,
             label,
+            server_pid,
             json,
         } => {
             let text = std::fs::read_to_string(&tokens)
@@ -175,6 +180,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 duration: seconds(duration)?,
                 warmup: seconds(warmup)?,
                 max_requests,
+                server_pid,
                 ..LoadSettings::new(target)
             };
             let mut report = loadgen::run(&settings, &workload).await?;

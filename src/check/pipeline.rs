@@ -12,7 +12,7 @@ use prometheus::{Histogram, IntCounter};
 
 use crate::authn::exchanged;
 use crate::authn::extract::{Credential, RequestFacts};
-use crate::authn::identify::{self, IdentifyError, IssuerMatch, ParsedToken};
+use crate::authn::identify::{self, ClaimNames, IdentifyError, IssuerMatch, ParsedToken};
 use crate::authn::token_cache::{Cached, Candidate, TokenCache, TokenDigest};
 use crate::bridge::{Bridge, MintError};
 use crate::check::audit::AllowSampler;
@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::clock::unix_now;
 use crate::model::decision::{Decision, Reason, ScopeRewrite, UpstreamCredential};
 use crate::model::identity::{ExchangedToken, Identity};
-use crate::model::permission::{Grant, Permission, intersect_grants};
+use crate::model::permission::{Granted, Permission, intersect_grants};
 use crate::policy::{self, PolicyOutcome};
 use crate::route::{RouteOutcome, RouteTable, registry_token};
 use crate::store::TokenStore;
@@ -76,6 +76,8 @@ pub struct Pipeline {
     /// Token exchange's revocation list, consulted on every Check of an exchanged token
     /// (`Service.token_store`, kept across reloads; a private memory store by default).
     token_store: Arc<TokenStore>,
+    /// The payload claims a Check decodes: what this configuration can read.
+    decoded_claims: ClaimNames,
 }
 
 impl Pipeline {
@@ -86,7 +88,12 @@ impl Pipeline {
             config.quay.realm.clone(),
             config.quay.service.clone(),
         );
+        let exchanged_claims = match config.bridge {
+            Some(_) => &exchanged::CLAIMS_READ[..],
+            None => &[],
+        };
         Self {
+            decoded_claims: ClaimNames::read_by(&config, exchanged_claims.iter().copied()),
             routes: RouteTable::new(),
             key_sources,
             responses,
@@ -296,13 +303,17 @@ impl Pipeline {
                 // Only a token some rule grants something is remembered: valid tokens that
                 // grant nothing (any GitHub repository, any tenant of a multi-tenant app) must
                 // not take the slots of those that do.
-                if let Some(candidate) = candidate
-                    && !outcome.grants.is_empty()
-                {
-                    let (shared, bytes) = self.shared_outcomes.share(outcome.clone());
-                    self.token_cache.admit(candidate, shared, bytes, now);
+                match candidate {
+                    Some(candidate) if !outcome.grants.is_empty() => {
+                        // The shared copy serves this Check too: its rendering (`granted`) is
+                        // made once for every token that holds it.
+                        let (shared, bytes) = self.shared_outcomes.share(outcome);
+                        self.token_cache
+                            .admit(candidate, shared.clone(), bytes, now);
+                        shared
+                    }
+                    _ => outcome,
                 }
-                outcome
             }
         };
         observer.policy(&outcome);
@@ -363,14 +374,12 @@ impl Pipeline {
                                 .any(|(grant, _)| grant.satisfies(permission))
                     })
                 });
-                let policy_grants: Vec<Grant> = outcome
-                    .grants
-                    .iter()
-                    .map(|(grant, _)| grant.clone())
-                    .collect();
                 let grants = match &identity.exchanged {
-                    Some(exchanged) => intersect_grants(Some(&exchanged.scopes), &policy_grants),
-                    None => policy_grants,
+                    Some(exchanged) => Granted::new(intersect_grants(
+                        Some(&exchanged.scopes),
+                        &outcome.granted().grants,
+                    )),
+                    None => outcome.granted().clone(),
                 };
                 Decision::Allow {
                     upstream,
@@ -464,17 +473,23 @@ impl Pipeline {
         // The size limit comes first: an oversized token is refused unread, not even hashed
         // for the cache lookup.
         identify::check_size(token, self.config.max_token_bytes).map_err(|e| (e, None))?;
-        let digest = TokenDigest::of(token);
-        if let Some(Cached { identity, granted }) = self.token_cache.get(&digest, now) {
+        let digest = self
+            .token_cache
+            .is_enabled()
+            .then(|| TokenDigest::of(token));
+        if let Some(digest) = &digest
+            && let Some(Cached { identity, granted }) = self.token_cache.get(digest, now)
+        {
             observer.cached();
             return Ok((identity, Admission::Cached(granted)));
         }
         let (identity, key, valid_until) = self.verify(token, now, observer).await?;
         let identity = Arc::new(identity);
-        if identity.exchanged.is_some() {
-            // Never cached: its revocation and the bridge keys are checked on every Check.
+        // An exchanged token is never cached: its revocation and the bridge keys are checked
+        // on every Check.
+        let Some(digest) = digest.filter(|_| identity.exchanged.is_none()) else {
             return Ok((identity, Admission::Verified(None)));
-        }
+        };
         let candidate = Candidate::new(digest, identity.clone(), &key, valid_until);
         Ok((identity, Admission::Verified(Some(candidate))))
     }
@@ -488,7 +503,8 @@ impl Pipeline {
         now: u64,
         observer: &mut O,
     ) -> Result<(Identity, Arc<VerificationKey>, u64), (IdentifyError, Option<String>)> {
-        let parsed = identify::parse_token(token, self.config.max_token_bytes);
+        let parsed =
+            identify::parse_token_reading(token, self.config.max_token_bytes, &self.decoded_claims);
         observer.token(parsed.as_ref());
         let parsed = parsed.map_err(|e| (e, None))?;
         if let Some(bridge) = &self.bridge
@@ -802,6 +818,10 @@ fn outcome_bytes(outcome: &PolicyOutcome) -> usize {
         + outcome.grants.capacity() * std::mem::size_of::<(crate::model::permission::Grant, String)>()
         // A grant's own strings are about as long as its text (`repository:acme/app:pull`).
         + strings(&mut outcome.grants.iter().map(|(grant, _)| grant.to_string().len()))
+        // `granted()`: the grants again, without rules, and their header text.
+        + 2 * ALLOCATION
+        + outcome.grants.len() * std::mem::size_of::<crate::model::permission::Grant>()
+        + 2 * strings(&mut outcome.grants.iter().map(|(grant, _)| grant.to_string().len()))
         + strings(&mut outcome.grants.iter().map(|(_, rule)| rule.len()))
         + outcome.matched_rules.capacity() * std::mem::size_of::<String>()
         + strings(&mut outcome.matched_rules.iter().map(String::len))
@@ -843,15 +863,15 @@ mod tests {
     use crate::model::permission::Grant;
 
     fn outcome(text: &str, rule: &str) -> Arc<PolicyOutcome> {
-        Arc::new(PolicyOutcome {
-            grants: Grant::parse(text)
+        Arc::new(PolicyOutcome::new(
+            Grant::parse(text)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|grant| (grant, rule.to_string()))
                 .collect(),
-            matched_rules: vec![rule.to_string()],
-            dropped: Vec::new(),
-        })
+            vec![rule.to_string()],
+            Vec::new(),
+        ))
     }
 
     #[test]

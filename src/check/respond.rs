@@ -66,19 +66,16 @@ pub fn build_response(
             scopes: registry_scopes,
             ..
         } => {
-            let groups = identity.groups.join(",");
-            let scopes = grants
-                .iter()
-                .map(|g| g.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
+            // Pre-rendered: the scopes with the (shared, cached) policy outcome, a token's one
+            // group is its own text; only several groups are joined here.
+            let groups = groups_header(&identity.groups);
             let values: [Option<&str>; 7] = [
                 Some(&identity.username),
                 Some(&identity.issuer),
                 identity.tenant.as_deref(),
                 identity.client.as_deref(),
                 Some(&groups),
-                Some(&scopes),
+                Some(&grants.header),
                 // The bridge token's `sub` (Quay's key for the user), for exchange issuers.
                 identity.bridge_subject.as_deref(),
             ];
@@ -309,6 +306,15 @@ fn quote(value: &str) -> String {
     quoted
 }
 
+/// The `groups` identity header: the groups comma-separated, borrowed when there is one.
+fn groups_header(groups: &[std::sync::Arc<str>]) -> Cow<'_, str> {
+    match groups {
+        [] => Cow::Borrowed(""),
+        [one] => Cow::Borrowed(one),
+        several => Cow::Owned(several.join(",")),
+    }
+}
+
 /// Header values from claims must not smuggle line breaks or other controls. A clean value
 /// (nearly all) is borrowed, not copied.
 fn sanitize_header_value(value: &str) -> Cow<'_, str> {
@@ -351,7 +357,7 @@ fn metadata(fields: &[(&str, &str)]) -> Struct {
 mod tests {
     use super::*;
     use crate::model::identity::Identity;
-    use crate::model::permission::{Grant, Permission, QuayScope};
+    use crate::model::permission::{Grant, Granted, Permission, QuayScope};
 
     fn settings() -> ResponseSettings {
         ResponseSettings::new(
@@ -413,7 +419,7 @@ mod tests {
         };
         let decision = Decision::Allow {
             identity: std::sync::Arc::new(identity),
-            grants: Grant::parse("repository:acme/app:pull,push").expect("grant"),
+            grants: Granted::new(Grant::parse("repository:acme/app:pull,push").expect("grant")),
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream: UpstreamCredential::Forward,
@@ -473,7 +479,7 @@ mod tests {
         settings.headers.remove_authorization = false;
         let allow = |upstream| Decision::Allow {
             identity: identity.clone(),
-            grants: Grant::parse("repository:acme/app:pull").expect("grant"),
+            grants: Granted::new(Grant::parse("repository:acme/app:pull").expect("grant")),
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream,
@@ -509,7 +515,7 @@ mod tests {
         let identity = ci_identity();
         let allow = |scopes: ScopeRewrite| Decision::Allow {
             identity: identity.clone(),
-            grants: Grant::parse("repository:acme/app:pull").expect("grant"),
+            grants: Granted::new(Grant::parse("repository:acme/app:pull").expect("grant")),
             rules: vec!["ci".into()],
             required: Vec::new(),
             upstream: UpstreamCredential::Bearer("bridge.jwt.sig".into())

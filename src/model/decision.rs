@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::model::identity::Identity;
-use crate::model::permission::{Grant, Permission};
+use crate::model::permission::{Granted, Permission};
 
 /// Why a request was allowed, passed through or denied. The `code` of each is stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -281,7 +281,9 @@ pub enum Decision {
     Allow {
         /// Shared with the verified-token cache: a cache hit costs no copy.
         identity: Arc<Identity>,
-        grants: Vec<Grant>,
+        /// What the request may do: the policy's grants (within an exchanged token's scope),
+        /// shared with the cached policy outcome.
+        grants: Granted,
         rules: Vec<String>,
         /// What the route required (empty: any valid identity), for the audit log.
         required: Vec<Permission>,

@@ -7,6 +7,7 @@
 //! (Quay demands write to delete), `*` = `repo:admin`.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// One of Quay's OAuth scopes, plus the registry catalog scope of the Docker token spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -501,6 +502,29 @@ pub fn parse_scope_list(text: &str) -> Result<Vec<Grant>, GrantSyntaxError> {
         }
     }
     Ok(grants)
+}
+
+/// The grants a request was allowed with, and the `scopes` identity header they render to
+/// (comma-separated, the grant notation). Built once per policy outcome and shared by every
+/// Check that reuses it (a verified-token cache hit): cloning is two reference counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Granted {
+    pub grants: Arc<[Grant]>,
+    pub header: Arc<str>,
+}
+
+impl Granted {
+    pub fn new(grants: Vec<Grant>) -> Self {
+        let header = grants
+            .iter()
+            .map(Grant::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            grants: grants.into(),
+            header: header.into(),
+        }
+    }
 }
 
 /// A scope list in the Quay notation, space-separated ([`parse_scope_list`] reads it back).

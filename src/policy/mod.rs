@@ -10,13 +10,14 @@
 //! `,`, `:` or a space can never widen a grant; such a grant is dropped and the reason kept.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use regex::Regex;
 
 use crate::config::raw;
 use crate::model::claims::{audience_equal, scalar_text, truncate, values};
 use crate::model::identity::Identity;
-use crate::model::permission::{Grant, Permission, QuayScope, is_repository_path};
+use crate::model::permission::{Grant, Granted, Permission, QuayScope, is_repository_path};
 
 // === Compiled rules ===
 
@@ -120,15 +121,57 @@ impl CompiledRule {
 }
 
 /// Grants the policy gave one identity, each with the rule that gave it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default)]
 pub struct PolicyOutcome {
     pub grants: Vec<(Grant, String)>,
     pub matched_rules: Vec<String>,
     /// Grants a rule would have given but were dropped, with why (for logs and `explain`).
     pub dropped: Vec<String>,
+    /// The grants alone with their header rendering, made on first use and kept: the
+    /// verified-token cache shares one outcome between Checks (issue 14 item 2), so an
+    /// allowed Check copies no grant and joins no string. Not part of equality.
+    rendered: OnceLock<Granted>,
+}
+
+impl PartialEq for PolicyOutcome {
+    fn eq(&self, other: &Self) -> bool {
+        self.grants == other.grants
+            && self.matched_rules == other.matched_rules
+            && self.dropped == other.dropped
+    }
+}
+
+impl Eq for PolicyOutcome {}
+
+impl std::hash::Hash for PolicyOutcome {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.grants.hash(state);
+        self.matched_rules.hash(state);
+        self.dropped.hash(state);
+    }
 }
 
 impl PolicyOutcome {
+    pub fn new(
+        grants: Vec<(Grant, String)>,
+        matched_rules: Vec<String>,
+        dropped: Vec<String>,
+    ) -> Self {
+        Self {
+            grants,
+            matched_rules,
+            dropped,
+            rendered: OnceLock::new(),
+        }
+    }
+
+    /// The grants without their rules, and the `scopes` header they render to.
+    pub fn granted(&self) -> &Granted {
+        self.rendered.get_or_init(|| {
+            Granted::new(self.grants.iter().map(|(grant, _)| grant.clone()).collect())
+        })
+    }
+
     /// Whether the grants cover every required permission; the first one missing otherwise.
     pub fn authorize<'a>(&self, required: &'a [Permission]) -> Result<Vec<&str>, &'a Permission> {
         let mut granting_rules: Vec<&str> = Vec::new();

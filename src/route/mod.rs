@@ -486,41 +486,50 @@ fn classify_registry(method: &str, path: &str, query: Option<&str>) -> RouteOutc
             _ => RouteOutcome::Unclassified,
         };
     }
-    let segments: Vec<&str> = rest.split('/').collect();
-    let n = segments.len();
+    // Read from the end, without collecting the segments: the endpoint is in the last three,
+    // the repository name is everything before it.
+    let count = rest.split('/').count();
+    let mut from_end = rest.rsplit('/');
+    let (last, second, third) = (from_end.next(), from_end.next(), from_end.next());
     let read = matches!(method, "GET" | "HEAD");
     // (segments the endpoint takes at the end, scope for this method)
-    let endpoint: Option<(usize, QuayScope)> = match segments.as_slice() {
-        [.., "manifests", _] => match method {
+    let endpoint: Option<(usize, QuayScope)> = match (third, second, last) {
+        (_, Some("manifests"), Some(_)) => match method {
             "GET" | "HEAD" => Some((2, RepoRead)),
             "PUT" | "DELETE" => Some((2, RepoWrite)),
             _ => None,
         },
-        [.., "blobs", "uploads", ""] => (method == "POST").then_some((3, RepoWrite)),
-        [.., "blobs", "uploads", _] => {
+        (Some("blobs"), Some("uploads"), Some("")) => (method == "POST").then_some((3, RepoWrite)),
+        (Some("blobs"), Some("uploads"), Some(_)) => {
             matches!(method, "GET" | "PATCH" | "PUT" | "DELETE").then_some((3, RepoWrite))
         }
-        [.., "blobs", _] => match method {
+        (_, Some("blobs"), Some(_)) => match method {
             "GET" | "HEAD" => Some((2, RepoRead)),
             "DELETE" => Some((2, RepoWrite)),
             _ => None,
         },
-        [.., "tags", "list"] => read.then_some((2, RepoRead)),
-        [.., "referrers", _] => read.then_some((2, RepoRead)),
+        (_, Some("tags"), Some("list")) => read.then_some((2, RepoRead)),
+        (_, Some("referrers"), Some(_)) => read.then_some((2, RepoRead)),
         _ => None,
     };
     let Some((taken, scope)) = endpoint else {
         return RouteOutcome::Unclassified;
     };
-    if n < taken + 2 || segments[n - 1].is_empty() && !(taken == 3 && method == "POST") {
+    if count < taken + 2 || last == Some("") && !(taken == 3 && method == "POST") {
         return RouteOutcome::Unclassified;
     }
-    let name_segments = &segments[..n - taken];
-    let (namespace, name) = (name_segments[0], name_segments[1..].join("/"));
-    if !is_namespace_name(namespace) || !is_repository_path(&name) {
+    // The `count - taken` (at least two) segments before the endpoint, as one slice.
+    let Some((namespace, name)) = rest
+        .rsplitn(taken + 1, '/')
+        .last()
+        .and_then(|repository| repository.split_once('/'))
+    else {
+        return RouteOutcome::Unclassified;
+    };
+    if !is_namespace_name(namespace) || !is_repository_path(name) {
         return RouteOutcome::Unclassified;
     }
-    let mut required = vec![Permission::repository(scope, namespace, &name)];
+    let mut required = vec![Permission::repository(scope, namespace, name)];
     // Cross-repository blob mount: pull on the source as well as push on the target.
     if taken == 3 && method == "POST" {
         let params = match MountParams::parse(query) {

@@ -51,6 +51,10 @@ pub struct LoadSettings {
     pub max_requests: Option<u64>,
     /// Deadline of one Check; one that passes it counts as an error.
     pub request_timeout: Duration,
+    /// The server's process id (same machine, Linux): its CPU time over the measured window
+    /// is reported per Check, which separates what the server spends from what the load
+    /// generator and the kernel take of shared cores.
+    pub server_pid: Option<u32>,
 }
 
 impl LoadSettings {
@@ -64,6 +68,7 @@ impl LoadSettings {
             duration: Duration::from_secs(10),
             max_requests: None,
             request_timeout: Duration::from_secs(5),
+            server_pid: None,
         }
     }
 }
@@ -226,6 +231,10 @@ pub struct LoadReport {
     pub reasons: BTreeMap<String, u64>,
     /// The first error seen, as a hint (gRPC status and message; never a token).
     pub first_error: Option<String>,
+    /// With `server_pid`: the server's CPU time (user + system) over the measured window,
+    /// divided by the Checks answered in it, in µs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_check: Option<f64>,
 }
 
 /// What one worker saw during the measured time.
@@ -360,6 +369,15 @@ pub async fn run(
             stop_at,
         )));
     }
+    // The server's CPU clock over the measured window, read as it opens and as it closes.
+    let server_cpu = settings.server_pid.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let from = process_cpu(pid);
+            tokio::time::sleep_until(stop_at.into()).await;
+            Some(process_cpu(pid)?.saturating_sub(from?))
+        })
+    });
     let mut total = Tally::new();
     for handle in workers {
         total.merge(handle.await?);
@@ -368,7 +386,26 @@ pub async fn run(
         .last_answer
         .map(|at| at.saturating_duration_since(measure_from))
         .unwrap_or_default();
-    Ok(report(settings, total, elapsed))
+    let mut report = report(settings, total, elapsed);
+    if let Some(server_cpu) = server_cpu
+        && let Some(cpu) = server_cpu.await?
+        && report.requests > 0
+    {
+        report.server_cpu_us_per_check = Some(cpu.as_secs_f64() * 1e6 / report.requests as f64);
+    }
+    Ok(report)
+}
+
+/// User + system CPU time a process has used so far (`/proc/PID/stat`, fields 14 and 15, in
+/// clock ticks of 1/100 s, as Linux reports them to user space); None if it cannot be read.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let total = ticks(11)? + ticks(12)?;
+    Some(Duration::from_millis(total * 10))
 }
 
 async fn worker(
@@ -426,6 +463,7 @@ fn report(settings: &LoadSettings, tally: Tally, elapsed: Duration) -> LoadRepor
         decisions: tally.decisions,
         reasons: tally.reasons,
         first_error: tally.first_error,
+        server_cpu_us_per_check: None,
     }
 }
 
@@ -456,6 +494,9 @@ impl LoadReport {
             "  latency µs: p50 {:.1}  p99 {:.1}  p999 {:.1}  max {:.1}  mean {:.1}\n",
             l.p50_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
         ));
+        if let Some(cpu) = self.server_cpu_us_per_check {
+            text.push_str(&format!("  server CPU per Check: {cpu:.1} µs\n"));
+        }
         text.push_str(&format!("  decisions: {}\n", join_counts(&self.decisions)));
         if !self.reasons.is_empty() {
             text.push_str(&format!("  reasons: {}\n", join_counts(&self.reasons)));
@@ -487,6 +528,23 @@ pub fn join_counts<K: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_cpu_time_is_read_and_grows_with_work() {
+        let pid = std::process::id();
+        let before = process_cpu(pid).expect("this process's CPU time");
+        // Spin until the clock (1/100 s ticks) has moved.
+        let started = std::time::Instant::now();
+        let mut spins = 0u64;
+        while process_cpu(pid).expect("CPU time") <= before {
+            spins = std::hint::black_box(spins + 1);
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "CPU time never moved"
+            );
+        }
+        assert!(process_cpu(u32::MAX).is_none(), "no such process");
+    }
     use envoy_types::pb::google::protobuf::{Struct, Value};
     use envoy_types::pb::google::rpc::Status;
 

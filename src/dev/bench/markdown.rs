@@ -46,8 +46,8 @@ fn median_of(runs: &[&LoadReport], value: fn(&LoadReport) -> f64) -> f64 {
 pub fn comparison_table(reports: &[LoadReport], baseline: &str) -> String {
     let baseline_rps = median_of(&runs_of(reports, baseline), |r| r.rps);
     let mut table = String::from(
-        "| server | runs | rps (median) | vs no-op | p50 µs | p99 µs | p999 µs | errors | decisions |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| server | runs | rps (median) | vs no-op | p50 µs | p99 µs | p999 µs | server CPU µs/Check | errors | decisions |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for label in labels(reports) {
         let runs = runs_of(reports, label);
@@ -66,8 +66,21 @@ pub fn comparison_table(reports: &[LoadReport], baseline: &str) -> String {
                 *decisions.entry(decision).or_default() += count;
             }
         }
+        let measured_cpu: Vec<&LoadReport> = runs
+            .iter()
+            .copied()
+            .filter(|r| r.server_cpu_us_per_check.is_some())
+            .collect();
+        let server_cpu = if measured_cpu.is_empty() {
+            "–".to_string()
+        } else {
+            format!(
+                "{:.1}",
+                median_of(&measured_cpu, |r| r.server_cpu_us_per_check.unwrap_or(0.0))
+            )
+        };
         table.push_str(&format!(
-            "| {label} | {} | {rps:.0} | {ratio} | {:.0} | {:.0} | {:.0} | {errors} | {} |\n",
+            "| {label} | {} | {rps:.0} | {ratio} | {:.0} | {:.0} | {:.0} | {server_cpu} | {errors} | {} |\n",
             runs.len(),
             median_of(&runs, |r| r.latency.p50_us),
             median_of(&runs, |r| r.latency.p99_us),
@@ -173,23 +186,28 @@ mod tests {
             decisions: [("ok".to_string(), 10)].into_iter().collect(),
             ..Default::default()
         };
+        let with_cpu = |mut report: LoadReport, cpu: f64| {
+            report.server_cpu_us_per_check = Some(cpu);
+            report
+        };
         let reports = [
             run("no-op", 100.0, 5.0),
-            run("authz", 80.0, 9.0),
+            with_cpu(run("authz", 80.0, 9.0), 30.0),
             run("no-op", 120.0, 7.0),
-            run("authz", 90.0, 11.0),
+            with_cpu(run("authz", 90.0, 11.0), 20.0),
             run("no-op", 110.0, 6.0),
+            // A run without the server's CPU is left out of that column's median.
             run("authz", 85.0, 10.0),
         ];
         let table = comparison_table(&reports, "no-op");
         let rows: Vec<&str> = table.lines().skip(2).collect();
         assert_eq!(
             rows[0],
-            "| no-op | 3 | 110 | 1.00× | 0 | 6 | 0 | 0 | ok 30 |"
+            "| no-op | 3 | 110 | 1.00× | 0 | 6 | 0 | – | 0 | ok 30 |"
         );
         assert_eq!(
             rows[1],
-            "| authz | 3 | 85 | 0.77× | 0 | 10 | 0 | 0 | ok 30 |"
+            "| authz | 3 | 85 | 0.77× | 0 | 10 | 0 | 25.0 | 0 | ok 30 |"
         );
         assert_eq!(
             goal_lines(&reports, "no-op", 0.85, 1000.0),
