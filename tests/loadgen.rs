@@ -55,30 +55,57 @@ async fn counts_each_decision_of_quay_authz() {
     assert!(report.latency.p50_us > 0.0 && report.latency.p50_us <= report.latency.p999_us);
 }
 
-#[tokio::test]
-async fn noop_server_answers_every_check_ok() {
+/// Runs `checks` Checks against a no-op server giving `answer`; the load report.
+async fn load_noop(answer: noop::Answer, checks: u64) -> loadgen::LoadReport {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(noop::serve(listener, async {
+    let server = tokio::spawn(noop::serve(listener, answer, async {
         let _ = stopped.await;
     }));
     let workload = Arc::new(Workload::new(
         RequestShape::default().requests(&["any.token.at-all".to_string()]),
     ));
-    let report = loadgen::run(&settings(format!("http://{address}"), 50), &workload)
+    let report = loadgen::run(&settings(format!("http://{address}"), checks), &workload)
         .await
         .expect("load runs");
-    assert_eq!(report.errors, 0, "{:?}", report.first_error);
-    assert_eq!(
-        report.decisions.into_iter().collect::<Vec<_>>(),
-        vec![("ok".to_string(), 50)]
-    );
     let _ = stop.send(());
     server
         .await
         .expect("server task")
         .expect("server stops cleanly");
+    report
+}
+
+#[tokio::test]
+async fn noop_server_answers_every_check_ok() {
+    let report = load_noop(noop::Answer::Empty, 50).await;
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert_eq!(
+        report.decisions.into_iter().collect::<Vec<_>>(),
+        vec![("ok".to_string(), 50)]
+    );
+}
+
+/// The no-op's second answer is quay-authz's own allow (built by `check::respond`), so the
+/// load generator reads it as quay-authz's: an allow, with quay-authz's reason.
+#[tokio::test]
+async fn noop_server_can_answer_as_quay_authz_allows() {
+    let report = load_noop(noop::Answer::LikeQuayAuthz, 20).await;
+    assert_eq!(report.errors, 0, "{:?}", report.first_error);
+    assert_eq!(
+        report.reasons.into_iter().collect::<Vec<_>>(),
+        vec![("allow/allowed".to_string(), 20)]
+    );
+    let answer = noop::Answer::LikeQuayAuthz.response();
+    assert_eq!(
+        response_header(&answer, "x-quay-authz-user").as_deref(),
+        Some("dev-user")
+    );
+    assert_eq!(
+        response_header(&answer, "x-quay-authz-scopes").as_deref(),
+        Some("repo:write on acme/*")
+    );
 }

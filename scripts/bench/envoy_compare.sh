@@ -20,7 +20,7 @@
 #
 # Usage:
 #   scripts/bench/envoy_compare.sh [--record] [--rounds N] [--duration S] [--warmup S]
-#                                  [--connections N] [--threads N] [--pin]
+#                                  [--connections N] [--threads N] [--pin] [--noop-like-quay-authz]
 #   scripts/bench/envoy_compare.sh render --out DIR --issuer ISS --jwks FILE
 #
 #   --record       also write the run into BENCHMARKS.md ("Through Envoy …", last 3 runs kept)
@@ -31,6 +31,10 @@
 #                  both quay-authz, the no-op server and the issuer on CPU 1 (ENVOY_CPUS and AUX_CPUS, taskset -c lists,
 #                  override). For a quiet machine: with other load on it, pinned processes cannot
 #                  move to the less busy core, and every figure drops (see BENCHMARKS.md).
+#   --noop-like-quay-authz  the no-op server answers with the OK quay-authz gives an allowed Check
+#                  (identity headers, headers to remove, dynamic metadata) instead of an empty
+#                  OK: (d) and (f) then cost the transport and Envoy what quay-authz's answer
+#                  costs, and quay-authz / no-op is the decision's share alone
 #   render         only write the five Envoy configs and the upstream's config into DIR, with
 #                  placeholder ports (tests/envoy_config.rs validates them with a real Envoy)
 #
@@ -395,7 +399,7 @@ read_counters() {
 
 bench_command() {
   local record=false args="$*"
-  rounds=3 duration=15 warmup=3 connections=16 threads=1 pin=false
+  rounds=3 duration=15 warmup=3 connections=16 threads=1 pin=false noop_answer=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --record) record=true && shift ;;
@@ -405,6 +409,7 @@ bench_command() {
       --connections) connections=${2:?} && shift 2 ;;
       --threads) threads=${2:?} && shift 2 ;;
       --pin) pin=true && shift ;;
+      --noop-like-quay-authz) noop_answer=(--like-quay-authz) && shift ;;
       *) fail "unknown argument '$1' (see --help)" ;;
     esac
   done
@@ -483,7 +488,7 @@ bench_command() {
   wait_for quay-authz "ready (keys fetched)" readyz "$http_port"
   start_bg quay-authz-uncached "$aux_cpus" "$quay_authz" serve --config "$work/quay-authz-uncached.yaml"
   wait_for quay-authz-uncached "ready (keys fetched)" readyz "$uncached_http"
-  start_bg noop "$aux_cpus" "$quay_authz_bench" noop --listen "127.0.0.1:$noop_port"
+  start_bg noop "$aux_cpus" "$quay_authz_bench" noop "${noop_answer[@]}" --listen "127.0.0.1:$noop_port"
   wait_for noop "listening on :$noop_port" port_open "$noop_port"
 
   render_upstream "$work/upstream.yaml" "$upstream_port" "$upstream_admin"
@@ -620,7 +625,7 @@ EOF
       none) label="(a) no auth" ;;
       jwt_authn) label="(b) \`jwt_authn\`, local JWKS + JWT cache" ;;
       ext_authz) label="(c) \`ext_authz\` → quay-authz" ;;
-      noop) label="(d) \`ext_authz\` → no-op server (\`quay-authz-bench noop\`)" ;;
+      noop) label="(d) \`ext_authz\` → no-op server (\`quay-authz-bench noop${noop_answer[*]:+ ${noop_answer[*]}}\`)" ;;
       uncached) label="(e) \`ext_authz\` → quay-authz, cache off, $rotating_tokens rotating tokens" ;;
       noop_rotating) label="(f) \`ext_authz\` → no-op server, $rotating_tokens rotating tokens" ;;
     esac

@@ -4,8 +4,11 @@
 #
 #   scripts/bench/grpc_load.sh
 #
-# Three servers, loaded in turn, ROUNDS times (medians are reported):
+# Four servers, loaded in turn, ROUNDS times (medians are reported):
 #   - no-op server        `quay-authz-bench noop`: answers every Check OK at once;
+#   - no-op, quay-authz's answer  `quay-authz-bench noop --like-quay-authz`: answers at once
+#                         with the OK quay-authz gives an allowed Check (identity headers, headers
+#                         to remove, dynamic metadata): the transport's cost of that answer;
 #   - quay-authz, cached  the quickstart config, one valid token (verified-token cache hits);
 #   - quay-authz, uncached the same config with `limits.token_cache_entries: 0` and
 #                         DISTINCT_TOKENS different tokens: every Check verifies an RS256 signature.
@@ -61,6 +64,7 @@ issuer_port=$port_base
 noop_port=$((port_base + 1))
 cached_ports=($((port_base + 2)) $((port_base + 3)) $((port_base + 4)))
 uncached_ports=($((port_base + 5)) $((port_base + 6)) $((port_base + 7)))
+answer_port=$((port_base + 8))
 
 wait_for() { # wait_for DESCRIPTION COMMAND...: retry for up to 30 s
     local what=$1
@@ -88,6 +92,9 @@ start_servers() { # start_servers MODE
     $prefix "$bin/quay-authz-bench" noop --listen "127.0.0.1:$noop_port" 2>"$work/noop.log" &
     noop_pid=$!
     pids+=($!)
+    $prefix "$bin/quay-authz-bench" noop --like-quay-authz --listen "127.0.0.1:$answer_port" 2>"$work/answer.log" &
+    answer_pid=$!
+    pids+=($!)
     QUAY_AUTHZ_LOG=warn $prefix "$bin/quay-authz" serve --config "$work/cached.yaml" 2>"$work/cached.log" &
     cached_pid=$!
     pids+=($!)
@@ -95,6 +102,7 @@ start_servers() { # start_servers MODE
     uncached_pid=$!
     pids+=($!)
     wait_for "the no-op server" port_open "$noop_port"
+    wait_for "the no-op server with quay-authz's answer" port_open "$answer_port"
     wait_for "quay-authz (cached)" curl -fsS "http://127.0.0.1:${cached_ports[1]}/readyz"
     wait_for "quay-authz (uncached)" curl -fsS "http://127.0.0.1:${uncached_ports[1]}/readyz"
 }
@@ -138,9 +146,10 @@ for mode in $modes; do
     runs="$work/runs-$mode.jsonl"
     : >"$runs"
     for round in $(seq "$rounds"); do
-        for target in noop cached uncached; do
+        for target in noop answer cached uncached; do
             case $target in
                 noop) port=$noop_port pid=$noop_pid tokens=one label="no-op server" ;;
+                answer) port=$answer_port pid=$answer_pid tokens=one label="no-op server, quay-authz's answer" ;;
                 cached) port=${cached_ports[0]} pid=$cached_pid tokens=one label="quay-authz, cached token" ;;
                 uncached) port=${uncached_ports[0]} pid=$uncached_pid tokens=distinct label="quay-authz, uncached ($distinct_tokens tokens, cache off)" ;;
             esac
@@ -176,7 +185,10 @@ loaded in turn within each round; figures are medians over the rounds, and the r
 medians from this run. Each Check is \`GET /v2/acme/app/manifests/latest\` for
 \`quay.example.com\` with a bearer token and the headers Envoy forwards. The no-op server is
 \`quay-authz-bench noop\`: the same tonic server, answering OK at once, so its figure is what
-the transport and the load generator allow. The uncached case sets
+the transport and the load generator allow. "no-op server, quay-authz's answer" answers at once
+too, but with the OK quay-authz gives an allowed Check (\`--like-quay-authz\`: identity headers,
+headers to remove, dynamic metadata): between it and the no-op is what the answer's size costs
+the transport, between it and quay-authz what the decision costs. The uncached case sets
 \`limits.token_cache_entries: 0\`, so every Check decodes the token and verifies its RS256
 signature. "server CPU µs/Check" is the server process's own CPU time (user + system, from
 \`/proc/PID/stat\`) over the measured window divided by the Checks answered in it: what the

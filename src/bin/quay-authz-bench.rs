@@ -84,6 +84,10 @@ enum Command {
     Noop {
         #[arg(long, default_value = "127.0.0.1:9391")]
         listen: SocketAddr,
+        /// Answer as quay-authz allows a Check (its identity headers, headers to remove and
+        /// dynamic metadata) instead of an empty OK: the transport's cost of that answer.
+        #[arg(long)]
+        like_quay_authz: bool,
     },
     /// Turn `load --json` lines into a Markdown table: medians per label, rps against a
     /// baseline label.
@@ -192,7 +196,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Noop { listen } => {
+        Command::Noop {
+            listen,
+            like_quay_authz,
+        } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("listening on {listen}"))?;
@@ -201,7 +208,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 listener.local_addr()?
             );
             // Nothing to drain or flush: SIGINT and SIGTERM end the process as they are.
-            noop::serve(listener, std::future::pending()).await?;
+            let answer = if like_quay_authz {
+                noop::Answer::LikeQuayAuthz
+            } else {
+                noop::Answer::Empty
+            };
+            noop::serve(listener, answer, std::future::pending()).await?;
             Ok(())
         }
         Command::Summarize {
