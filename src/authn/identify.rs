@@ -104,7 +104,7 @@ pub const CLAIMS_ALWAYS_READ: [&str; 10] = [
 /// Which of a payload's claims are decoded: those some part of the configuration reads. The
 /// JSON parser skips every other member without building it (issue 14 item 2: a token's
 /// payload is not turned into a map of every claim only to drop most of them).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClaimNames {
     /// Sorted, without duplicates; `None` decodes every claim (tools and tests).
     names: Option<Box<[Box<str>]>>,

@@ -507,7 +507,7 @@ pub fn parse_scope_list(text: &str) -> Result<Vec<Grant>, GrantSyntaxError> {
 /// The grants a request was allowed with, and the `scopes` identity header they render to
 /// (comma-separated, the grant notation). Built once per policy outcome and shared by every
 /// Check that reuses it (a verified-token cache hit): cloning is two reference counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Granted {
     pub grants: Arc<[Grant]>,
     pub header: Arc<str>,
@@ -515,25 +515,24 @@ pub struct Granted {
 
 impl Granted {
     pub fn new(grants: Vec<Grant>) -> Self {
-        let header = grants
-            .iter()
-            .map(Grant::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
         Self {
+            header: join_grants(&grants, ",").into(),
             grants: grants.into(),
-            header: header.into(),
         }
     }
 }
 
 /// A scope list in the Quay notation, space-separated ([`parse_scope_list`] reads it back).
 pub fn format_scope_list(grants: &[Grant]) -> String {
+    join_grants(grants, " ")
+}
+
+fn join_grants(grants: &[Grant], separator: &str) -> String {
     grants
         .iter()
         .map(Grant::to_string)
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(separator)
 }
 
 /// What a token exchange issues: for each requested grant, itself when some policy grant

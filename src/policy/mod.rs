@@ -10,7 +10,6 @@
 //! `,`, `:` or a space can never widen a grant; such a grant is dropped and the reason kept.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 
 use regex::Regex;
 
@@ -121,34 +120,16 @@ impl CompiledRule {
 }
 
 /// Grants the policy gave one identity, each with the rule that gave it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct PolicyOutcome {
     pub grants: Vec<(Grant, String)>,
     pub matched_rules: Vec<String>,
     /// Grants a rule would have given but were dropped, with why (for logs and `explain`).
     pub dropped: Vec<String>,
-    /// The grants alone with their header rendering, made on first use and kept: the
-    /// verified-token cache shares one outcome between Checks (issue 14 item 2), so an
-    /// allowed Check copies no grant and joins no string. Not part of equality.
-    rendered: OnceLock<Granted>,
-}
-
-impl PartialEq for PolicyOutcome {
-    fn eq(&self, other: &Self) -> bool {
-        self.grants == other.grants
-            && self.matched_rules == other.matched_rules
-            && self.dropped == other.dropped
-    }
-}
-
-impl Eq for PolicyOutcome {}
-
-impl std::hash::Hash for PolicyOutcome {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.grants.hash(state);
-        self.matched_rules.hash(state);
-        self.dropped.hash(state);
-    }
+    /// The grants alone, with the `scopes` header they render to, made once with the outcome:
+    /// the verified-token cache shares one outcome between Checks (issue 14 item 2), so an
+    /// allowed Check copies no grant and joins no string.
+    granted: Granted,
 }
 
 impl PolicyOutcome {
@@ -157,19 +138,18 @@ impl PolicyOutcome {
         matched_rules: Vec<String>,
         dropped: Vec<String>,
     ) -> Self {
+        let granted = Granted::new(grants.iter().map(|(grant, _)| grant.clone()).collect());
         Self {
             grants,
             matched_rules,
             dropped,
-            rendered: OnceLock::new(),
+            granted,
         }
     }
 
     /// The grants without their rules, and the `scopes` header they render to.
     pub fn granted(&self) -> &Granted {
-        self.rendered.get_or_init(|| {
-            Granted::new(self.grants.iter().map(|(grant, _)| grant.clone()).collect())
-        })
+        &self.granted
     }
 
     /// Whether the grants cover every required permission; the first one missing otherwise.
@@ -593,7 +573,7 @@ pub fn evaluate(rules: &[CompiledRule], identity: &Identity) -> PolicyOutcome {
             outcome.matched_rules.push(rule.name.clone());
         }
     }
-    outcome
+    PolicyOutcome::new(outcome.grants, outcome.matched_rules, outcome.dropped)
 }
 
 fn expand(

@@ -369,13 +369,12 @@ pub async fn run(
             stop_at,
         )));
     }
-    // The server's CPU clock over the measured window, read as it opens and as it closes.
-    let server_cpu = settings.server_pid.map(|pid| {
+    // The server's CPU clock as the measured window opens; read again once the workers are
+    // done (the window closes with the last answer).
+    let cpu_at_start = settings.server_pid.map(|pid| {
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from.into()).await;
-            let from = process_cpu(pid);
-            tokio::time::sleep_until(stop_at.into()).await;
-            Some(process_cpu(pid)?.saturating_sub(from?))
+            process_cpu(pid)
         })
     });
     let mut total = Tally::new();
@@ -387,10 +386,12 @@ pub async fn run(
         .map(|at| at.saturating_duration_since(measure_from))
         .unwrap_or_default();
     let mut report = report(settings, total, elapsed);
-    if let Some(server_cpu) = server_cpu
-        && let Some(cpu) = server_cpu.await?
+    if let (Some(pid), Some(cpu_at_start)) = (settings.server_pid, cpu_at_start)
+        && let Some(from) = cpu_at_start.await?
+        && let Some(to) = process_cpu(pid)
         && report.requests > 0
     {
+        let cpu = to.saturating_sub(from);
         report.server_cpu_us_per_check = Some(cpu.as_secs_f64() * 1e6 / report.requests as f64);
     }
     Ok(report)
@@ -528,6 +529,8 @@ pub fn join_counts<K: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+    use envoy_types::pb::google::rpc::Status;
 
     #[test]
     fn a_process_cpu_time_is_read_and_grows_with_work() {
@@ -545,8 +548,6 @@ mod tests {
         }
         assert!(process_cpu(u32::MAX).is_none(), "no such process");
     }
-    use envoy_types::pb::google::protobuf::{Struct, Value};
-    use envoy_types::pb::google::rpc::Status;
 
     fn with_metadata(fields: &[(&str, &str)]) -> CheckResponse {
         CheckResponse {
