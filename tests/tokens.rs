@@ -383,6 +383,47 @@ async fn revoke_by_jti_revokes_that_token_only_and_an_unknown_jti_exits_1() {
     }
 }
 
+/// A `jti` is 16 random bytes in base64url, so one in 64 starts with `-`; a principal may too.
+/// The CLI must take them as values, not as flags (seen failing: `unexpected argument '-R'`).
+#[tokio::test]
+async fn values_that_start_with_a_dash_are_revoked_and_listed() {
+    let instance = Instance::exchanging().await;
+    let t = now() - 10;
+    let dashed = token(
+        "-Rq3vZ0aBcD",
+        "-gh:dash",
+        "gha",
+        &["repo:read on acme/app"],
+        t,
+    );
+    let other = token(
+        "-Rq3vZ0aBcE",
+        "-gh:dash",
+        "gha",
+        &["repo:read on acme/app"],
+        t,
+    );
+    instance.record(&dashed).await;
+    instance.record(&other).await;
+
+    let (code, stdout, stderr) = instance
+        .tokens(&["list", "--principal", "-gh:dash", "--json"])
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(jtis(&json(&stdout)).len(), 2, "{stdout}");
+
+    let (code, stdout, stderr) = instance.tokens(&["revoke", "--jti", "-Rq3vZ0aBcD"]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(instance.is_revoked(&dashed, now()).await);
+    assert!(!instance.is_revoked(&other, now()).await);
+
+    let (code, stdout, stderr) = instance
+        .tokens(&["revoke", "--principal", "-gh:dash"])
+        .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(instance.is_revoked(&other, now()).await);
+}
+
 #[tokio::test]
 async fn revoke_by_principal_revokes_all_it_holds_and_nobody_elses() {
     captured_events();

@@ -28,10 +28,10 @@ enum TokensCommand {
     /// List live exchanged tokens: jti, principal, source issuer, scopes, issued, expires.
     List {
         /// Only this principal's tokens (the bridge `sub`).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         principal: Option<String>,
         /// Only tokens exchanged from this configured issuer (its name).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         issuer: Option<String>,
         /// Print a JSON array instead of a table.
         #[arg(long)]
@@ -41,14 +41,16 @@ enum TokensCommand {
     Revoke(RevokeArgs),
 }
 
+/// Values may start with `-`: a `jti` is base64url (one in 64 starts with it), and a principal
+/// is rendered from a template.
 #[derive(Args)]
 #[command(group(ArgGroup::new("target").required(true).args(["jti", "principal"])))]
 struct RevokeArgs {
     /// The token's `jti` (from `tokens list`).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     jti: Option<String>,
     /// Everything this principal was issued up to now, listed or not.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     principal: Option<String>,
     /// Print the revoked tokens as a JSON array.
     #[arg(long)]
